@@ -1,0 +1,203 @@
+//! App: the one place that wires the stages together and creates their channels. Input: a
+//! validated [`Config`]; output: a running gateway (sources, hub, HTTP/WebSocket server) and a
+//! handle to stop it.
+//!
+//! Shutdown is one cancellation tree: the root token stops the HTTP listener (no new
+//! connections), the sources (no more consuming) and the sessions (close 1001), which get
+//! `websocket.shutdown_grace_ms` to finish.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::decode::Decoder;
+use crate::hub::Hub;
+use crate::metrics::{self, Metrics};
+use crate::source::{self, Kafka, SourceError};
+
+/// The gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The listen address could not be bound (taken, or not an address of this host).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Kafka client could not be created.
+    #[error(transparent)]
+    Kafka(#[from] SourceError),
+}
+
+/// What every session and HTTP handler shares.
+pub struct Services {
+    pub config: Config,
+    pub hub: Hub,
+    pub kafka: Kafka,
+    pub decoders: HashMap<String, Arc<Decoder>>,
+    pub metrics: Metrics,
+    pub registry: Registry,
+    pub sessions: TaskTracker,
+    conn_ids: AtomicU64,
+}
+
+impl Services {
+    /// Builds the shared state for `config` (no I/O yet).
+    pub fn new(config: Config) -> Result<Arc<Self>, AppError> {
+        let metrics = Metrics::default();
+        let registry = metrics::registry(&metrics);
+        let kafka = Kafka::new(&config.kafka, metrics.clone())?;
+        let hub = Hub::new(config.topics.iter().map(|t| t.name.as_str()));
+        let decoders = config
+            .topics
+            .iter()
+            .map(|t| (t.name.clone(), Arc::new(Decoder::new(t))))
+            .collect();
+        Ok(Arc::new(Self {
+            config,
+            hub,
+            kafka,
+            decoders,
+            metrics,
+            registry,
+            sessions: TaskTracker::new(),
+            conn_ids: AtomicU64::new(1),
+        }))
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A started gateway.
+pub struct Running {
+    /// The address the HTTP server listens on (useful with port 0).
+    pub addr: SocketAddr,
+    /// Cancel to shut down.
+    pub shutdown: CancellationToken,
+    pub services: Arc<Services>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits for the gateway to finish after `shutdown` was cancelled.
+    pub async fn wait(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "gateway task failed");
+        }
+    }
+
+    /// Cancels and waits.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+/// Starts the sources and the HTTP server; returns once the listener is bound.
+pub async fn start(config: Config) -> Result<Running, AppError> {
+    let services = Services::new(config)?;
+    let listen = services.config.websocket.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| AppError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let shutdown = CancellationToken::new();
+    let sources = TaskTracker::new();
+    for topic in services.hub.topics() {
+        let Some(decoder) = services.decoders.get(&**topic.name()).cloned() else {
+            continue;
+        };
+        sources.spawn(source::run_live(
+            services.kafka.clone(),
+            decoder,
+            topic.clone(),
+            shutdown.child_token(),
+        ));
+    }
+    sources.close();
+    let routes = crate::http::routes(services.clone(), shutdown.clone());
+    let server = warp::serve(routes)
+        .incoming(listener)
+        .graceful(shutdown.clone().cancelled_owned());
+    let grace = Duration::from_millis(services.config.websocket.shutdown_grace_ms);
+    let task = tokio::spawn({
+        let services = services.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let server = tokio::spawn(server.run());
+            shutdown.cancelled().await;
+            services.sessions.close();
+            let done = async {
+                sources.wait().await;
+                services.sessions.wait().await;
+            };
+            if tokio::time::timeout(grace, done).await.is_err() {
+                tracing::warn!(
+                    sessions = services.sessions.len(),
+                    "shutdown grace period over; closing the remaining connections"
+                );
+            }
+            // The server future ends when its in-flight HTTP requests end; upgraded WebSocket
+            // connections are the sessions' own and were handled above.
+            if tokio::time::timeout(Duration::from_secs(1), server)
+                .await
+                .is_err()
+            {
+                tracing::debug!("HTTP server did not stop within 1 s");
+            }
+        }
+    });
+    tracing::info!(%addr, topics = services.config.topics.len(), "gateway listening");
+    Ok(Running {
+        addr,
+        shutdown,
+        services,
+        task,
+    })
+}
+
+/// Resolves on SIGINT (ctrl-c) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("ctrl-c: shutting down"),
+        _ = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}

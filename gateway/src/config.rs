@@ -1,0 +1,504 @@
+//! Configuration: one TOML file, every key overridable by `LAKEWIRE_*` environment variables
+//! (`LAKEWIRE_KAFKA__BROKERS`), validated before anything starts. Input: a file and an
+//! environment; output: a [`Config`] or a [`ConfigError`] naming the offending key.
+//!
+//! The environment is passed in as a list of pairs (see [`Config::load`]) so that tests never
+//! touch the process environment.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format as _, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override file keys; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "LAKEWIRE_";
+
+/// A configuration that cannot be used. The message names the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A key is unknown, missing, of the wrong type, or has a value that is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Kafka cluster the records come from.
+    pub kafka: KafkaConfig,
+    /// The topics this gateway serves. Clients can subscribe to these and no others.
+    #[serde(default)]
+    pub topics: Vec<TopicConfig>,
+    /// The HTTP / WebSocket listener and the per-client limits.
+    #[serde(default)]
+    pub websocket: WebSocketConfig,
+    /// Who may connect.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma-separated `host:port` (librdkafka `bootstrap.servers`).
+    pub brokers: String,
+    /// Any librdkafka client property, passed through as is (e.g. `"security.protocol"`). Set
+    /// here, they apply to every consumer the gateway creates; they win over Lakewire's own
+    /// defaults.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// How long a metadata or watermark request to Kafka may take before it counts as failed.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+const fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+/// One `[[topics]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// The Kafka topic name.
+    pub name: String,
+    /// How record values are encoded on the wire.
+    pub format: PayloadFormat,
+}
+
+/// The wire format of a topic's record values.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PayloadFormat {
+    /// UTF-8 JSON documents.
+    Json,
+}
+
+/// What happens when a client's queue is full.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowClientPolicy {
+    /// Drop the oldest queued records and tell the client with a `lagged` frame.
+    #[default]
+    Drop,
+    /// Close the connection with code 4008 `slow consumer`.
+    Disconnect,
+}
+
+/// `[websocket]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Address the HTTP server (dashboard, `/ws`, `/metrics`, health) listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Records buffered per client before the slow-client policy applies.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// `drop` (oldest records dropped, `lagged` sent) or `disconnect` (close 4008).
+    #[serde(default)]
+    pub slow_client: SlowClientPolicy,
+    /// Subscriptions one connection may hold at once.
+    #[serde(default = "default_max_subscriptions")]
+    pub max_subscriptions: usize,
+    /// Client frames larger than this close the connection with 1009.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Records put in one `records` frame at most.
+    #[serde(default = "default_max_records_per_frame")]
+    pub max_records_per_frame: usize,
+    /// On shutdown, how long open sessions get to receive their close frame (1001) before the
+    /// process exits anyway.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+const fn default_queue_size() -> usize {
+    1024
+}
+const fn default_max_subscriptions() -> usize {
+    64
+}
+const fn default_max_frame_bytes() -> usize {
+    65_536
+}
+const fn default_max_records_per_frame() -> usize {
+    256
+}
+const fn default_shutdown_grace_ms() -> u64 {
+    5_000
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            queue_size: default_queue_size(),
+            slow_client: SlowClientPolicy::default(),
+            max_subscriptions: default_max_subscriptions(),
+            max_frame_bytes: default_max_frame_bytes(),
+            max_records_per_frame: default_max_records_per_frame(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none`: anyone who reaches the listener may read every configured topic.
+    #[serde(default)]
+    pub mode: AuthMode,
+}
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// No authentication.
+    #[default]
+    None,
+}
+
+impl Config {
+    /// Reads `path`, applies the `LAKEWIRE_*` variables found in `env`, and validates the result.
+    pub fn load(path: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_and_env(&text, env, &path.display().to_string())
+    }
+
+    /// Like [`Config::load`], from TOML text; `origin` names it in messages.
+    pub fn from_toml_and_env(
+        text: &str,
+        env: &[(String, String)],
+        origin: &str,
+    ) -> Result<Self, ConfigError> {
+        let figment = Figment::new()
+            .merge(Toml::string(text))
+            .merge(env_provider(env));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e, origin)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies the `LAKEWIRE_*` variables in `env` over an in-code configuration (the demo's).
+    pub fn with_env(self, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(self))
+            .merge(env_provider(env))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e, "built-in defaults")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: ranges, duplicates, empty values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        if self.kafka.brokers.trim().is_empty() {
+            return bad("kafka.brokers", "must name at least one broker (host:port)");
+        }
+        if self.kafka.request_timeout_ms == 0 {
+            return bad("kafka.request_timeout_ms", "must be greater than 0");
+        }
+        let mut seen = HashSet::new();
+        for (i, topic) in self.topics.iter().enumerate() {
+            let key = format!("topics[{i}].name");
+            if let Err(why) = check_topic_name(&topic.name) {
+                return bad(&key, &why);
+            }
+            if !seen.insert(topic.name.as_str()) {
+                return bad(&key, &format!("topic {:?} is listed twice", topic.name));
+            }
+        }
+        let ws = &self.websocket;
+        if ws.queue_size == 0 {
+            return bad("websocket.queue_size", "must be at least 1");
+        }
+        if ws.max_subscriptions == 0 {
+            return bad("websocket.max_subscriptions", "must be at least 1");
+        }
+        if ws.max_frame_bytes < 256 {
+            return bad("websocket.max_frame_bytes", "must be at least 256");
+        }
+        if ws.max_records_per_frame == 0 {
+            return bad("websocket.max_records_per_frame", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The configured topic called `name`.
+    pub fn topic(&self, name: &str) -> Option<&TopicConfig> {
+        self.topics.iter().find(|t| t.name == name)
+    }
+}
+
+/// Kafka's own rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err("a topic name has 1 to 249 characters".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid topic name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{name:?} has {c:?}; topic names use only letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// The `LAKEWIRE_*` pairs of an environment as a figment provider. Figment's own `Env` reads the
+/// process environment; this one reads only the list it is given.
+struct EnvPairs(Vec<(String, String)>);
+
+fn env_provider(env: &[(String, String)]) -> EnvPairs {
+    EnvPairs(
+        env.iter()
+            .filter_map(|(k, v)| {
+                let key = k.strip_prefix(ENV_PREFIX)?;
+                (!key.is_empty()).then(|| (key.to_ascii_lowercase().replace("__", "."), v.clone()))
+            })
+            .collect(),
+    )
+}
+
+impl figment::Provider for EnvPairs {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (key, raw) in &self.0 {
+            let value: figment::value::Value = raw.parse().unwrap_or_else(|e| match e {});
+            if let Some(nested) = figment::util::nest(key, value).into_dict() {
+                merge_into(&mut dict, nested);
+            }
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+/// Deep-merges `from` into `into` (later keys win), so `A__B` and `A__C` both land under `a`.
+fn merge_into(into: &mut figment::value::Dict, from: figment::value::Dict) {
+    use figment::value::Value;
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(Value::Dict(_, existing)), Value::Dict(_, incoming)) => {
+                merge_into(existing, incoming)
+            }
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Turns figment's error into one line per problem that names the key and its origin.
+fn describe(error: figment::Error, origin: &str) -> String {
+    use figment::error::Kind;
+    let mut lines = Vec::new();
+    for e in error {
+        let mut path = e.path.join(".");
+        let from = match &e.metadata {
+            Some(m) if m.name.contains("environment") => {
+                let var = format!(
+                    "{ENV_PREFIX}{}",
+                    path.replace('.', "__").to_ascii_uppercase()
+                );
+                format!(" (from environment variable {var})")
+            }
+            _ => format!(" (in {origin})"),
+        };
+        let what = match &e.kind {
+            Kind::UnknownField(name, expected) => {
+                path = join_key(&path, name);
+                format!("unknown key; expected one of: {}", expected.join(", "))
+            }
+            Kind::MissingField(name) => {
+                path = join_key(&path, name);
+                "missing required key".to_string()
+            }
+            Kind::UnknownVariant(value, expected) => {
+                format!(
+                    "unknown value {value:?}; expected one of: {}",
+                    expected.join(", ")
+                )
+            }
+            other => other.to_string(),
+        };
+        let key = if path.is_empty() {
+            "<top level>".to_string()
+        } else {
+            path
+        };
+        lines.push(format!("{key}: {what}{from}"));
+    }
+    lines.join("\n")
+}
+
+fn join_key(parent: &str, name: &str) -> String {
+    // Figment sometimes puts the offending key in the path already.
+    if parent == name || parent.ends_with(&format!(".{name}")) {
+        parent.to_string()
+    } else if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}.{name}")
+    }
+}
+
+impl fmt::Display for PayloadFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PayloadFormat::Json => f.write_str("json"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+
+[[topics]]
+name = "trades"
+format = "json"
+
+[websocket]
+listen = "127.0.0.1:0"
+queue_size = 16
+"#;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn err(text: &str, pairs: &[(&str, &str)]) -> String {
+        match Config::from_toml_and_env(text, &env(pairs), "test.toml") {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn good_file_loads_with_defaults() -> anyhow::Result<()> {
+        let c = Config::from_toml_and_env(GOOD, &[], "test.toml")?;
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.topics[0].format, PayloadFormat::Json);
+        assert_eq!(c.websocket.queue_size, 16);
+        assert_eq!(c.websocket.max_subscriptions, 64);
+        assert_eq!(c.websocket.slow_client, SlowClientPolicy::Drop);
+        assert_eq!(c.auth.mode, AuthMode::None);
+        Ok(())
+    }
+
+    #[test]
+    fn typo_in_key_is_named() {
+        let text = GOOD.replace("queue_size", "queue_sise");
+        let msg = err(&text, &[]);
+        assert!(
+            msg.starts_with("websocket.queue_sise: unknown key"),
+            "{msg}"
+        );
+        assert!(msg.contains("test.toml"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let msg = err(&GOOD.replace("16", "\"lots\""), &[]);
+        assert!(msg.starts_with("websocket.queue_size:"), "{msg}");
+        let msg = err(&GOOD.replace("\"json\"", "\"xml\""), &[]);
+        assert!(
+            msg.contains("topics.0.format") || msg.contains("format"),
+            "{msg}"
+        );
+        assert!(msg.contains("xml"), "{msg}");
+        let msg = err(&GOOD.replace("16", "0"), &[]);
+        assert_eq!(msg, "websocket.queue_size: must be at least 1");
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let msg = err("[kafka]\n", &[]);
+        assert!(msg.contains("kafka.brokers: missing required key"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_topics_and_bad_names_are_refused() {
+        let text = format!("{GOOD}\n[[topics]]\nname = \"trades\"\nformat = \"json\"\n");
+        assert!(err(&text, &[]).contains("listed twice"));
+        let msg = err(&GOOD.replace("\"trades\"", "\"tr ades\""), &[]);
+        assert!(msg.starts_with("topics[0].name:"), "{msg}");
+    }
+
+    #[test]
+    fn env_overrides_file() -> anyhow::Result<()> {
+        let c = Config::from_toml_and_env(
+            GOOD,
+            &env(&[
+                ("LAKEWIRE_KAFKA__BROKERS", "kafka-1:9092,kafka-2:9092"),
+                ("LAKEWIRE_WEBSOCKET__QUEUE_SIZE", "99"),
+                ("LAKEWIRE_WEBSOCKET__SLOW_CLIENT", "disconnect"),
+                ("UNRELATED", "x"),
+            ]),
+            "test.toml",
+        )?;
+        assert_eq!(c.kafka.brokers, "kafka-1:9092,kafka-2:9092");
+        assert_eq!(c.websocket.queue_size, 99);
+        assert_eq!(c.websocket.slow_client, SlowClientPolicy::Disconnect);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_env_override_names_the_variable() {
+        let msg = err(GOOD, &[("LAKEWIRE_WEBSOCKET__QUEUE_SIZE", "many")]);
+        assert!(msg.contains("LAKEWIRE_WEBSOCKET__QUEUE_SIZE"), "{msg}");
+        let msg = err(GOOD, &[("LAKEWIRE_WEBSOCKET__QUEUE_SISE", "5")]);
+        assert!(
+            msg.starts_with("websocket.queue_sise: unknown key"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn in_code_config_takes_env() -> anyhow::Result<()> {
+        let base = Config::from_toml_and_env(GOOD, &[], "test.toml")?;
+        let c = base.with_env(&env(&[("LAKEWIRE_WEBSOCKET__LISTEN", "127.0.0.1:9999")]))?;
+        assert_eq!(c.websocket.listen.port(), 9999);
+        Ok(())
+    }
+}

@@ -1,0 +1,119 @@
+//! HTTP stage: the routes of the gateway's listener. Input: HTTP requests; output: the dashboard
+//! placeholder at `/`, WebSocket sessions at `/ws`, `/api/topics`, `/metrics`, `/healthz` and
+//! `/readyz`.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::app::Services;
+use crate::session;
+
+const INDEX: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Lakewire</title></head>
+<body>
+<h1>Lakewire</h1>
+<p>This gateway streams Kafka topics over WebSocket at <code>/ws</code> (protocol v1; see the README).
+Topics: <a href="/api/topics">/api/topics</a>. Metrics: <a href="/metrics">/metrics</a>.</p>
+</body></html>
+"#;
+
+/// All routes of the listener.
+pub fn routes(
+    services: Arc<Services>,
+    shutdown: CancellationToken,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let index = warp::path::end()
+        .and(warp::get())
+        .map(|| warp::reply::html(INDEX));
+    let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
+    let readyz = warp::path!("readyz").and(warp::get()).then({
+        let services = services.clone();
+        move || readiness(services.clone())
+    });
+    let metrics = warp::path!("metrics").and(warp::get()).map({
+        let services = services.clone();
+        move || {
+            warp::reply::with_header(
+                crate::metrics::render(&services.registry),
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        }
+    });
+    let topics = warp::path!("api" / "topics").and(warp::get()).map({
+        let services = services.clone();
+        move || warp::reply::json(&topic_list(&services))
+    });
+    let max_frame = services.config.websocket.max_frame_bytes;
+    let ws = warp::path!("ws")
+        .and(warp::ws())
+        .map(move |ws: warp::ws::Ws| {
+            let services = services.clone();
+            let cancel = shutdown.child_token();
+            ws.max_message_size(max_frame)
+                .max_frame_size(max_frame)
+                .on_upgrade(move |socket| {
+                    let tracker = services.sessions.clone();
+                    tracker.track_future(async move {
+                        session::run(socket, services, cancel).await;
+                    })
+                })
+        });
+    index.or(healthz).or(readyz).or(metrics).or(topics).or(ws)
+}
+
+#[derive(Serialize)]
+struct TopicInfo<'a> {
+    name: &'a str,
+    format: String,
+    partitions: Option<Vec<i32>>,
+}
+
+fn topic_list(services: &Services) -> Vec<TopicInfo<'_>> {
+    services
+        .config
+        .topics
+        .iter()
+        .map(|t| TopicInfo {
+            name: &t.name,
+            format: t.format.to_string(),
+            partitions: services.hub.topic(&t.name).and_then(|h| h.assigned()),
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    kafka_reachable: bool,
+    topics_not_assigned: Vec<String>,
+}
+
+/// Ready when Kafka answers and every topic's live consumer is assigned.
+async fn readiness(services: Arc<Services>) -> warp::reply::WithStatus<warp::reply::Json> {
+    let topics_not_assigned: Vec<String> = services
+        .hub
+        .topics()
+        .filter(|t| t.assigned().is_none())
+        .map(|t| t.name().to_string())
+        .collect();
+    let kafka_reachable = services.kafka.reachable().await;
+    let ready = kafka_reachable && topics_not_assigned.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    warp::reply::with_status(
+        warp::reply::json(&Readiness {
+            ready,
+            kafka_reachable,
+            topics_not_assigned,
+        }),
+        status,
+    )
+}

@@ -1,0 +1,27 @@
+//! Lakewire: a Kafka-to-WebSocket streaming gateway for real-time data lakes.
+//!
+//! A record's path through the modules:
+//!
+//! - [`source`]: one Kafka consumer per topic (and a short-lived reader per replaying
+//!   subscription) reads raw records;
+//! - [`decode`]: turns each into a [`decode::Record`] once, however many clients read it;
+//! - [`hub`]: hands it to every subscription of the topic through each client's bounded queue,
+//!   applying the slow-client policy when a queue is full;
+//! - [`session`]: one per WebSocket connection, speaks [`protocol`] v1 and writes `records`
+//!   frames;
+//! - [`http`]: the listener's routes (`/ws`, `/metrics`, `/healthz`, `/readyz`, `/api/topics`).
+//!
+//! Around them: [`config`] (TOML + `LAKEWIRE_*` environment), [`metrics`] (every metric, declared
+//! once), [`app`] (wires the stages, owns shutdown) and [`demo`] (an in-process broker and a
+//! synthetic producer for `lakewire demo`).
+
+pub mod app;
+pub mod config;
+pub mod decode;
+pub mod demo;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod session;
+pub mod source;

@@ -1,0 +1,124 @@
+//! The `lakewire` command: `run`, `check`, `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lakewire::config::Config;
+
+/// Exit status for a configuration that cannot be used (BSD `EX_USAGE`).
+const EXIT_CONFIG: u8 = 64;
+/// Exit status for a failure at run time.
+const EXIT_FAILURE: u8 = 1;
+
+/// Lakewire: Kafka-to-WebSocket streaming gateway for real-time data lakes.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a configuration file.
+    Run {
+        /// The TOML configuration file; `LAKEWIRE_*` variables override its keys.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit (status 64 when it is bad).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run an in-process Kafka, a synthetic producer and the gateway on it.
+    Demo {
+        /// Address for the dashboard and WebSocket endpoint.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config, &env) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} topic(s), listening on {})",
+                    config.display(),
+                    c.topics.len(),
+                    c.websocket.listen
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        },
+        Command::Run { config } => {
+            let config = match Config::load(&config, &env) {
+                Ok(c) => c,
+                Err(e) => return config_error(&e),
+            };
+            runtime_then(|| async move {
+                let running = lakewire::app::start(config).await?;
+                lakewire::app::shutdown_signal().await;
+                running.stop().await;
+                Ok::<_, anyhow::Error>(())
+            })
+        }
+        Command::Demo { listen } => runtime_then(|| async move {
+            lakewire::demo::run(listen, &env, lakewire::app::shutdown_signal()).await?;
+            Ok::<_, anyhow::Error>(())
+        }),
+    }
+}
+
+fn config_error(e: &lakewire::config::ConfigError) -> ExitCode {
+    eprintln!("lakewire: bad configuration:\n{e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn runtime_then<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lakewire: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match rt.block_on(f()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lakewire: {e:#}");
+            let config_problem = e
+                .downcast_ref::<lakewire::demo::DemoError>()
+                .is_some_and(|d| matches!(d, lakewire::demo::DemoError::Config(_)));
+            ExitCode::from(if config_problem {
+                EXIT_CONFIG
+            } else {
+                EXIT_FAILURE
+            })
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    // RUST_LOG, not a LAKEWIRE_ variable: those are all configuration keys.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,254 @@
+//! Metrics: every metric name and label the gateway exports is declared here, once. Input: the
+//! stages' counts; output: the Prometheus text format served at `/metrics`.
+//!
+//! Hot paths clone a labelled handle once (a `Counter` is an `Arc` inside) and increment it
+//! without a family lookup per record.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of per-topic series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+/// Labels of decode failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecodeErrorLabels {
+    pub topic: String,
+    pub reason: String,
+}
+
+/// Why a record meant for a client was not delivered.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum DropReason {
+    /// The client's queue was full (policy `drop`).
+    SlowClient,
+    /// The client was disconnected for being slow (policy `disconnect`); its queue went with it.
+    Disconnected,
+}
+
+impl DropReason {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::SlowClient => "slow_client",
+            DropReason::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// Labels of dropped records.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: &'static str,
+}
+
+/// Labels of refused client requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorCodeLabels {
+    pub code: &'static str,
+}
+
+/// Labels of closed connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub reason: &'static str,
+}
+
+/// All of the gateway's metrics. Cheap to clone: every field is a shared handle.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Records read from Kafka by the live consumers, per topic.
+    pub kafka_records: Family<TopicLabels, Counter>,
+    /// Records read from Kafka by replay consumers (subscriptions that start in the past).
+    pub kafka_replay_records: Family<TopicLabels, Counter>,
+    /// Records that could not be decoded, per topic and reason. They are skipped.
+    pub decode_errors: Family<DecodeErrorLabels, Counter>,
+    /// Errors reported by the Kafka client (connection loss, broker down, ...), per topic.
+    pub kafka_errors: Family<TopicLabels, Counter>,
+    /// 1 when the topic's live consumer is assigned to every partition, else 0.
+    pub source_ready: Family<TopicLabels, Gauge>,
+    /// Open WebSocket connections.
+    pub ws_connections: Gauge,
+    /// Active subscriptions over all connections.
+    pub ws_subscriptions: Gauge,
+    /// Records queued for clients and not yet written, over all connections.
+    pub ws_queued_records: Gauge,
+    /// Records written to clients.
+    pub ws_records_sent: Counter,
+    /// `records` frames written to clients.
+    pub ws_frames_sent: Counter,
+    /// Records not delivered to a client, per reason.
+    pub ws_dropped_records: Family<DropLabels, Counter>,
+    /// Client requests refused with an error frame, per error code.
+    pub ws_request_errors: Family<ErrorCodeLabels, Counter>,
+    /// Connections that ended, per reason.
+    pub ws_closed: Family<CloseLabels, Counter>,
+}
+
+impl Metrics {
+    /// Registers every metric under the `lakewire_` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("lakewire");
+        r.register(
+            "kafka_records",
+            "Records read from Kafka by the live consumers",
+            self.kafka_records.clone(),
+        );
+        r.register(
+            "kafka_replay_records",
+            "Records read from Kafka by replay consumers (subscriptions starting in the past)",
+            self.kafka_replay_records.clone(),
+        );
+        r.register(
+            "decode_errors",
+            "Records that could not be decoded and were skipped",
+            self.decode_errors.clone(),
+        );
+        r.register(
+            "kafka_errors",
+            "Errors reported by the Kafka client",
+            self.kafka_errors.clone(),
+        );
+        r.register(
+            "source_ready",
+            "1 when the topic's live consumer is assigned to all partitions",
+            self.source_ready.clone(),
+        );
+        r.register(
+            "ws_connections",
+            "Open WebSocket connections",
+            self.ws_connections.clone(),
+        );
+        r.register(
+            "ws_subscriptions",
+            "Active subscriptions over all connections",
+            self.ws_subscriptions.clone(),
+        );
+        r.register(
+            "ws_queued_records",
+            "Records queued for clients and not yet written",
+            self.ws_queued_records.clone(),
+        );
+        r.register(
+            "ws_records_sent",
+            "Records written to WebSocket clients",
+            self.ws_records_sent.clone(),
+        );
+        r.register(
+            "ws_frames_sent",
+            "records frames written to WebSocket clients",
+            self.ws_frames_sent.clone(),
+        );
+        r.register(
+            "ws_dropped_records",
+            "Records not delivered to a client",
+            self.ws_dropped_records.clone(),
+        );
+        r.register(
+            "ws_request_errors",
+            "Client requests refused with an error frame",
+            self.ws_request_errors.clone(),
+        );
+        r.register(
+            "ws_closed",
+            "WebSocket connections that ended",
+            self.ws_closed.clone(),
+        );
+    }
+
+    /// The handle counting `topic`'s records.
+    pub fn topic_counter(family: &Family<TopicLabels, Counter>, topic: &str) -> Counter {
+        family.get_or_create_owned(&TopicLabels {
+            topic: topic.to_string(),
+        })
+    }
+
+    /// The `topic` series of a per-topic gauge.
+    pub fn topic_gauge(family: &Family<TopicLabels, Gauge>, topic: &str) -> Gauge {
+        family.get_or_create_owned(&TopicLabels {
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Counts one undecodable record.
+    pub fn decode_error(&self, topic: &str, reason: &str) {
+        self.decode_errors
+            .get_or_create(&DecodeErrorLabels {
+                topic: topic.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one refused request.
+    pub fn request_error(&self, code: &'static str) {
+        self.ws_request_errors
+            .get_or_create(&ErrorCodeLabels { code })
+            .inc();
+    }
+
+    /// Counts one closed connection.
+    pub fn closed(&self, reason: &'static str) {
+        self.ws_closed.get_or_create(&CloseLabels { reason }).inc();
+    }
+
+    /// Counts records that did not reach a client.
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        self.ws_dropped_records
+            .get_or_create(&DropLabels {
+                reason: reason.as_str(),
+            })
+            .inc_by(n);
+    }
+}
+
+/// The registry behind `/metrics`, with the gateway's metrics in it.
+pub fn registry(metrics: &Metrics) -> Registry {
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    registry
+}
+
+/// The registry in Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Encoding into a String cannot fail; an error would only come from a broken label encoder.
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_prefixed_and_counters_suffixed() {
+        let m = Metrics::default();
+        let reg = registry(&m);
+        Metrics::topic_counter(&m.kafka_records, "trades").inc_by(3);
+        m.decode_error("trades", "bad_json");
+        m.dropped(DropReason::SlowClient, 5);
+        let text = render(&reg);
+        assert!(
+            text.contains("lakewire_kafka_records_total{topic=\"trades\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lakewire_decode_errors_total{topic=\"trades\",reason=\"bad_json\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lakewire_ws_dropped_records_total{reason=\"slow_client\"} 5"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

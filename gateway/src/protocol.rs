@@ -1,0 +1,332 @@
+//! WebSocket protocol v1 (see README "Protocol"): the client's JSON requests and the server's JSON
+//! replies. Input: a text frame; output: a [`ClientMessage`] or a [`ProtocolError`] that becomes
+//! an `error` frame. Pure functions, no I/O.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hub::Delivery;
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ClientMessage {
+    Subscribe(Subscribe),
+    Unsubscribe { id: String },
+    Ping,
+}
+
+/// `{"op":"subscribe", ...}`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscribe {
+    pub id: String,
+    pub topic: String,
+    #[serde(default)]
+    pub filter: Option<String>,
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    #[serde(default)]
+    pub from: StartFrom,
+}
+
+/// Where a subscription starts reading.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// Records produced from now on.
+    #[default]
+    Latest,
+    /// Everything Kafka still holds.
+    Earliest,
+    /// The first record at or after this time (ms since the epoch) in each partition.
+    Timestamp(i64),
+    /// Exactly these next offsets per partition (resume after reconnect).
+    Offsets(BTreeMap<i32, i64>),
+}
+
+impl<'de> Deserialize<'de> for StartFrom {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Word(String),
+            Object(Obj),
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Obj {
+            timestamp: Option<i64>,
+            offsets: Option<BTreeMap<String, i64>>,
+        }
+        use serde::de::Error;
+        let bad = || {
+            D::Error::custom(
+                "`from` must be \"latest\", \"earliest\", {\"timestamp\": <ms>} or {\"offsets\": {\"<partition>\": <offset>}}",
+            )
+        };
+        match Repr::deserialize(d).map_err(|_| bad())? {
+            Repr::Word(w) if w == "latest" => Ok(StartFrom::Latest),
+            Repr::Word(w) if w == "earliest" => Ok(StartFrom::Earliest),
+            Repr::Word(_) => Err(bad()),
+            Repr::Object(Obj {
+                timestamp: Some(ts),
+                offsets: None,
+            }) => Ok(StartFrom::Timestamp(ts)),
+            Repr::Object(Obj {
+                timestamp: None,
+                offsets: Some(map),
+            }) => {
+                let mut out = BTreeMap::new();
+                for (p, o) in map {
+                    let p: i32 = p.parse().ok().filter(|p| *p >= 0).ok_or_else(|| {
+                        D::Error::custom(format!(
+                            "partition {p:?} in `from.offsets` is not a partition number"
+                        ))
+                    })?;
+                    if o < 0 {
+                        return Err(D::Error::custom(format!(
+                            "offset {o} for partition {p} in `from.offsets` is negative"
+                        )));
+                    }
+                    out.insert(p, o);
+                }
+                Ok(StartFrom::Offsets(out))
+            }
+            Repr::Object(_) => Err(bad()),
+        }
+    }
+}
+
+/// The error codes of protocol v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    BadFilter,
+    UnknownTopic,
+    Forbidden,
+    TooManySubscriptions,
+    DuplicateId,
+    UnknownId,
+}
+
+impl ErrorCode {
+    /// The code as sent.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::BadFilter => "bad_filter",
+            ErrorCode::UnknownTopic => "unknown_topic",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::DuplicateId => "duplicate_id",
+            ErrorCode::UnknownId => "unknown_id",
+        }
+    }
+}
+
+/// A refused request: becomes `{"type":"error","id":...,"code":...,"message":...}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ProtocolError {
+    /// The subscription id the request named, when it could be read.
+    pub id: Option<String>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ProtocolError {
+    pub fn new(id: Option<&str>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            id: id.map(str::to_owned),
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses one text frame. A frame that is not a valid request is a `bad_request` that names
+/// the problem and, when it can be read, the request's `id`.
+pub fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| ProtocolError::new(None, ErrorCode::BadRequest, format!("not JSON: {e}")))?;
+    let id = value.get("id").and_then(|v| v.as_str()).map(str::to_owned);
+    let msg = ClientMessage::deserialize(&value)
+        .map_err(|e| ProtocolError::new(id.as_deref(), ErrorCode::BadRequest, e.to_string()))?;
+    if let ClientMessage::Subscribe(s) = &msg {
+        if s.id.is_empty() || s.id.len() > 256 {
+            return Err(ProtocolError::new(
+                Some(&s.id),
+                ErrorCode::BadRequest,
+                "`id` must have 1 to 256 characters",
+            ));
+        }
+    }
+    Ok(msg)
+}
+
+/// A reply from the server (everything but `records`, which [`records_frame`] writes).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerMessage<'a> {
+    Subscribed {
+        id: &'a str,
+        topic: &'a str,
+        partitions: &'a [i32],
+    },
+    Unsubscribed {
+        id: &'a str,
+    },
+    Lagged {
+        id: &'a str,
+        dropped: u64,
+    },
+    Gap {
+        id: &'a str,
+        partition: i32,
+        requested: i64,
+        first_available: i64,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        code: &'static str,
+        message: &'a str,
+    },
+    Pong,
+}
+
+impl ServerMessage<'_> {
+    /// The frame's JSON text.
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl ProtocolError {
+    /// The `error` frame.
+    pub fn to_json(&self) -> String {
+        ServerMessage::Error {
+            id: self.id.as_deref(),
+            code: self.code.as_str(),
+            message: &self.message,
+        }
+        .to_json()
+    }
+}
+
+/// Writes `{"type":"records","id":...,"records":[...]}` for deliveries that all belong to the
+/// subscription `id`.
+pub fn records_frame(id: &str, deliveries: &[&Delivery]) -> String {
+    let mut out = Vec::with_capacity(64 + deliveries.len() * 128);
+    out.extend_from_slice(br#"{"type":"records","id":"#);
+    // Writing JSON into a Vec cannot fail; the results are ignored for that reason.
+    let _ = serde_json::to_writer(&mut out, id);
+    out.extend_from_slice(br#","records":["#);
+    for (i, d) in deliveries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut out, &*d.record);
+    }
+    let _ = out.write_all(b"]}");
+    // serde_json writes UTF-8 only.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_design_examples() -> anyhow::Result<()> {
+        let m = parse(
+            r#"{"op":"subscribe","id":"s1","topic":"orders",
+                "filter":"value.amount > 100.0","fields":["value.id"],"from":"latest"}"#,
+        )?;
+        let ClientMessage::Subscribe(s) = m else {
+            anyhow::bail!("not a subscribe: {m:?}")
+        };
+        assert_eq!(s.id, "s1");
+        assert_eq!(s.topic, "orders");
+        assert_eq!(s.from, StartFrom::Latest);
+        assert_eq!(
+            parse(r#"{"op":"unsubscribe","id":"s1"}"#)?,
+            ClientMessage::Unsubscribe { id: "s1".into() }
+        );
+        assert_eq!(parse(r#"{"op":"ping"}"#)?, ClientMessage::Ping);
+        Ok(())
+    }
+
+    #[test]
+    fn parses_every_start_position() -> anyhow::Result<()> {
+        let from = |f: &str| -> anyhow::Result<StartFrom> {
+            match parse(&format!(
+                r#"{{"op":"subscribe","id":"a","topic":"t","from":{f}}}"#
+            ))? {
+                ClientMessage::Subscribe(s) => Ok(s.from),
+                other => anyhow::bail!("{other:?}"),
+            }
+        };
+        assert_eq!(from(r#""earliest""#)?, StartFrom::Earliest);
+        assert_eq!(from(r#"{"timestamp":5}"#)?, StartFrom::Timestamp(5));
+        assert_eq!(
+            from(r#"{"offsets":{"0":42,"3":7}}"#)?,
+            StartFrom::Offsets(BTreeMap::from([(0, 42), (3, 7)]))
+        );
+        assert!(from(r#""yesterday""#).is_err());
+        assert!(from(r#"{"offsets":{"x":1}}"#).is_err());
+        assert!(from(r#"{"offsets":{"0":-1}}"#).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn bad_requests_name_the_problem_and_keep_the_id() {
+        let e = parse("{nope").err();
+        assert_eq!(e.as_ref().map(|e| e.code), Some(ErrorCode::BadRequest));
+        let e = parse(r#"{"op":"subscribe","id":"s9","topik":"t"}"#).err();
+        let e = e.unwrap_or_else(|| panic!("accepted a typo"));
+        assert_eq!(e.id.as_deref(), Some("s9"));
+        assert!(e.message.contains("topik"), "{}", e.message);
+        let e = parse(r#"{"op":"dance"}"#).err();
+        assert!(e.is_some_and(|e| e.message.contains("dance")));
+    }
+
+    #[test]
+    fn server_messages_match_the_protocol() {
+        assert_eq!(
+            ServerMessage::Subscribed {
+                id: "s1",
+                topic: "orders",
+                partitions: &[0, 1, 2]
+            }
+            .to_json(),
+            r#"{"type":"subscribed","id":"s1","topic":"orders","partitions":[0,1,2]}"#
+        );
+        assert_eq!(
+            ServerMessage::Lagged {
+                id: "s1",
+                dropped: 128
+            }
+            .to_json(),
+            r#"{"type":"lagged","id":"s1","dropped":128}"#
+        );
+        assert_eq!(
+            ServerMessage::Gap {
+                id: "s1",
+                partition: 0,
+                requested: 100,
+                first_available: 250
+            }
+            .to_json(),
+            r#"{"type":"gap","id":"s1","partition":0,"requested":100,"first_available":250}"#
+        );
+        assert_eq!(
+            ProtocolError::new(Some("s1"), ErrorCode::BadFilter, "x").to_json(),
+            r#"{"type":"error","id":"s1","code":"bad_filter","message":"x"}"#
+        );
+        assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
+    }
+}

@@ -1,0 +1,468 @@
+//! Source stage: reads Kafka. Input: the configured topics; output: decoded `Arc<Record>`s,
+//! published to the topic's [`TopicHub`] (the live consumer, one per topic, shared by every
+//! client) or pushed to one subscription's queue (a replay reader, for a subscription that starts
+//! in the past).
+//!
+//! The WebSocket path never commits offsets: consumers are assigned partitions explicitly, with
+//! no consumer group, and a live consumer starts at each partition's high watermark at the time
+//! it is assigned, so "latest" has a definite meaning.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+use crate::decode::{Decoder, RawRecord};
+use crate::hub::{Delivery, Subscription, TopicHub};
+use crate::metrics::Metrics;
+
+/// A Kafka operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The client could not be created (a bad librdkafka property, usually).
+    #[error("cannot create Kafka client: {0}")]
+    Client(#[source] KafkaError),
+    /// A metadata, watermark or offset request failed.
+    #[error("Kafka request for topic {topic} failed: {source}")]
+    Request {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    /// The topic does not exist (or has no partitions) on the cluster.
+    #[error("topic {0} does not exist on the Kafka cluster")]
+    NoSuchTopic(String),
+    /// A blocking Kafka call's worker thread went away.
+    #[error("Kafka request worker failed: {0}")]
+    Worker(String),
+}
+
+/// Logs at most once per interval; counts what it held back.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    last_ms: AtomicU64,
+    held: AtomicU64,
+}
+
+impl LogLimiter {
+    const INTERVAL_MS: u64 = 10_000;
+
+    /// `Some(n)` when a line may be logged now (`n` lines were held back since the last one).
+    pub fn allow(&self, epoch: Instant) -> Option<u64> {
+        let now = epoch.elapsed().as_millis() as u64 + Self::INTERVAL_MS;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= Self::INTERVAL_MS
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.held.swap(0, Ordering::Relaxed))
+        } else {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Receives librdkafka's errors and logs for one client: counted, and logged at a limited rate
+/// through `tracing`.
+pub struct SourceContext {
+    label: String,
+    metrics: Metrics,
+    epoch: Instant,
+    limiter: LogLimiter,
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
+                if let Some(held) = self.limiter.allow(self.epoch) {
+                    tracing::warn!(client = %self.label, facility = fac, held_back = held, "librdkafka: {message}");
+                }
+            }
+            _ => tracing::debug!(client = %self.label, facility = fac, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        Metrics::topic_counter(&self.metrics.kafka_errors, &self.label).inc();
+        if let Some(held) = self.limiter.allow(self.epoch) {
+            tracing::warn!(client = %self.label, held_back = held, %error, "Kafka client error: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+/// The gateway's handle on the Kafka cluster: makes consumers and answers metadata questions.
+#[derive(Clone)]
+pub struct Kafka {
+    config: KafkaConfig,
+    admin: Arc<BaseConsumer<SourceContext>>,
+    metrics: Metrics,
+    timeout: Duration,
+}
+
+impl Kafka {
+    /// Connects lazily: nothing is sent until the first request.
+    pub fn new(config: &KafkaConfig, metrics: Metrics) -> Result<Self, SourceError> {
+        let admin = client_config(config, "admin")
+            .create_with_context(context("admin", &metrics))
+            .map_err(SourceError::Client)?;
+        Ok(Self {
+            config: config.clone(),
+            admin: Arc::new(admin),
+            metrics,
+            timeout: Duration::from_millis(config.request_timeout_ms),
+        })
+    }
+
+    /// A consumer for `topic` (not yet assigned).
+    pub fn consumer(&self, topic: &str) -> Result<StreamConsumer<SourceContext>, SourceError> {
+        client_config(&self.config, topic)
+            .create_with_context(context(topic, &self.metrics))
+            .map_err(SourceError::Client)
+    }
+
+    /// Runs a blocking librdkafka call on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&BaseConsumer<SourceContext>, Duration) -> T + Send + 'static,
+    ) -> Result<T, SourceError> {
+        let admin = self.admin.clone();
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || f(&admin, timeout))
+            .await
+            .map_err(|e| SourceError::Worker(e.to_string()))
+    }
+
+    /// The partitions of `topic`, sorted.
+    pub async fn partitions(&self, topic: &str) -> Result<Vec<i32>, SourceError> {
+        let name = topic.to_string();
+        let md = self
+            .blocking(move |c, t| c.fetch_metadata(Some(&name), t))
+            .await?
+            .map_err(|source| SourceError::Request {
+                topic: topic.to_string(),
+                source,
+            })?;
+        let mut parts: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if parts.is_empty() {
+            return Err(SourceError::NoSuchTopic(topic.to_string()));
+        }
+        parts.sort_unstable();
+        Ok(parts)
+    }
+
+    /// `(low, high)` watermarks of each partition: the first offset Kafka still holds, and the
+    /// offset the next record will get.
+    pub async fn watermarks(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, (i64, i64)>, SourceError> {
+        let name = topic.to_string();
+        let parts = partitions.to_vec();
+        self.blocking(move |c, t| {
+            parts
+                .iter()
+                .map(|&p| c.fetch_watermarks(&name, p, t).map(|w| (p, w)))
+                .collect::<Result<BTreeMap<_, _>, _>>()
+        })
+        .await?
+        .map_err(|source| SourceError::Request {
+            topic: topic.to_string(),
+            source,
+        })
+    }
+
+    /// Per partition, the first offset whose timestamp is at or after `ms`; the high watermark
+    /// where there is none.
+    pub async fn offsets_for_time(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        ms: i64,
+    ) -> Result<BTreeMap<i32, i64>, SourceError> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition_offset(topic, p, Offset::Offset(ms))
+                .map_err(|source| SourceError::Request {
+                    topic: topic.to_string(),
+                    source,
+                })?;
+        }
+        let found = self
+            .blocking(move |c, t| c.offsets_for_times(tpl, t))
+            .await?
+            .map_err(|source| SourceError::Request {
+                topic: topic.to_string(),
+                source,
+            })?;
+        let marks = self.watermarks(topic, partitions).await?;
+        let mut out = BTreeMap::new();
+        for e in found.elements_for_topic(topic) {
+            let high = marks.get(&e.partition()).map_or(0, |w| w.1);
+            let offset = match e.offset() {
+                Offset::Offset(o) if o >= 0 => o,
+                _ => high,
+            };
+            out.insert(e.partition(), offset);
+        }
+        Ok(out)
+    }
+
+    /// True when the cluster answers a metadata request.
+    pub async fn reachable(&self) -> bool {
+        matches!(
+            self.blocking(|c, t| c.fetch_metadata(None, t.min(Duration::from_secs(2))))
+                .await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+fn context(label: &str, metrics: &Metrics) -> SourceContext {
+    SourceContext {
+        label: label.to_string(),
+        metrics: metrics.clone(),
+        epoch: Instant::now(),
+        limiter: LogLimiter::default(),
+    }
+}
+
+fn client_config(config: &KafkaConfig, purpose: &str) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.brokers)
+        // Partitions are assigned explicitly; the group id only names the client in broker logs.
+        .set("group.id", format!("lakewire-ws-{purpose}"))
+        .set("client.id", format!("lakewire-{purpose}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("socket.keepalive.enable", "true");
+    for (k, v) in &config.properties {
+        cc.set(k, v);
+    }
+    cc
+}
+
+fn raw<'a>(m: &'a BorrowedMessage<'a>) -> RawRecord<'a> {
+    RawRecord {
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp: m.timestamp().to_millis(),
+        key: m.key(),
+        payload: m.payload(),
+    }
+}
+
+/// Counts and (at a limited rate) logs a record that could not be decoded.
+fn decode_failed(
+    metrics: &Metrics,
+    limiter: &LogLimiter,
+    epoch: Instant,
+    topic: &str,
+    m: &BorrowedMessage<'_>,
+    e: &crate::decode::DecodeError,
+) {
+    metrics.decode_error(topic, e.reason());
+    if let Some(held) = limiter.allow(epoch) {
+        tracing::warn!(
+            topic,
+            partition = m.partition(),
+            offset = m.offset(),
+            reason = e.reason(),
+            held_back = held,
+            "skipping undecodable record: {e}"
+        );
+    }
+}
+
+/// Runs a topic's live consumer until `cancel`: waits for the topic to exist, assigns every
+/// partition at its high watermark, then decodes and publishes each record to `hub`.
+pub async fn run_live(
+    kafka: Kafka,
+    decoder: Arc<Decoder>,
+    hub: Arc<TopicHub>,
+    cancel: CancellationToken,
+) {
+    let topic = hub.name().to_string();
+    let metrics = kafka.metrics.clone();
+    let ready = Metrics::topic_gauge(&metrics.source_ready, &topic);
+    let epoch = Instant::now();
+    let limiter = LogLimiter::default();
+    let mut backoff = Duration::from_millis(250);
+    let consumer = loop {
+        let attempt = async {
+            let consumer = kafka.consumer(&topic)?;
+            let partitions = kafka.partitions(&topic).await?;
+            let marks = kafka.watermarks(&topic, &partitions).await?;
+            let mut tpl = TopicPartitionList::new();
+            for (&p, &(_, high)) in &marks {
+                tpl.add_partition_offset(&topic, p, Offset::Offset(high))
+                    .map_err(|source| SourceError::Request {
+                        topic: topic.clone(),
+                        source,
+                    })?;
+            }
+            consumer
+                .assign(&tpl)
+                .map_err(|source| SourceError::Request {
+                    topic: topic.clone(),
+                    source,
+                })?;
+            Ok::<_, SourceError>((consumer, partitions))
+        };
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = attempt => r,
+        };
+        match result {
+            Ok((consumer, partitions)) => {
+                tracing::info!(topic, ?partitions, "live consumer assigned");
+                hub.set_assigned(Some(partitions));
+                ready.set(1);
+                break consumer;
+            }
+            Err(e) => {
+                if limiter.allow(epoch).is_some() {
+                    tracing::warn!(topic, error = %e, retry_in = ?backoff, "topic not available yet");
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    let records = Metrics::topic_counter(&metrics.kafka_records, &topic);
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        match msg {
+            Ok(m) => {
+                records.inc();
+                match decoder.decode(&raw(&m)) {
+                    Ok(record) => hub.publish(Arc::new(record)),
+                    Err(e) => decode_failed(&metrics, &limiter, epoch, &topic, &m, &e),
+                }
+            }
+            Err(e) => {
+                // Errors here are per-fetch (the broker went away, a partition moved); librdkafka
+                // keeps retrying on its own, so the consumer stays.
+                Metrics::topic_counter(&metrics.kafka_errors, &topic).inc();
+                if let Some(held) = limiter.allow(epoch) {
+                    tracing::warn!(topic, error = %e, held_back = held, "Kafka consume error");
+                }
+            }
+        }
+    }
+    hub.set_assigned(None);
+    ready.set(0);
+}
+
+/// Reads `topic` from `start` (next offset per partition) for one subscription until `cancel`
+/// or the client's queue closes, waiting for room in the queue rather than dropping.
+pub async fn run_replay(
+    kafka: Kafka,
+    decoder: Arc<Decoder>,
+    sub: Arc<Subscription>,
+    start: BTreeMap<i32, i64>,
+    cancel: CancellationToken,
+) -> Result<(), SourceError> {
+    let topic = decoder.topic().to_string();
+    let consumer = kafka.consumer(&format!("{topic}-replay"))?;
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &o) in &start {
+        tpl.add_partition_offset(&topic, p, Offset::Offset(o))
+            .map_err(|source| SourceError::Request {
+                topic: topic.clone(),
+                source,
+            })?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|source| SourceError::Request {
+            topic: topic.clone(),
+            source,
+        })?;
+    let metrics = kafka.metrics.clone();
+    let records = Metrics::topic_counter(&metrics.kafka_replay_records, &topic);
+    let epoch = Instant::now();
+    let limiter = LogLimiter::default();
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            m = consumer.recv() => m,
+        };
+        let record = match msg {
+            Ok(m) => {
+                records.inc();
+                match decoder.decode(&raw(&m)) {
+                    Ok(r) => Arc::new(r),
+                    Err(e) => {
+                        decode_failed(&metrics, &limiter, epoch, &topic, &m, &e);
+                        continue;
+                    }
+                }
+            }
+            Err(e) => {
+                Metrics::topic_counter(&metrics.kafka_errors, &topic).inc();
+                if let Some(held) = limiter.allow(epoch) {
+                    tracing::warn!(topic, error = %e, held_back = held, "Kafka replay error");
+                }
+                continue;
+            }
+        };
+        let delivery = Delivery {
+            sub: sub.clone(),
+            record,
+        };
+        let pushed = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            ok = sub.queue.push_waiting(delivery) => ok,
+        };
+        if !pushed {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limiter_lets_one_line_through_per_interval() {
+        let l = LogLimiter::default();
+        let epoch = Instant::now();
+        assert_eq!(l.allow(epoch), Some(0));
+        assert_eq!(l.allow(epoch), None);
+        assert_eq!(l.allow(epoch), None);
+        assert_eq!(l.held.load(Ordering::Relaxed), 2);
+    }
+}

@@ -1,0 +1,206 @@
+//! Helpers for Lakewire's cross-process tests: a WebSocket client that speaks protocol v1, a raw
+//! HTTP GET, unique topic names, and a gateway configuration for a given broker.
+//!
+//! The tests themselves are in `tests/`; those that need the real broker are behind the
+//! `real-kafka` feature (see `integration-tests/run-all`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, anyhow, bail};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The broker the real-Kafka tests use (`TEST_KAFKA_BROKERS`, default `127.0.0.1:9092`, where
+/// `integration-tests/bin/kafka up` starts one).
+pub fn brokers() -> String {
+    std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+/// A topic name no other test (or earlier run) uses.
+pub fn unique_topic(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A gateway configuration (TOML) for `brokers` serving `topics` as JSON, on a free port.
+pub fn config_toml(brokers: &str, topics: &[&str], extra: &str) -> String {
+    let mut s = format!(
+        "[kafka]\nbrokers = \"{brokers}\"\nrequest_timeout_ms = 5000\n\n[websocket]\nlisten = \"127.0.0.1:0\"\n{extra}\n"
+    );
+    for t in topics {
+        s.push_str(&format!(
+            "\n[[topics]]\nname = \"{t}\"\nformat = \"json\"\n"
+        ));
+    }
+    s
+}
+
+/// A protocol v1 client.
+pub struct WsClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    /// Connects to `ws://addr/ws`.
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .with_context(|| format!("connecting to ws://{addr}/ws"))?;
+        Ok(Self { ws })
+    }
+
+    /// Sends a JSON text frame.
+    pub async fn send(&mut self, v: Value) -> anyhow::Result<()> {
+        self.ws.send(Message::text(v.to_string())).await?;
+        Ok(())
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, s: &str) -> anyhow::Result<()> {
+        self.ws.send(Message::text(s.to_string())).await?;
+        Ok(())
+    }
+
+    /// The next message: `Ok(Some(json))` for a text frame, `Ok(None)` once closed, with the
+    /// close frame's code in `last_close`.
+    pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Frame> {
+        loop {
+            let msg = tokio::time::timeout(timeout, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("no message within {timeout:?}"))?;
+            match msg {
+                None => return Ok(Frame::Closed(None)),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Message::Text(t))) => return Ok(Frame::Json(serde_json::from_str(&t)?)),
+                Some(Ok(Message::Close(c))) => {
+                    return Ok(Frame::Closed(
+                        c.map(|c| (u16::from(c.code), c.reason.to_string())),
+                    ));
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next JSON frame; an error if the connection closed.
+    pub async fn next_json(&mut self, timeout: Duration) -> anyhow::Result<Value> {
+        match self.next(timeout).await? {
+            Frame::Json(v) => Ok(v),
+            Frame::Closed(c) => bail!("connection closed: {c:?}"),
+        }
+    }
+
+    /// Subscribes and returns the `subscribed` reply (an error for any other reply).
+    pub async fn subscribe(&mut self, req: Value) -> anyhow::Result<Value> {
+        self.send(req).await?;
+        let reply = self.next_json(Duration::from_secs(15)).await?;
+        if reply["type"] != "subscribed" {
+            bail!("subscribe refused: {reply}");
+        }
+        Ok(reply)
+    }
+
+    /// Collects records of subscription `id` until `n` arrived; other frames are returned
+    /// alongside (lagged, gap, ...).
+    pub async fn records(
+        &mut self,
+        id: &str,
+        n: usize,
+        within: Duration,
+    ) -> anyhow::Result<(Vec<Value>, Vec<Value>)> {
+        let deadline = Instant::now() + within;
+        let mut records = Vec::new();
+        let mut others = Vec::new();
+        while records.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "got {} of {n} records within {within:?}; other frames: {others:?}",
+                    records.len()
+                );
+            }
+            let v = self
+                .next_json(left)
+                .await
+                .with_context(|| format!("after {} of {n} records", records.len()))?;
+            if v["type"] == "records" && v["id"] == id {
+                match v["records"].as_array() {
+                    Some(rs) => records.extend(rs.iter().cloned()),
+                    None => bail!("records frame without records: {v}"),
+                }
+            } else {
+                others.push(v);
+            }
+        }
+        Ok((records, others))
+    }
+
+    /// Closes the connection.
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        self.ws.close(None).await?;
+        Ok(())
+    }
+}
+
+/// A message from the server.
+#[derive(Debug)]
+pub enum Frame {
+    Json(Value),
+    Closed(Option<(u16, String)>),
+}
+
+/// `GET path` over a fresh connection; returns the status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("not an HTTP response: {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `GET /readyz` until it answers 200.
+pub async fn wait_ready(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, body) = http_get(addr, "/readyz").await?;
+        if status == 200 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("not ready within {within:?}: {status} {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of a metric line (`name{labels} value`) in a Prometheus text body.
+pub fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
