@@ -12,18 +12,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
-use crate::decode::{Decoder, RawRecord};
+use crate::decode::{Decoder, RawRecord, Record};
 use crate::hub::{Delivery, Subscription, TopicHub};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TopicLabels};
 
 /// A Kafka operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,18 +49,30 @@ pub enum SourceError {
 }
 
 /// Logs at most once per interval; counts what it held back.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LogLimiter {
+    epoch: Instant,
     last_ms: AtomicU64,
     held: AtomicU64,
+}
+
+impl Default for LogLimiter {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
 }
 
 impl LogLimiter {
     const INTERVAL_MS: u64 = 10_000;
 
     /// `Some(n)` when a line may be logged now (`n` lines were held back since the last one).
-    pub fn allow(&self, epoch: Instant) -> Option<u64> {
-        let now = epoch.elapsed().as_millis() as u64 + Self::INTERVAL_MS;
+    pub fn allow(&self) -> Option<u64> {
+        // Offset by one interval so that the very first line always passes.
+        let now = self.epoch.elapsed().as_millis() as u64 + Self::INTERVAL_MS;
         let last = self.last_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= Self::INTERVAL_MS
             && self
@@ -79,7 +93,6 @@ impl LogLimiter {
 pub struct SourceContext {
     label: String,
     metrics: Metrics,
-    epoch: Instant,
     limiter: LogLimiter,
 }
 
@@ -88,7 +101,7 @@ impl ClientContext for SourceContext {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
-                if let Some(held) = self.limiter.allow(self.epoch) {
+                if let Some(held) = self.limiter.allow() {
                     tracing::warn!(client = %self.label, facility = fac, held_back = held, "librdkafka: {message}");
                 }
             }
@@ -98,7 +111,7 @@ impl ClientContext for SourceContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         Metrics::topic_counter(&self.metrics.kafka_errors, &self.label).inc();
-        if let Some(held) = self.limiter.allow(self.epoch) {
+        if let Some(held) = self.limiter.allow() {
             tracing::warn!(client = %self.label, held_back = held, %error, "Kafka client error: {reason}");
         }
     }
@@ -243,7 +256,6 @@ fn context(label: &str, metrics: &Metrics) -> SourceContext {
     SourceContext {
         label: label.to_string(),
         metrics: metrics.clone(),
-        epoch: Instant::now(),
         limiter: LogLimiter::default(),
     }
 }
@@ -275,25 +287,82 @@ fn raw<'a>(m: &'a BorrowedMessage<'a>) -> RawRecord<'a> {
     }
 }
 
-/// Counts and (at a limited rate) logs a record that could not be decoded.
-fn decode_failed(
-    metrics: &Metrics,
-    limiter: &LogLimiter,
-    epoch: Instant,
+/// Assigns `consumer` to `topic`'s partitions, each at the given next offset.
+fn assign_at(
+    consumer: &StreamConsumer<SourceContext>,
     topic: &str,
-    m: &BorrowedMessage<'_>,
-    e: &crate::decode::DecodeError,
-) {
-    metrics.decode_error(topic, e.reason());
-    if let Some(held) = limiter.allow(epoch) {
-        tracing::warn!(
+    offsets: impl Iterator<Item = (i32, i64)>,
+) -> Result<(), SourceError> {
+    let failed = |source| SourceError::Request {
+        topic: topic.to_string(),
+        source,
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))
+            .map_err(failed)?;
+    }
+    consumer.assign(&tpl).map_err(failed)
+}
+
+/// Turns what a consumer returns into decoded records, counting (and logging at a limited rate)
+/// what it read, what failed to decode and the consumer's errors.
+struct Reader {
+    topic: String,
+    decoder: Arc<Decoder>,
+    metrics: Metrics,
+    read: Counter,
+    errors: Counter,
+    limiter: LogLimiter,
+}
+
+impl Reader {
+    fn new(decoder: Arc<Decoder>, metrics: &Metrics, read: &Family<TopicLabels, Counter>) -> Self {
+        let topic = decoder.topic().to_string();
+        Self {
+            read: Metrics::topic_counter(read, &topic),
+            errors: Metrics::topic_counter(&metrics.kafka_errors, &topic),
             topic,
-            partition = m.partition(),
-            offset = m.offset(),
-            reason = e.reason(),
-            held_back = held,
-            "skipping undecodable record: {e}"
-        );
+            decoder,
+            metrics: metrics.clone(),
+            limiter: LogLimiter::default(),
+        }
+    }
+
+    /// The decoded record, or `None` when there is none to pass on (counted and logged).
+    fn take(&self, msg: KafkaResult<BorrowedMessage<'_>>) -> Option<Arc<Record>> {
+        let topic = self.topic.as_str();
+        match msg {
+            Ok(m) => {
+                self.read.inc();
+                match self.decoder.decode(&raw(&m)) {
+                    Ok(record) => Some(Arc::new(record)),
+                    Err(e) => {
+                        self.metrics.decode_error(topic, e.reason());
+                        if let Some(held) = self.limiter.allow() {
+                            tracing::warn!(
+                                topic,
+                                partition = m.partition(),
+                                offset = m.offset(),
+                                reason = e.reason(),
+                                held_back = held,
+                                "skipping undecodable record: {e}"
+                            );
+                        }
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                // Errors here are per fetch (the broker went away, a partition moved);
+                // librdkafka keeps retrying on its own, so the consumer stays.
+                self.errors.inc();
+                if let Some(held) = self.limiter.allow() {
+                    tracing::warn!(topic, error = %e, held_back = held, "Kafka consume error");
+                }
+                None
+            }
+        }
     }
 }
 
@@ -308,7 +377,6 @@ pub async fn run_live(
     let topic = hub.name().to_string();
     let metrics = kafka.metrics.clone();
     let ready = Metrics::topic_gauge(&metrics.source_ready, &topic);
-    let epoch = Instant::now();
     let limiter = LogLimiter::default();
     let mut backoff = Duration::from_millis(250);
     let consumer = loop {
@@ -316,20 +384,11 @@ pub async fn run_live(
             let consumer = kafka.consumer(&topic)?;
             let partitions = kafka.partitions(&topic).await?;
             let marks = kafka.watermarks(&topic, &partitions).await?;
-            let mut tpl = TopicPartitionList::new();
-            for (&p, &(_, high)) in &marks {
-                tpl.add_partition_offset(&topic, p, Offset::Offset(high))
-                    .map_err(|source| SourceError::Request {
-                        topic: topic.clone(),
-                        source,
-                    })?;
-            }
-            consumer
-                .assign(&tpl)
-                .map_err(|source| SourceError::Request {
-                    topic: topic.clone(),
-                    source,
-                })?;
+            assign_at(
+                &consumer,
+                &topic,
+                marks.iter().map(|(&p, &(_, high))| (p, high)),
+            )?;
             Ok::<_, SourceError>((consumer, partitions))
         };
         let result = tokio::select! {
@@ -344,7 +403,7 @@ pub async fn run_live(
                 break consumer;
             }
             Err(e) => {
-                if limiter.allow(epoch).is_some() {
+                if limiter.allow().is_some() {
                     tracing::warn!(topic, error = %e, retry_in = ?backoff, "topic not available yet");
                 }
                 tokio::select! {
@@ -355,29 +414,15 @@ pub async fn run_live(
             }
         }
     };
-    let records = Metrics::topic_counter(&metrics.kafka_records, &topic);
+    let reader = Reader::new(decoder, &metrics, &metrics.kafka_records);
     loop {
         let msg = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             m = consumer.recv() => m,
         };
-        match msg {
-            Ok(m) => {
-                records.inc();
-                match decoder.decode(&raw(&m)) {
-                    Ok(record) => hub.publish(Arc::new(record)),
-                    Err(e) => decode_failed(&metrics, &limiter, epoch, &topic, &m, &e),
-                }
-            }
-            Err(e) => {
-                // Errors here are per-fetch (the broker went away, a partition moved); librdkafka
-                // keeps retrying on its own, so the consumer stays.
-                Metrics::topic_counter(&metrics.kafka_errors, &topic).inc();
-                if let Some(held) = limiter.allow(epoch) {
-                    tracing::warn!(topic, error = %e, held_back = held, "Kafka consume error");
-                }
-            }
+        if let Some(record) = reader.take(msg) {
+            hub.publish(record);
         }
     }
     hub.set_assigned(None);
@@ -395,48 +440,16 @@ pub async fn run_replay(
 ) -> Result<(), SourceError> {
     let topic = decoder.topic().to_string();
     let consumer = kafka.consumer(&format!("{topic}-replay"))?;
-    let mut tpl = TopicPartitionList::new();
-    for (&p, &o) in &start {
-        tpl.add_partition_offset(&topic, p, Offset::Offset(o))
-            .map_err(|source| SourceError::Request {
-                topic: topic.clone(),
-                source,
-            })?;
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|source| SourceError::Request {
-            topic: topic.clone(),
-            source,
-        })?;
-    let metrics = kafka.metrics.clone();
-    let records = Metrics::topic_counter(&metrics.kafka_replay_records, &topic);
-    let epoch = Instant::now();
-    let limiter = LogLimiter::default();
+    assign_at(&consumer, &topic, start.into_iter())?;
+    let reader = Reader::new(decoder, &kafka.metrics, &kafka.metrics.kafka_replay_records);
     loop {
         let msg = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(()),
             m = consumer.recv() => m,
         };
-        let record = match msg {
-            Ok(m) => {
-                records.inc();
-                match decoder.decode(&raw(&m)) {
-                    Ok(r) => Arc::new(r),
-                    Err(e) => {
-                        decode_failed(&metrics, &limiter, epoch, &topic, &m, &e);
-                        continue;
-                    }
-                }
-            }
-            Err(e) => {
-                Metrics::topic_counter(&metrics.kafka_errors, &topic).inc();
-                if let Some(held) = limiter.allow(epoch) {
-                    tracing::warn!(topic, error = %e, held_back = held, "Kafka replay error");
-                }
-                continue;
-            }
+        let Some(record) = reader.take(msg) else {
+            continue;
         };
         let delivery = Delivery {
             sub: sub.clone(),
@@ -459,10 +472,9 @@ mod tests {
     #[test]
     fn log_limiter_lets_one_line_through_per_interval() {
         let l = LogLimiter::default();
-        let epoch = Instant::now();
-        assert_eq!(l.allow(epoch), Some(0));
-        assert_eq!(l.allow(epoch), None);
-        assert_eq!(l.allow(epoch), None);
+        assert_eq!(l.allow(), Some(0));
+        assert_eq!(l.allow(), None);
+        assert_eq!(l.allow(), None);
         assert_eq!(l.held.load(Ordering::Relaxed), 2);
     }
 }

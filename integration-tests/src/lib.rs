@@ -103,6 +103,17 @@ impl WsClient {
         }
     }
 
+    /// The next JSON frame that is not a `records` frame (records arriving meanwhile are
+    /// skipped).
+    pub async fn next_reply(&mut self, timeout: Duration) -> anyhow::Result<Value> {
+        loop {
+            let v = self.next_json(timeout).await?;
+            if v["type"] != "records" {
+                return Ok(v);
+            }
+        }
+    }
+
     /// Subscribes and returns the `subscribed` reply (an error for any other reply).
     pub async fn subscribe(&mut self, req: Value) -> anyhow::Result<Value> {
         self.send(req).await?;

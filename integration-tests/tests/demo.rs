@@ -99,40 +99,20 @@ async fn protocol_errors_are_answered_and_the_connection_lives_on() -> anyhow::R
         .await?;
     ws.send(json!({"op":"subscribe","id":"a","topic":"trades"}))
         .await?;
-    // Records of "a" may arrive in between; skip them.
-    let e = loop {
-        let v = ws.next_json(t).await?;
-        if v["type"] != "records" {
-            break v;
-        }
-    };
+    // Records of "a" may arrive in between: next_reply skips them.
+    let e = ws.next_reply(t).await?;
     assert_eq!(e["code"], "duplicate_id", "{e}");
 
     ws.send(json!({"op":"unsubscribe","id":"zzz"})).await?;
-    let e = loop {
-        let v = ws.next_json(t).await?;
-        if v["type"] != "records" {
-            break v;
-        }
-    };
+    let e = ws.next_reply(t).await?;
     assert_eq!(e["code"], "unknown_id", "{e}");
 
     ws.send(json!({"op":"ping"})).await?;
-    let p = loop {
-        let v = ws.next_json(t).await?;
-        if v["type"] != "records" {
-            break v;
-        }
-    };
+    let p = ws.next_reply(t).await?;
     assert_eq!(p, json!({"type":"pong"}));
 
     ws.send(json!({"op":"unsubscribe","id":"a"})).await?;
-    let u = loop {
-        let v = ws.next_json(t).await?;
-        if v["type"] != "records" {
-            break v;
-        }
-    };
+    let u = ws.next_reply(t).await?;
     assert_eq!(u, json!({"type":"unsubscribed","id":"a"}));
     demo.stop().await;
     Ok(())
