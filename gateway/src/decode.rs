@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use serde::ser::{SerializeMap, Serializer};
+use bytes::Bytes;
+use std::sync::OnceLock;
 
 use crate::config::{PayloadFormat, TopicConfig};
 
@@ -21,7 +22,11 @@ pub struct RawRecord<'a> {
 }
 
 /// A decoded record, shared by every subscription that receives it.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// The value is kept as JSON text, written once by the decoder: sending a whole record copies
+/// bytes and parses nothing. Filters and projections that need the structure get it from
+/// [`Record::value`], parsed at most once per record.
+#[derive(Debug)]
 pub struct Record {
     pub topic: Arc<str>,
     pub partition: i32,
@@ -29,8 +34,73 @@ pub struct Record {
     pub timestamp: Option<i64>,
     /// The key as UTF-8 text, or base64 when it is not valid UTF-8; `None` for a null key.
     pub key: Option<String>,
-    /// The decoded value; JSON `null` for a tombstone (null payload).
-    pub value: serde_json::Value,
+    /// The decoded value as one JSON text; `null` for a tombstone (null payload). Always valid
+    /// JSON: decoders only produce valid JSON.
+    pub value_json: Bytes,
+    parsed: OnceLock<serde_json::Value>,
+}
+
+impl Record {
+    /// A record whose value is the JSON text `value_json` (which must be valid JSON).
+    pub fn new(
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        timestamp: Option<i64>,
+        key: Option<String>,
+        value_json: Bytes,
+    ) -> Self {
+        Self {
+            topic,
+            partition,
+            offset,
+            timestamp,
+            key,
+            value_json,
+            parsed: OnceLock::new(),
+        }
+    }
+
+    /// The value as a JSON tree, parsed on first use.
+    pub fn value(&self) -> &serde_json::Value {
+        self.parsed.get_or_init(|| {
+            serde_json::from_slice(&self.value_json).unwrap_or(serde_json::Value::Null)
+        })
+    }
+
+    /// Appends the protocol v1 envelope
+    /// `{"partition":..,"offset":..,"timestamp":..,"key":..,"value":..}` to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            out,
+            r#"{{"partition":{},"offset":{},"timestamp":"#,
+            self.partition, self.offset
+        );
+        match self.timestamp {
+            Some(t) => {
+                let _ = write!(out, "{t}");
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(br#","key":"#);
+        let _ = serde_json::to_writer(&mut *out, &self.key);
+        out.extend_from_slice(br#","value":"#);
+        out.extend_from_slice(&self.value_json);
+        out.push(b'}');
+    }
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        self.topic == other.topic
+            && self.partition == other.partition
+            && self.offset == other.offset
+            && self.timestamp == other.timestamp
+            && self.key == other.key
+            && self.value_json == other.value_json
+    }
 }
 
 /// Why a record could not be decoded. The record is counted under [`DecodeError::reason`] and
@@ -74,20 +144,23 @@ impl Decoder {
 
     /// Decodes `raw`.
     pub fn decode(&self, raw: &RawRecord<'_>) -> Result<Record, DecodeError> {
-        let value = match (self.format, raw.payload) {
-            (_, None) => serde_json::Value::Null,
+        let value_json = match (self.format, raw.payload) {
+            (_, None) => Bytes::from_static(b"null"),
             (PayloadFormat::Json, Some(bytes)) => {
-                serde_json::from_slice(bytes).map_err(DecodeError::BadJson)?
+                // Validate without building a tree; the text itself is what clients get.
+                serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+                    .map_err(DecodeError::BadJson)?;
+                Bytes::copy_from_slice(bytes)
             }
         };
-        Ok(Record {
-            topic: self.topic.clone(),
-            partition: raw.partition,
-            offset: raw.offset,
-            timestamp: raw.timestamp,
-            key: raw.key.map(key_text),
-            value,
-        })
+        Ok(Record::new(
+            self.topic.clone(),
+            raw.partition,
+            raw.offset,
+            raw.timestamp,
+            raw.key.map(key_text),
+            value_json,
+        ))
     }
 }
 
@@ -96,19 +169,6 @@ pub fn key_text(key: &[u8]) -> String {
     match std::str::from_utf8(key) {
         Ok(s) => s.to_owned(),
         Err(_) => base64::engine::general_purpose::STANDARD.encode(key),
-    }
-}
-
-/// The record envelope of protocol v1: `partition`, `offset`, `timestamp`, `key`, `value`.
-impl serde::Serialize for Record {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(5))?;
-        map.serialize_entry("partition", &self.partition)?;
-        map.serialize_entry("offset", &self.offset)?;
-        map.serialize_entry("timestamp", &self.timestamp)?;
-        map.serialize_entry("key", &self.key)?;
-        map.serialize_entry("value", &self.value)?;
-        map.end()
     }
 }
 
@@ -136,8 +196,10 @@ mod tests {
     #[test]
     fn json_record_serializes_as_the_v1_envelope() -> anyhow::Result<()> {
         let r = decoder().decode(&raw(Some(b"k1"), Some(br#"{"id":7,"amount":1.5}"#)))?;
+        let mut out = Vec::new();
+        r.write_json(&mut out);
         assert_eq!(
-            serde_json::to_string(&r)?,
+            String::from_utf8(out)?,
             r#"{"partition":2,"offset":42,"timestamp":1732690000000,"key":"k1","value":{"id":7,"amount":1.5}}"#
         );
         Ok(())
@@ -147,7 +209,13 @@ mod tests {
     fn binary_key_is_base64_and_tombstone_is_null() -> anyhow::Result<()> {
         let r = decoder().decode(&raw(Some(&[0xff, 0x00, 0x01]), None))?;
         assert_eq!(r.key.as_deref(), Some("/wAB"));
-        assert_eq!(r.value, serde_json::Value::Null);
+        assert_eq!(r.value(), &serde_json::Value::Null);
+        let mut out = Vec::new();
+        r.write_json(&mut out);
+        assert_eq!(
+            String::from_utf8(out)?,
+            r#"{"partition":2,"offset":42,"timestamp":1732690000000,"key":"/wAB","value":null}"#
+        );
         Ok(())
     }
 

@@ -324,14 +324,14 @@ mod tests {
     use super::*;
 
     fn record(offset: i64) -> Arc<Record> {
-        Arc::new(Record {
-            topic: Arc::from("t"),
-            partition: 0,
+        Arc::new(Record::new(
+            Arc::from("t"),
+            0,
             offset,
-            timestamp: None,
-            key: None,
-            value: serde_json::Value::Null,
-        })
+            None,
+            None,
+            bytes::Bytes::from_static(b"null"),
+        ))
     }
 
     fn offsets(next: Next) -> (Vec<(Arc<str>, u64)>, Vec<i64>) {

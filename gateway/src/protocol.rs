@@ -229,7 +229,7 @@ pub fn records_frame(id: &str, deliveries: &[&Delivery]) -> String {
         if i > 0 {
             out.push(b',');
         }
-        let _ = serde_json::to_writer(&mut out, &*d.record);
+        d.record.write_json(&mut out);
     }
     let _ = out.write_all(b"]}");
     // serde_json writes UTF-8 only.
