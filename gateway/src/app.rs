@@ -56,7 +56,7 @@ impl Services {
         let metrics = Metrics::default();
         let registry = metrics::registry(&metrics);
         let kafka = Kafka::new(&config.kafka, metrics.clone())?;
-        let hub = Hub::new(config.topics.iter().map(|t| t.name.as_str()));
+        let hub = Hub::new(config.topics.iter().map(|t| t.name.as_str()), &metrics);
         let decoders = config
             .topics
             .iter()
@@ -128,6 +128,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         sources.spawn(source::run_live(
             services.kafka.clone(),
             decoder,
+            topic.clone(),
+            shutdown.child_token(),
+        ));
+        sources.spawn(source::report_lag(
+            services.kafka.clone(),
             topic.clone(),
             shutdown.child_token(),
         ));

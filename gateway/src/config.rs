@@ -107,6 +107,10 @@ pub struct WebSocketConfig {
     /// Records buffered per client before the slow-client policy applies.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
+    /// Bytes (of rendered records) buffered per client before the slow-client policy applies;
+    /// whichever of `queue_size` and this is reached first counts.
+    #[serde(default = "default_queue_bytes")]
+    pub queue_bytes: usize,
     /// `drop` (oldest records dropped, `lagged` sent) or `disconnect` (close 4008).
     #[serde(default)]
     pub slow_client: SlowClientPolicy,
@@ -119,6 +123,22 @@ pub struct WebSocketConfig {
     /// Records put in one `records` frame at most.
     #[serde(default = "default_max_records_per_frame")]
     pub max_records_per_frame: usize,
+    /// How often the server pings an idle connection (WebSocket ping frame).
+    #[serde(default = "default_ping_interval_ms")]
+    pub ping_interval_ms: u64,
+    /// A connection from which nothing (not even a pong) arrived for this long is closed with
+    /// 1001 `idle timeout`.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Longest filter expression a client may send, in bytes.
+    #[serde(default = "default_max_filter_bytes")]
+    pub max_filter_bytes: usize,
+    /// Most syntax-tree nodes in a filter (bounds its evaluation cost per record).
+    #[serde(default = "default_max_filter_nodes")]
+    pub max_filter_nodes: usize,
+    /// Most paths in a subscription's `fields`.
+    #[serde(default = "default_max_fields")]
+    pub max_fields: usize,
     /// On shutdown, how long open sessions get to receive their close frame (1001) before the
     /// process exits anyway.
     #[serde(default = "default_shutdown_grace_ms")]
@@ -130,6 +150,24 @@ fn default_listen() -> SocketAddr {
 }
 const fn default_queue_size() -> usize {
     1024
+}
+const fn default_queue_bytes() -> usize {
+    1 << 20
+}
+const fn default_ping_interval_ms() -> u64 {
+    20_000
+}
+const fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+const fn default_max_filter_bytes() -> usize {
+    4_096
+}
+const fn default_max_filter_nodes() -> usize {
+    512
+}
+const fn default_max_fields() -> usize {
+    64
 }
 const fn default_max_subscriptions() -> usize {
     64
@@ -149,10 +187,16 @@ impl Default for WebSocketConfig {
         Self {
             listen: default_listen(),
             queue_size: default_queue_size(),
+            queue_bytes: default_queue_bytes(),
             slow_client: SlowClientPolicy::default(),
             max_subscriptions: default_max_subscriptions(),
             max_frame_bytes: default_max_frame_bytes(),
             max_records_per_frame: default_max_records_per_frame(),
+            ping_interval_ms: default_ping_interval_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_filter_bytes: default_max_filter_bytes(),
+            max_filter_nodes: default_max_filter_nodes(),
+            max_fields: default_max_fields(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
         }
     }
@@ -235,6 +279,24 @@ impl Config {
         if ws.queue_size == 0 {
             return bad("websocket.queue_size", "must be at least 1");
         }
+        if ws.queue_bytes < 1024 {
+            return bad("websocket.queue_bytes", "must be at least 1024");
+        }
+        if ws.ping_interval_ms == 0 {
+            return bad("websocket.ping_interval_ms", "must be greater than 0");
+        }
+        if ws.idle_timeout_ms <= ws.ping_interval_ms {
+            return bad(
+                "websocket.idle_timeout_ms",
+                "must be greater than websocket.ping_interval_ms (pings keep live clients talking)",
+            );
+        }
+        if ws.max_filter_bytes == 0 || ws.max_filter_nodes == 0 || ws.max_fields == 0 {
+            return bad(
+                "websocket.max_filter_bytes / max_filter_nodes / max_fields",
+                "must be at least 1",
+            );
+        }
         if ws.max_subscriptions == 0 {
             return bad("websocket.max_subscriptions", "must be at least 1");
         }
@@ -245,6 +307,15 @@ impl Config {
             return bad("websocket.max_records_per_frame", "must be at least 1");
         }
         Ok(())
+    }
+
+    /// The limits on client filters and projections.
+    pub fn shape_limits(&self) -> crate::filter::Limits {
+        crate::filter::Limits {
+            max_filter_bytes: self.websocket.max_filter_bytes,
+            max_filter_nodes: self.websocket.max_filter_nodes,
+            max_fields: self.websocket.max_fields,
+        }
     }
 
     /// The configured topic called `name`.

@@ -37,6 +37,8 @@ pub struct Record {
     /// The decoded value as one JSON text; `null` for a tombstone (null payload). Always valid
     /// JSON: decoders only produce valid JSON.
     pub value_json: Bytes,
+    /// Kafka headers: name and value (UTF-8 text, or base64 when not UTF-8; `None` for null).
+    pub headers: Vec<(String, Option<String>)>,
     parsed: OnceLock<serde_json::Value>,
 }
 
@@ -57,8 +59,15 @@ impl Record {
             timestamp,
             key,
             value_json,
+            headers: Vec::new(),
             parsed: OnceLock::new(),
         }
+    }
+
+    /// The record with these Kafka headers.
+    pub fn with_headers(mut self, headers: Vec<(String, Option<String>)>) -> Self {
+        self.headers = headers;
+        self
     }
 
     /// The value as a JSON tree, parsed on first use.
@@ -100,6 +109,7 @@ impl PartialEq for Record {
             && self.timestamp == other.timestamp
             && self.key == other.key
             && self.value_json == other.value_json
+            && self.headers == other.headers
     }
 }
 

@@ -5,8 +5,9 @@
 //! - [`source`]: one Kafka consumer per topic (and a short-lived reader per replaying
 //!   subscription) reads raw records;
 //! - [`decode`]: turns each into a [`decode::Record`] once, however many clients read it;
-//! - [`hub`]: hands it to every subscription of the topic through each client's bounded queue,
-//!   applying the slow-client policy when a queue is full;
+//! - [`hub`]: renders it once per distinct subscription shape ([`filter`]: CEL filter and field
+//!   projection) and hands the bytes to every subscription of that shape through each client's
+//!   bounded queue, applying the slow-client policy when a queue is full;
 //! - [`session`]: one per WebSocket connection, speaks [`protocol`] v1 and writes `records`
 //!   frames;
 //! - [`http`]: the listener's routes (`/ws`, `/metrics`, `/healthz`, `/readyz`, `/api/topics`).
@@ -19,6 +20,7 @@ pub mod app;
 pub mod config;
 pub mod decode;
 pub mod demo;
+pub mod filter;
 pub mod http;
 pub mod hub;
 pub mod metrics;

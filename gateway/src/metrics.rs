@@ -16,6 +16,13 @@ pub struct TopicLabels {
     pub topic: String,
 }
 
+/// Labels of per-partition series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: i32,
+}
+
 /// Labels of decode failures.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecodeErrorLabels {
@@ -69,6 +76,12 @@ pub struct Metrics {
     pub kafka_replay_records: Family<TopicLabels, Counter>,
     /// Records that could not be decoded, per topic and reason. They are skipped.
     pub decode_errors: Family<DecodeErrorLabels, Counter>,
+    /// Filters that failed to evaluate on a record (counted as no match), per topic.
+    pub filter_errors: Family<TopicLabels, Counter>,
+    /// Bytes of `records` frames written to clients.
+    pub ws_bytes_sent: Counter,
+    /// Per topic and partition, records in Kafka not yet read by the live consumer.
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
     /// Errors reported by the Kafka client (connection loss, broker down, ...), per topic.
     pub kafka_errors: Family<TopicLabels, Counter>,
     /// 1 when the topic's live consumer is assigned to every partition, else 0.
@@ -109,6 +122,21 @@ impl Metrics {
             "decode_errors",
             "Records that could not be decoded and were skipped",
             self.decode_errors.clone(),
+        );
+        r.register(
+            "filter_errors",
+            "Filters that failed on a record (counted as no match)",
+            self.filter_errors.clone(),
+        );
+        r.register(
+            "ws_bytes_sent",
+            "Bytes of records frames written to WebSocket clients",
+            self.ws_bytes_sent.clone(),
+        );
+        r.register(
+            "consumer_lag",
+            "Records in Kafka not yet read by the live consumer",
+            self.consumer_lag.clone(),
         );
         r.register(
             "kafka_errors",

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use warp::ws::Message;
 
 use crate::app::Services;
+use crate::filter::{Shape, ShapeError};
 use crate::hub::{ClientQueue, Delivery, Next, Subscription, TopicHub};
 use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError, ServerMessage, StartFrom};
 use crate::source::{self, SourceError};
@@ -41,6 +42,7 @@ pub enum Ended {
     Shutdown,
     SlowConsumer,
     FrameTooBig,
+    Idle,
     SocketError,
 }
 
@@ -51,6 +53,7 @@ impl Ended {
             Ended::Shutdown => "shutdown",
             Ended::SlowConsumer => "slow_consumer",
             Ended::FrameTooBig => "frame_too_big",
+            Ended::Idle => "idle_timeout",
             Ended::SocketError => "socket_error",
         }
     }
@@ -77,17 +80,36 @@ where
     let mut session = Session {
         services: &services,
         conn: services.next_conn_id(),
-        queue: ClientQueue::new(ws.queue_size, ws.slow_client, metrics.clone()),
+        queue: ClientQueue::new(
+            ws.queue_size,
+            ws.queue_bytes,
+            ws.slow_client,
+            metrics.clone(),
+        ),
         subs: HashMap::new(),
         cancel: cancel.child_token(),
     };
     let max_records = ws.max_records_per_frame;
+    let idle_timeout = Duration::from_millis(ws.idle_timeout_ms);
+    let mut keepalive = tokio::time::interval(Duration::from_millis(ws.ping_interval_ms));
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keepalive.reset();
+    let mut last_heard = tokio::time::Instant::now();
     let ended = loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => {
                 let _ = socket.send(Message::close_with(close::GOING_AWAY, "server shutting down")).await;
                 break Ended::Shutdown;
+            }
+            _ = keepalive.tick() => {
+                if last_heard.elapsed() >= idle_timeout {
+                    let _ = socket.send(Message::close_with(close::GOING_AWAY, "idle timeout")).await;
+                    break Ended::Idle;
+                }
+                if socket.send(Message::ping(Vec::new())).await.is_err() {
+                    break Ended::SocketError;
+                }
             }
             incoming = socket.next() => match incoming {
                 None => break Ended::ClientClosed,
@@ -100,6 +122,7 @@ where
                     break Ended::SocketError;
                 }
                 Some(Ok(msg)) => {
+                    last_heard = tokio::time::Instant::now();
                     if msg.is_close() {
                         break Ended::ClientClosed;
                     }
@@ -219,55 +242,61 @@ impl Session<'_> {
                 format!("topic {:?} is not served by this gateway", req.topic),
             ));
         };
-        if req.filter.is_some() {
-            return Err(err(
-                ErrorCode::BadFilter,
-                "filters are not supported by this gateway version yet".into(),
-            ));
-        }
-        if req.fields.is_some() {
-            return Err(err(
-                ErrorCode::BadRequest,
-                "`fields` projection is not supported by this gateway version yet".into(),
-            ));
-        }
-        let sub = Subscription::new(self.conn, Arc::from(id), self.queue.clone());
+        let shape = Shape::new(
+            req.filter.as_deref(),
+            req.fields.as_deref(),
+            topic.env(),
+            &self.services.config.shape_limits(),
+        )
+        .map_err(|e| match e {
+            ShapeError::BadFilter(m) => err(ErrorCode::BadFilter, m),
+            ShapeError::BadFields(m) => err(ErrorCode::BadRequest, m),
+        })?;
         let timeout = Duration::from_millis(self.services.config.kafka.request_timeout_ms);
-        let (partitions, replay, gaps) = match &req.from {
-            StartFrom::Latest => {
-                let partitions = topic.wait_assigned(timeout).await.unwrap_or_default();
-                topic.add(sub.clone());
-                (partitions, None, Vec::new())
-            }
-            from => {
-                let plan = self
-                    .replay_plan(&req.topic, from)
-                    .await
-                    .map_err(|e| match e {
-                        SourceError::NoSuchTopic(_) => err(ErrorCode::UnknownTopic, e.to_string()),
-                        other => err(
-                            ErrorCode::BadRequest,
-                            format!("cannot start the subscription: {other}"),
-                        ),
-                    })?;
-                let token = self.cancel.child_token();
-                let Some(decoder) = self.services.decoders.get(req.topic.as_str()).cloned() else {
-                    return Err(err(ErrorCode::UnknownTopic, "no decoder for topic".into()));
-                };
-                tokio::spawn({
-                    let kafka = self.services.kafka.clone();
-                    let sub = sub.clone();
-                    let token = token.clone();
-                    let start = plan.start;
-                    async move {
-                        if let Err(e) = source::run_replay(kafka, decoder, sub, start, token).await
-                        {
-                            tracing::warn!(error = %e, "replay reader failed");
-                        }
+        let live = req.from == StartFrom::Latest;
+        let sub = Subscription::new(
+            self.conn,
+            Arc::from(id),
+            self.queue.clone(),
+            Arc::new(shape),
+            live,
+        );
+        let (partitions, replay, gaps) = if live {
+            let partitions = topic.wait_assigned(timeout).await.unwrap_or_default();
+            topic.add(sub.clone());
+            (partitions, None, Vec::new())
+        } else {
+            let plan = self
+                .replay_plan(&req.topic, &req.from)
+                .await
+                .map_err(|e| match e {
+                    SourceError::NoSuchTopic(_) => err(ErrorCode::UnknownTopic, e.to_string()),
+                    other => err(
+                        ErrorCode::BadRequest,
+                        format!("cannot start the subscription: {other}"),
+                    ),
+                })?;
+            let Some(decoder) = self.services.decoders.get(req.topic.as_str()).cloned() else {
+                return Err(err(ErrorCode::UnknownTopic, "no decoder for topic".into()));
+            };
+            // In the hub first (not yet live), so the replay reader can hand partitions over.
+            topic.add(sub.clone());
+            let token = self.cancel.child_token();
+            tokio::spawn({
+                let kafka = self.services.kafka.clone();
+                let topic = topic.clone();
+                let sub = sub.clone();
+                let token = token.clone();
+                let start = plan.start;
+                async move {
+                    if let Err(e) =
+                        source::run_replay(kafka, decoder, topic, sub, start, token).await
+                    {
+                        tracing::warn!(error = %e, "replay reader failed");
                     }
-                });
-                (plan.partitions, Some(token), plan.gaps)
-            }
+                }
+            });
+            (plan.partitions, Some(token), plan.gaps)
         };
         let mut frames = vec![
             ServerMessage::Subscribed {
@@ -349,7 +378,9 @@ impl Session<'_> {
         for (sub, ds) in groups {
             metrics.ws_records_sent.inc_by(ds.len() as u64);
             metrics.ws_frames_sent.inc();
-            frames.push(protocol::records_frame(&sub.id, &ds));
+            let frame = protocol::records_frame(&sub.id, &ds);
+            metrics.ws_bytes_sent.inc_by(frame.len() as u64);
+            frames.push(frame);
         }
         frames
     }

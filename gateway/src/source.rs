@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
 use crate::decode::{Decoder, RawRecord, Record};
-use crate::hub::{Delivery, Subscription, TopicHub};
+use crate::hub::{Delivery, Renderer, Subscription, TopicHub};
 use crate::metrics::{Metrics, TopicLabels};
 
 /// A Kafka operation that failed.
@@ -277,6 +277,17 @@ fn client_config(config: &KafkaConfig, purpose: &str) -> ClientConfig {
     cc
 }
 
+fn headers(m: &BorrowedMessage<'_>) -> Vec<(String, Option<String>)> {
+    use rdkafka::message::Headers as _;
+    m.headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.map(crate::decode::key_text)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn raw<'a>(m: &'a BorrowedMessage<'a>) -> RawRecord<'a> {
     RawRecord {
         partition: m.partition(),
@@ -336,7 +347,7 @@ impl Reader {
             Ok(m) => {
                 self.read.inc();
                 match self.decoder.decode(&raw(&m)) {
-                    Ok(record) => Some(Arc::new(record)),
+                    Ok(record) => Some(Arc::new(record.with_headers(headers(&m)))),
                     Err(e) => {
                         self.metrics.decode_error(topic, e.reason());
                         if let Some(held) = self.limiter.allow() {
@@ -384,21 +395,18 @@ pub async fn run_live(
             let consumer = kafka.consumer(&topic)?;
             let partitions = kafka.partitions(&topic).await?;
             let marks = kafka.watermarks(&topic, &partitions).await?;
-            assign_at(
-                &consumer,
-                &topic,
-                marks.iter().map(|(&p, &(_, high))| (p, high)),
-            )?;
-            Ok::<_, SourceError>((consumer, partitions))
+            let at: BTreeMap<i32, i64> = marks.iter().map(|(&p, &(_, high))| (p, high)).collect();
+            assign_at(&consumer, &topic, at.iter().map(|(&p, &o)| (p, o)))?;
+            Ok::<_, SourceError>((consumer, at))
         };
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
             r = attempt => r,
         };
         match result {
-            Ok((consumer, partitions)) => {
-                tracing::info!(topic, ?partitions, "live consumer assigned");
-                hub.set_assigned(Some(partitions));
+            Ok((consumer, at)) => {
+                tracing::info!(topic, ?at, "live consumer assigned");
+                hub.set_assigned(Some(at));
                 ready.set(1);
                 break consumer;
             }
@@ -429,38 +437,111 @@ pub async fn run_live(
     ready.set(0);
 }
 
-/// Reads `topic` from `start` (next offset per partition) for one subscription until `cancel`
-/// or the client's queue closes, waiting for room in the queue rather than dropping.
+/// Feeds one subscription from `start` (next offset per partition) with its own reader, at the
+/// client's pace (waiting for room in its queue rather than dropping), and hands each partition
+/// over to the live consumer as soon as the reader has caught up with it; ends when every
+/// partition is live, on `cancel`, or when the client's queue closes.
 pub async fn run_replay(
     kafka: Kafka,
     decoder: Arc<Decoder>,
+    hub: Arc<TopicHub>,
     sub: Arc<Subscription>,
     start: BTreeMap<i32, i64>,
     cancel: CancellationToken,
 ) -> Result<(), SourceError> {
     let topic = decoder.topic().to_string();
+    // Per partition still replaying: the next offset to deliver.
+    let mut next: BTreeMap<i32, i64> = start
+        .into_iter()
+        .filter(|&(p, o)| !hub.try_go_live(&sub, p, o))
+        .collect();
+    if next.is_empty() {
+        return Ok(());
+    }
     let consumer = kafka.consumer(&format!("{topic}-replay"))?;
-    assign_at(&consumer, &topic, start.into_iter())?;
+    assign_at(&consumer, &topic, next.iter().map(|(&p, &o)| (p, o)))?;
     let reader = Reader::new(decoder, &kafka.metrics, &kafka.metrics.kafka_replay_records);
-    loop {
+    // While the reader sits at the end of the log, the hand-over is retried on this tick.
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !next.is_empty() {
         let msg = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(()),
+            _ = tick.tick() => {
+                next.retain(|&p, &mut o| !hub.try_go_live(&sub, p, o));
+                continue;
+            }
             m = consumer.recv() => m,
         };
         let Some(record) = reader.take(msg) else {
             continue;
         };
-        let delivery = Delivery {
-            sub: sub.clone(),
-            record,
+        let p = record.partition;
+        // Records of a partition already handed over (read before the hand-over took effect).
+        let Some(&expected) = next.get(&p) else {
+            continue;
         };
-        let pushed = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            ok = sub.queue.push_waiting(delivery) => ok,
-        };
-        if !pushed {
-            return Ok(());
+        if record.offset < expected {
+            continue;
+        }
+        let rendered = Renderer::new(&record, hub.env()).render(&sub.shape);
+        match rendered {
+            Ok(Some(bytes)) => {
+                let delivery = Delivery {
+                    sub: sub.clone(),
+                    bytes,
+                    partition: p,
+                    offset: record.offset,
+                };
+                let pushed = tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    ok = sub.queue.push_waiting(delivery) => ok,
+                };
+                if !pushed {
+                    return Ok(());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => hub.filter_failed(&sub.shape.key, &e),
+        }
+        let after = record.offset + 1;
+        if hub.try_go_live(&sub, p, after) {
+            next.remove(&p);
+        } else {
+            next.insert(p, after);
+        }
+    }
+    Ok(())
+}
+
+/// Every few seconds, sets `lakewire_consumer_lag{topic,partition}`: the high watermark less the
+/// live consumer's position.
+pub async fn report_lag(kafka: Kafka, hub: Arc<TopicHub>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let position = hub.published_next();
+        if position.is_empty() {
+            continue;
+        }
+        let parts: Vec<i32> = position.keys().copied().collect();
+        if let Ok(marks) = kafka.watermarks(hub.name(), &parts).await {
+            for (p, (_, high)) in marks {
+                let lag = high - position.get(&p).copied().unwrap_or(high);
+                kafka
+                    .metrics
+                    .consumer_lag
+                    .get_or_create(&crate::metrics::PartitionLabels {
+                        topic: hub.name().to_string(),
+                        partition: p,
+                    })
+                    .set(lag.max(0));
+            }
         }
     }
 }
