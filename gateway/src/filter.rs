@@ -89,6 +89,11 @@ impl Filter {
                 VARIABLES.join(", ")
             ));
         }
+        if let Some(what) = not_boolean(&program.expression().expr) {
+            return bad(format!(
+                "the filter must be a boolean expression; this one gives {what}"
+            ));
+        }
         let filter = Self { program };
         // A trial run on an empty record finds what only evaluation can: unknown functions and
         // a result that is not a boolean. Errors that depend on the data (a missing field) are
@@ -200,6 +205,32 @@ fn type_name(v: &cel::Value) -> &'static str {
         cel::Value::Bool(_) => "a boolean",
         cel::Value::Null => "null",
         _ => "a non-boolean value",
+    }
+}
+
+/// What an expression gives when that is plainly not a boolean, whatever the record: a literal,
+/// a list or map, arithmetic, `size`, or a conditional whose branches are such.
+fn not_boolean(e: &cel::common::ast::Expr) -> Option<&'static str> {
+    use cel::common::ast::{Expr, LiteralValue};
+    match e {
+        Expr::Literal(LiteralValue::Boolean(_)) => None,
+        Expr::Literal(LiteralValue::Null) => Some("null"),
+        Expr::Literal(LiteralValue::String(_)) => Some("a string"),
+        Expr::Literal(LiteralValue::Bytes(_)) => Some("bytes"),
+        Expr::Literal(_) => Some("a number"),
+        Expr::List(_) => Some("a list"),
+        Expr::Map(_) => Some("a map"),
+        Expr::Call(c) => match c.func_name.as_str() {
+            "_+_" | "_-_" | "_*_" | "_/_" | "_%_" | "-_" => Some("a number or a string"),
+            "size" | "int" | "uint" | "double" => Some("a number"),
+            "string" => Some("a string"),
+            "_?_:_" => {
+                let branch = |i: usize| c.args.get(i).and_then(|a| not_boolean(&a.expr));
+                branch(1).and(branch(2))
+            }
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -486,8 +517,17 @@ mod tests {
         assert!(e.contains("unknown name \"valeu\""), "{e}");
         let e = compile("nosuchfn(value)").err().unwrap_or_default();
         assert!(e.contains("nosuchfn"), "{e}");
-        let e = compile("1 + 2").err().unwrap_or_default();
-        assert!(e.contains("boolean"), "{e}");
+        for not_bool in [
+            "1 + 2",
+            "value.n + 1",
+            "size(value.tags)",
+            "'x'",
+            "offset > 1 ? 1 : 2",
+        ] {
+            let e = compile(not_bool).err().unwrap_or_default();
+            assert!(e.contains("boolean"), "{not_bool}: {e}");
+        }
+        assert!(compile("offset > 1 ? value.a : false").is_ok());
         let e = compile(&"a".repeat(300)).err().unwrap_or_default();
         assert!(e.contains("limit is 200"), "{e}");
         let e = compile(&["offset > 1"; 12].join(" || "))

@@ -77,8 +77,10 @@ impl WsClient {
     /// The next message: `Ok(Some(json))` for a text frame, `Ok(None)` once closed, with the
     /// close frame's code in `last_close`.
     pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Frame> {
+        // One deadline for the whole wait: pings and pongs do not extend it.
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let msg = tokio::time::timeout(timeout, self.ws.next())
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .map_err(|_| anyhow!("no message within {timeout:?}"))?;
             match msg {

@@ -268,3 +268,338 @@ async fn topic_created_after_start_becomes_ready() -> anyhow::Result<()> {
     gw.stop().await;
     Ok(())
 }
+
+fn admin() -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_gets_exactly_the_records_its_filter_and_fields_select() -> anyhow::Result<()> {
+    let topic = unique_topic("filters");
+    create_topic(&topic, 2).await?;
+    let gw = gateway(&[&topic], "").await?;
+    let mut ws = WsClient::connect(gw.addr).await?;
+    type Selects = Box<dyn Fn(usize) -> bool>;
+    let cases: Vec<(&str, Value, Selects)> = vec![
+        (
+            "eu",
+            json!("value.region == 'eu'"),
+            Box::new(|n| n % 2 == 0),
+        ),
+        ("third", json!("value.n % 3 == 0"), Box::new(|n| n % 3 == 0)),
+        (
+            "big",
+            json!("value.amount > 60.0 && partition == 1"),
+            Box::new(|n| n as f64 * 1.5 > 60.0 && n % 2 == 1),
+        ),
+        ("k7", json!("key == 'k7'"), Box::new(|n| n == 7)),
+        ("none", json!("value.n > 1000"), Box::new(|_| false)),
+    ];
+    for (id, filter, _) in &cases {
+        ws.subscribe(json!({"op":"subscribe","id":id,"topic":topic,"filter":filter}))
+            .await?;
+    }
+    // A second client with the same filter as "eu" (same shape), and one with a projection.
+    let mut twin = WsClient::connect(gw.addr).await?;
+    twin.subscribe(
+        json!({"op":"subscribe","id":"eu","topic":topic,"filter":"value.region == 'eu'"}),
+    )
+    .await?;
+    twin.subscribe(json!({"op":"subscribe","id":"slim","topic":topic,"fields":["value.n"]}))
+        .await?;
+    let p = producer()?;
+    produce(&p, &topic, 2, &payloads(0..60)).await?;
+    // Every expected record, per subscription, then nothing more (a ping answers first).
+    let mut got: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let expected_total: usize = cases
+        .iter()
+        .map(|(_, _, f)| (0..60).filter(|&n| f(n)).count())
+        .sum();
+    let mut n = 0;
+    while n < expected_total {
+        let v = ws
+            .next_json(T)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; so far {got:?}"))?;
+        assert_eq!(v["type"], "records", "{v}");
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        let rs = v["records"].as_array().cloned().unwrap_or_default();
+        n += rs.len();
+        got.entry(id).or_default().extend(ns(&rs));
+    }
+    ws.send(json!({"op":"ping"})).await?;
+    assert_eq!(
+        ws.next_json(T).await?,
+        json!({"type":"pong"}),
+        "no extra records"
+    );
+    for (id, _, f) in &cases {
+        let mut mine = got.remove(*id).unwrap_or_default();
+        mine.sort_unstable();
+        let want: Vec<i64> = (0..60).filter(|&n| f(n)).map(|n| n as i64).collect();
+        assert_eq!(mine, want, "subscription {id}");
+    }
+    let mut twin_got: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    while twin_got.values().map(Vec::len).sum::<usize>() < 90 {
+        let v = twin.next_json(T).await?;
+        assert_eq!(v["type"], "records", "{v}");
+        let rs = v["records"].as_array().cloned().unwrap_or_default();
+        twin_got
+            .entry(v["id"].as_str().unwrap_or_default().to_string())
+            .or_default()
+            .extend(rs);
+    }
+    let eu = twin_got.remove("eu").unwrap_or_default();
+    assert_eq!(
+        ns(&eu).len(),
+        30,
+        "the second client of the same shape gets the same records"
+    );
+    let slim = twin_got.remove("slim").unwrap_or_default();
+    assert_eq!(slim.len(), 60);
+    for r in &slim {
+        let keys: Vec<&String> = r
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(keys, ["partition", "offset", "timestamp", "value"], "{r}");
+        assert_eq!(r["value"].as_object().map(|o| o.len()), Some(1), "{r}");
+    }
+    let (_, body) = http_get(gw.addr, "/metrics").await?;
+    assert_eq!(
+        metric(
+            &body,
+            &format!("lakewire_kafka_records_total{{topic=\"{topic}\"}}")
+        ),
+        Some(60.0)
+    );
+    gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_filter_is_refused_with_the_problem_named() -> anyhow::Result<()> {
+    let topic = unique_topic("badfilter");
+    create_topic(&topic, 1).await?;
+    let gw = gateway(&[&topic], "").await?;
+    let mut ws = WsClient::connect(gw.addr).await?;
+    for (filter, needle) in [
+        ("value.amount >", "syntax"),
+        ("amount > 1", "unknown name \"amount\""),
+        ("value.n + 1", "boolean"),
+    ] {
+        ws.send(json!({"op":"subscribe","id":"f","topic":topic,"filter":filter}))
+            .await?;
+        let e = ws.next_json(T).await?;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str(), e["id"].as_str()),
+            (Some("error"), Some("bad_filter"), Some("f")),
+            "{e}"
+        );
+        assert!(
+            e["message"].as_str().unwrap_or_default().contains(needle),
+            "{e}"
+        );
+    }
+    // The id was not taken by the refused attempts.
+    ws.subscribe(json!({"op":"subscribe","id":"f","topic":topic,"filter":"value.n > 1"}))
+        .await?;
+    gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_gets_lagged_while_a_fast_client_gets_everything() -> anyhow::Result<()> {
+    let topic = unique_topic("slow");
+    create_topic(&topic, 1).await?;
+    let gw = gateway(&[&topic], "queue_size = 16\nslow_client = \"drop\"").await?;
+    let mut slow = WsClient::connect(gw.addr).await?;
+    slow.subscribe(json!({"op":"subscribe","id":"slow","topic":topic}))
+        .await?;
+    let mut fast = WsClient::connect(gw.addr).await?;
+    fast.subscribe(json!({"op":"subscribe","id":"fast","topic":topic}))
+        .await?;
+    // Big records so the slow client's socket buffers fill and its queue overflows.
+    let pad = "x".repeat(4000);
+    let batch: Vec<String> = (0..3000)
+        .map(|n| json!({"n": n, "pad": pad}).to_string())
+        .collect();
+    let p = producer()?;
+    let producing = tokio::spawn(async move { produce(&p, &topic, 1, &batch).await });
+    let (records, _) = fast.records("fast", 3000, Duration::from_secs(60)).await?;
+    assert_eq!(
+        ns(&records),
+        (0..3000).collect::<Vec<_>>(),
+        "the fast client lost nothing"
+    );
+    producing.await??;
+    // Now the slow one reads: it must be told it lost records.
+    let mut lagged = 0;
+    let mut received = 0;
+    while received + lagged < 3000 {
+        let v = slow.next_json(T).await?;
+        match v["type"].as_str() {
+            Some("lagged") => lagged += v["dropped"].as_u64().unwrap_or(0) as usize,
+            Some("records") => received += v["records"].as_array().map_or(0, Vec::len),
+            _ => anyhow::bail!("unexpected {v}"),
+        }
+    }
+    assert!(lagged > 0, "the slow client was never told it lagged");
+    assert_eq!(
+        received + lagged,
+        3000,
+        "every record is either delivered or counted as dropped"
+    );
+    let (_, body) = http_get(gw.addr, "/metrics").await?;
+    assert_eq!(
+        metric(
+            &body,
+            "lakewire_ws_dropped_records_total{reason=\"slow_client\"}"
+        ),
+        Some(lagged as f64)
+    );
+    gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_is_disconnected_with_4008_under_the_disconnect_policy() -> anyhow::Result<()> {
+    let topic = unique_topic("slowdc");
+    create_topic(&topic, 1).await?;
+    let gw = gateway(&[&topic], "queue_size = 16\nslow_client = \"disconnect\"").await?;
+    let mut slow = WsClient::connect(gw.addr).await?;
+    slow.subscribe(json!({"op":"subscribe","id":"slow","topic":topic}))
+        .await?;
+    let mut fast = WsClient::connect(gw.addr).await?;
+    fast.subscribe(json!({"op":"subscribe","id":"fast","topic":topic}))
+        .await?;
+    let pad = "x".repeat(4000);
+    let batch: Vec<String> = (0..3000)
+        .map(|n| json!({"n": n, "pad": pad}).to_string())
+        .collect();
+    let p = producer()?;
+    let producing = tokio::spawn(async move { produce(&p, &topic, 1, &batch).await });
+    let (records, _) = fast.records("fast", 3000, Duration::from_secs(60)).await?;
+    assert_eq!(records.len(), 3000);
+    producing.await??;
+    let code = loop {
+        match slow.next(T).await? {
+            lakewire_integration_tests::Frame::Json(_) => continue,
+            lakewire_integration_tests::Frame::Closed(c) => break c,
+        }
+    };
+    assert_eq!(code.map(|c| c.0), Some(4008));
+    gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earliest_joins_the_live_stream_without_gap_or_duplicate_while_producing()
+-> anyhow::Result<()> {
+    let topic = unique_topic("join");
+    create_topic(&topic, 3).await?;
+    let p = producer()?;
+    produce(&p, &topic, 3, &payloads(0..300)).await?;
+    let gw = gateway(&[&topic], "").await?;
+    let mut ws = WsClient::connect(gw.addr).await?;
+    // Keep producing while the replay runs and hands over.
+    let producing = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            let p = producer()?;
+            for chunk in (300..900).collect::<Vec<_>>().chunks(50) {
+                produce(&p, &topic, 3, &payloads(chunk[0]..chunk[0] + chunk.len())).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    ws.subscribe(json!({"op":"subscribe","id":"j","topic":topic,"from":"earliest"}))
+        .await?;
+    let (records, _) = ws.records("j", 900, Duration::from_secs(60)).await?;
+    producing.await??;
+    let mut got = ns(&records);
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..900).collect::<Vec<_>>(),
+        "every record exactly once"
+    );
+    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+    for r in &records {
+        let (part, off) = (
+            r["partition"].as_i64().unwrap_or(-1),
+            r["offset"].as_i64().unwrap_or(-1),
+        );
+        assert!(
+            last.insert(part, off).is_none_or(|prev| prev + 1 == off),
+            "partition {part}: {off} after {:?}",
+            last.get(&part)
+        );
+    }
+    ws.send(json!({"op":"ping"})).await?;
+    assert_eq!(
+        ws.next_json(T).await?,
+        json!({"type":"pong"}),
+        "no duplicate after the last record"
+    );
+    gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_timestamp_starts_at_the_first_record_at_or_after_it() -> anyhow::Result<()> {
+    let topic = unique_topic("time");
+    create_topic(&topic, 1).await?;
+    let p = producer()?;
+    let base = 1_700_000_000_000_i64;
+    for i in 0..10_i64 {
+        let payload = json!({"n": i}).to_string();
+        p.send(
+            FutureRecord::to(&topic)
+                .key("k")
+                .payload(&payload)
+                .timestamp(base + i * 1000),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+    }
+    let gw = gateway(&[&topic], "").await?;
+    let mut ws = WsClient::connect(gw.addr).await?;
+    ws.subscribe(
+        json!({"op":"subscribe","id":"t","topic":topic,"from":{"timestamp": base + 4500}}),
+    )
+    .await?;
+    let (records, _) = ws.records("t", 5, T).await?;
+    assert_eq!(ns(&records), vec![5, 6, 7, 8, 9]);
+    assert_eq!(records[0]["timestamp"], base + 5000);
+    gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_before_the_log_start_reports_a_gap() -> anyhow::Result<()> {
+    let topic = unique_topic("gap");
+    create_topic(&topic, 1).await?;
+    let p = producer()?;
+    produce(&p, &topic, 1, &payloads(0..10)).await?;
+    // Retention, on demand: delete everything before offset 6.
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(6))?;
+    admin()?.delete_records(&tpl, &AdminOptions::new()).await?;
+    let gw = gateway(&[&topic], "").await?;
+    let mut ws = WsClient::connect(gw.addr).await?;
+    ws.subscribe(json!({"op":"subscribe","id":"g","topic":topic,"from":{"offsets":{"0":2}}}))
+        .await?;
+    let gap = ws.next_json(T).await?;
+    assert_eq!(
+        gap,
+        json!({"type":"gap","id":"g","partition":0,"requested":2,"first_available":6})
+    );
+    let (records, _) = ws.records("g", 4, T).await?;
+    assert_eq!(ns(&records), vec![6, 7, 8, 9]);
+    gw.stop().await;
+    Ok(())
+}
