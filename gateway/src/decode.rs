@@ -260,6 +260,28 @@ impl DecodeContext {
     }
 }
 
+/// Adds `s` under its fingerprints (the specification's, and Python avro's when it differs).
+/// Two schemas with one fingerprint that decode differently (the canonical form leaves out
+/// logical types, so `decimal` scales may differ) would make records ambiguous: refused.
+fn insert_known(
+    known: &mut HashMap<u64, Arc<ParsedSchema>>,
+    s: Arc<ParsedSchema>,
+) -> Result<(), String> {
+    for fp in std::iter::once(s.fingerprint).chain(s.python_fingerprint) {
+        if let Some(other) = known.get(&fp) {
+            if other.plan != s.plan {
+                return Err(format!(
+                    "two schemas have fingerprint {fp:016x} but decode differently \
+                     (their logical types differ): {} and {}",
+                    other.canonical, s.canonical
+                ));
+            }
+        }
+        known.insert(fp, s.clone());
+    }
+    Ok(())
+}
+
 /// Every `*.avsc` in `dir`, by fingerprint.
 fn load_schemas_dir(dir: &Path) -> Result<HashMap<u64, Arc<ParsedSchema>>, String> {
     let entries =
@@ -271,7 +293,7 @@ fn load_schemas_dir(dir: &Path) -> Result<HashMap<u64, Arc<ParsedSchema>>, Strin
             .path();
         if path.extension().is_some_and(|x| x == "avsc") {
             let s = ParsedSchema::from_file(&path).map_err(|e| e.to_string())?;
-            out.insert(s.fingerprint, Arc::new(s));
+            insert_known(&mut out, Arc::new(s)).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
     Ok(out)
@@ -416,8 +438,12 @@ impl Decoder {
                 PayloadFormat::SingleObject => {
                     let mut known = cx.known.clone();
                     if let Some(p) = schema {
-                        let s = load(which, p)?;
-                        Arc::make_mut(&mut known).insert(s.fingerprint, s);
+                        insert_known(Arc::make_mut(&mut known), load(which, p)?).map_err(
+                            |why| DecodeSetupError::Schema {
+                                key: format!("topics.{}.{which}", topic.name),
+                                why,
+                            },
+                        )?;
                     }
                     Framing::SingleObject(known)
                 }

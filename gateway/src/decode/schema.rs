@@ -73,6 +73,10 @@ pub struct ParsedSchema {
     pub canonical: String,
     /// CRC-64-AVRO fingerprint of the canonical form.
     pub fingerprint: u64,
+    /// The fingerprint the Python `avro` package (1.12) computes, when it differs: it writes a
+    /// primitive carrying a logical type as `{"type":"long"}` instead of the specification's
+    /// `"long"`. Single-object records from Python producers carry this one.
+    pub python_fingerprint: Option<u64>,
     /// `apache-avro`'s parse, used for schema resolution (a reader schema per topic), with the
     /// `decimal` and `uuid` annotations removed: apache-avro 0.21 refuses to resolve a decimal
     /// whose bytes are shorter than its precision allows (as every writer encodes small values)
@@ -88,12 +92,15 @@ impl ParsedSchema {
         let plan = Compiler::default().compile_root(&json)?;
         let canonical = canonical_form(&json)?;
         let fingerprint = rabin(canonical.as_bytes());
+        let python_fingerprint =
+            Some(rabin(canonical_form_as(&json, true)?.as_bytes())).filter(|&f| f != fingerprint);
         let avro = apache_avro::Schema::parse(&strip_annotations(json))
             .map_err(|e| SchemaError(format!("not a valid Avro schema: {e}")))?;
         Ok(Self {
             plan,
             canonical,
             fingerprint,
+            python_fingerprint,
             avro,
         })
     }
@@ -363,9 +370,15 @@ pub fn json_string(s: &str) -> Vec<u8> {
 /// The Parsing Canonical Form of a schema (Avro specification, "Transforming into Parsing
 /// Canonical Form").
 pub fn canonical_form(json: &Value) -> Result<String, SchemaError> {
+    canonical_form_as(json, false)
+}
+
+/// The canonical form, or with `python` as the Python `avro` package writes it (see
+/// [`ParsedSchema::python_fingerprint`]).
+fn canonical_form_as(json: &Value, python: bool) -> Result<String, SchemaError> {
     let mut out = String::new();
     let mut seen = std::collections::HashSet::new();
-    canonical(json, "", &mut seen, &mut out)?;
+    canonical(json, "", &mut seen, &mut out, python)?;
     Ok(out)
 }
 
@@ -374,6 +387,7 @@ fn canonical(
     ns: &str,
     seen: &mut std::collections::HashSet<String>,
     out: &mut String,
+    python: bool,
 ) -> Result<(), SchemaError> {
     let push_str = |out: &mut String, s: &str| {
         out.push_str(&String::from_utf8_lossy(&json_string(s)));
@@ -392,14 +406,14 @@ fn canonical(
                 if i > 0 {
                     out.push(',');
                 }
-                canonical(b, ns, seen, out)?;
+                canonical(b, ns, seen, out, python)?;
             }
             out.push(']');
         }
         Value::Object(obj) => {
             let ty = match obj.get("type") {
                 Some(Value::String(t)) => t.as_str(),
-                Some(inner) => return canonical(inner, ns, seen, out),
+                Some(inner) => return canonical(inner, ns, seen, out, python),
                 None => return bad("a schema object without \"type\""),
             };
             match ty {
@@ -442,7 +456,7 @@ fn canonical(
                                 let Some(t) = f.get("type") else {
                                     return bad("a field without \"type\"");
                                 };
-                                canonical(t, &inner_ns, seen, out)?;
+                                canonical(t, &inner_ns, seen, out, python)?;
                                 out.push('}');
                             }
                             out.push(']');
@@ -450,17 +464,19 @@ fn canonical(
                     }
                     out.push('}');
                 }
-                "array" => {
-                    out.push_str("{\"type\":\"array\",\"items\":");
-                    canonical(obj.get("items").unwrap_or(&Value::Null), ns, seen, out)?;
+                "array" | "map" => {
+                    let part = if ty == "array" { "items" } else { "values" };
+                    out.push_str(&format!("{{\"type\":\"{ty}\",\"{part}\":"));
+                    let inner = obj.get(part).unwrap_or(&Value::Null);
+                    canonical(inner, ns, seen, out, python)?;
                     out.push('}');
                 }
-                "map" => {
-                    out.push_str("{\"type\":\"map\",\"values\":");
-                    canonical(obj.get("values").unwrap_or(&Value::Null), ns, seen, out)?;
+                prim if python && PRIMITIVES.contains(&prim) && obj.contains_key("logicalType") => {
+                    out.push_str("{\"type\":");
+                    push_str(out, prim);
                     out.push('}');
                 }
-                other => canonical(&Value::String(other.to_string()), ns, seen, out)?,
+                other => canonical(&Value::String(other.to_string()), ns, seen, out, python)?,
             }
         }
         other => return bad(format!("{other} is not a schema")),
