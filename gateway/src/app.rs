@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::decode::Decoder;
+use crate::decode::{DecodeContext, DecodeSetupError, Decoder};
 use crate::hub::Hub;
 use crate::metrics::{self, Metrics};
 use crate::source::{self, Kafka, SourceError};
@@ -36,6 +36,9 @@ pub enum AppError {
     /// The Kafka client could not be created.
     #[error(transparent)]
     Kafka(#[from] SourceError),
+    /// A topic's decoder could not be set up.
+    #[error(transparent)]
+    Decode(#[from] DecodeSetupError),
 }
 
 /// What every session and HTTP handler shares.
@@ -57,11 +60,12 @@ impl Services {
         let registry = metrics::registry(&metrics);
         let kafka = Kafka::new(&config.kafka, metrics.clone())?;
         let hub = Hub::new(config.topics.iter().map(|t| t.name.as_str()), &metrics);
+        let cx = DecodeContext::new(&config, &metrics)?;
         let decoders = config
             .topics
             .iter()
-            .map(|t| (t.name.clone(), Arc::new(Decoder::new(t))))
-            .collect();
+            .map(|t| Ok((t.name.clone(), Arc::new(Decoder::new(t, &cx)?))))
+            .collect::<Result<_, DecodeSetupError>>()?;
         Ok(Arc::new(Self {
             config,
             hub,

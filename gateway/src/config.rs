@@ -46,6 +46,54 @@ pub struct Config {
     /// Who may connect.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// The Confluent-compatible schema registry; needed by topics with format `confluent`.
+    #[serde(default)]
+    pub schema_registry: Option<SchemaRegistryConfig>,
+    /// Folder of `*.avsc` schemas that `single-object` records are matched against, by the
+    /// CRC-64-AVRO fingerprint of each schema's canonical form. Relative to the working
+    /// directory.
+    #[serde(default = "default_schemas_dir")]
+    pub schemas_dir: PathBuf,
+}
+
+fn default_schemas_dir() -> PathBuf {
+    PathBuf::from("schemas")
+}
+
+/// `[schema_registry]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// Base URL of the registry, `http://` or `https://`, e.g. `http://127.0.0.1:8081`.
+    pub url: String,
+    /// User name for HTTP basic authentication (with `password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for HTTP basic authentication.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// PEM file of CA certificates to trust for `https://` besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// How long one schema request may take before it counts as failed and is retried.
+    #[serde(default = "default_registry_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// How long connecting to the registry may take.
+    #[serde(default = "default_registry_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// The longest wait between two attempts while the registry is unavailable.
+    #[serde(default = "default_registry_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+const fn default_registry_request_timeout_ms() -> u64 {
+    5_000
+}
+const fn default_registry_connect_timeout_ms() -> u64 {
+    2_000
+}
+const fn default_registry_max_backoff_ms() -> u64 {
+    10_000
 }
 
 /// `[kafka]`
@@ -76,6 +124,39 @@ pub struct TopicConfig {
     pub name: String,
     /// How record values are encoded on the wire.
     pub format: PayloadFormat,
+    /// The Avro schema file of the values: required for `raw`; for `single-object`, one more
+    /// schema to match besides those in `schemas_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<PathBuf>,
+    /// An Avro reader schema: values are resolved from the writer's schema to this one (Avro's
+    /// schema resolution rules), so clients see one shape while producers evolve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_schema: Option<PathBuf>,
+    /// How record keys are encoded. Absent: keys are sent as UTF-8 text, or base64 when not
+    /// UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_format: Option<PayloadFormat>,
+    /// The Avro schema file of the keys, for `key_format = "raw"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_schema: Option<PathBuf>,
+    /// A topic that undecodable records are copied to, as they are, with the error in headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+}
+
+impl TopicConfig {
+    /// A topic of `format` with every optional key unset.
+    pub fn new(name: impl Into<String>, format: PayloadFormat) -> Self {
+        Self {
+            name: name.into(),
+            format,
+            schema: None,
+            reader_schema: None,
+            key_format: None,
+            key_schema: None,
+            dead_letter_topic: None,
+        }
+    }
 }
 
 /// The wire format of a topic's record values.
@@ -84,6 +165,21 @@ pub struct TopicConfig {
 pub enum PayloadFormat {
     /// UTF-8 JSON documents.
     Json,
+    /// Confluent wire format: `0x00`, a 4-byte big-endian schema id, Avro binary; the schema
+    /// comes from `[schema_registry]`.
+    Confluent,
+    /// Avro single-object encoding: `0xC3 0x01`, the schema's 8-byte fingerprint, Avro binary;
+    /// the schema comes from `schemas_dir`.
+    SingleObject,
+    /// Avro binary with no framing, in the topic's `schema`.
+    Raw,
+}
+
+impl PayloadFormat {
+    /// True for the Avro formats.
+    pub const fn is_avro(self) -> bool {
+        !matches!(self, PayloadFormat::Json)
+    }
 }
 
 /// What happens when a client's queue is full.
@@ -274,6 +370,14 @@ impl Config {
             if !seen.insert(topic.name.as_str()) {
                 return bad(&key, &format!("topic {:?} is listed twice", topic.name));
             }
+            if let Err((key, why)) = crate::decode::check_topic(self, i) {
+                return bad(&key, &why);
+            }
+        }
+        if let Some(r) = &self.schema_registry {
+            if let Err((key, why)) = crate::decode::check_registry(r) {
+                return bad(&key, &why);
+            }
         }
         let ws = &self.websocket;
         if ws.queue_size == 0 {
@@ -325,7 +429,7 @@ impl Config {
 }
 
 /// Kafka's own rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
-fn check_topic_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 249 {
         return Err("a topic name has 1 to 249 characters".into());
     }
@@ -450,6 +554,9 @@ impl fmt::Display for PayloadFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PayloadFormat::Json => f.write_str("json"),
+            PayloadFormat::Confluent => f.write_str("confluent"),
+            PayloadFormat::SingleObject => f.write_str("single-object"),
+            PayloadFormat::Raw => f.write_str("raw"),
         }
     }
 }

@@ -1,14 +1,28 @@
 //! Decode stage: a raw Kafka record (bytes) becomes a [`Record`] whose value is JSON, once per
 //! record however many clients read it. Input: [`RawRecord`]; output: `Arc<Record>` or a
-//! [`DecodeError`] that the source counts and skips.
+//! [`DecodeError`] that the source counts and skips (and, if configured, copies to a dead-letter
+//! topic). Formats: JSON as is; Avro in the Confluent (schema registry, [`registry`]),
+//! single-object (schemas folder) or raw framing, written as JSON by [`avro`] from a plan
+//! compiled by [`schema`].
 
+pub mod avro;
+pub mod registry;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use std::sync::OnceLock;
 
-use crate::config::{PayloadFormat, TopicConfig};
+use self::avro::AvroError;
+use self::registry::{Lookup, Registry, RegistryError};
+use self::schema::ParsedSchema;
+use crate::config::{Config, PayloadFormat, SchemaRegistryConfig, TopicConfig};
+use crate::dead_letter::DeadLetters;
+use crate::metrics::Metrics;
 
 /// A Kafka record as it came off the wire, borrowed from the consumer's buffer.
 #[derive(Debug, Clone, Copy)]
@@ -120,6 +134,31 @@ pub enum DecodeError {
     /// The payload is not a JSON document.
     #[error("payload is not valid JSON: {0}")]
     BadJson(#[source] serde_json::Error),
+    /// The payload does not start with its format's magic bytes.
+    #[error("wrong magic byte for format {format}: expected {expected}, found {found}")]
+    WrongMagic {
+        format: PayloadFormat,
+        expected: &'static str,
+        found: String,
+    },
+    /// The payload is shorter than its framing, or the Avro data ends early.
+    #[error("truncated record: {0}")]
+    Truncated(&'static str),
+    /// The Avro data does not fit its schema.
+    #[error("{0}")]
+    BadAvro(String),
+    /// The registry does not know the Confluent schema id.
+    #[error("schema id {0} is not in the schema registry")]
+    UnknownSchemaId(u32),
+    /// The registry's schema for the id cannot be used.
+    #[error("schema id {id}: {why}")]
+    BadSchema { id: u32, why: String },
+    /// No schema in `schemas_dir` has the single-object record's fingerprint.
+    #[error("no schema with fingerprint {0:016x} in the schemas folder")]
+    UnknownFingerprint(u64),
+    /// The key could not be decoded.
+    #[error("key: {0}")]
+    Key(Box<DecodeError>),
 }
 
 impl DecodeError {
@@ -127,23 +166,325 @@ impl DecodeError {
     pub const fn reason(&self) -> &'static str {
         match self {
             DecodeError::BadJson(_) => "bad_json",
+            DecodeError::WrongMagic { .. } => "wrong_magic",
+            DecodeError::Truncated(_) => "truncated",
+            DecodeError::BadAvro(_) => "bad_avro",
+            DecodeError::UnknownSchemaId(_) => "unknown_schema_id",
+            DecodeError::BadSchema { .. } => "bad_schema",
+            DecodeError::UnknownFingerprint(_) => "unknown_fingerprint",
+            DecodeError::Key(_) => "bad_key",
         }
     }
+}
+
+impl From<AvroError> for DecodeError {
+    fn from(e: AvroError) -> Self {
+        match e {
+            AvroError::Truncated => DecodeError::Truncated("the Avro data ends early"),
+            other => DecodeError::BadAvro(other.to_string()),
+        }
+    }
+}
+
+/// A decoder could not be set up (a schema file, the registry client).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeSetupError {
+    /// A schema file is missing or invalid; the message names the key.
+    #[error("{key}: {why}")]
+    Schema { key: String, why: String },
+    /// A topic needs the registry and `[schema_registry]` is absent.
+    #[error("schema_registry: required by topic {0} (format confluent)")]
+    NoRegistry(String),
+    /// The registry client could not be built.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The dead-letter producer could not be created.
+    #[error(transparent)]
+    DeadLetters(#[from] crate::dead_letter::DeadLetterError),
+}
+
+/// Where a topic's Avro writer schemas come from.
+#[derive(Debug, Clone)]
+enum Framing {
+    /// No framing; one schema.
+    Raw(Arc<ParsedSchema>),
+    /// `0xC3 0x01` + fingerprint (little-endian), schema from the schemas folder.
+    SingleObject(Arc<HashMap<u64, Arc<ParsedSchema>>>),
+    /// `0x00` + schema id (big-endian), schema from the registry.
+    Confluent(Arc<Registry>),
+}
+
+/// How one part of a record (value or key) is decoded.
+#[derive(Debug, Clone)]
+enum Format {
+    Json,
+    Avro {
+        framing: Framing,
+        /// The reader schema to resolve to, if configured.
+        reader: Option<Arc<ParsedSchema>>,
+    },
+}
+
+/// What the decoders of all topics share: the registry client, the schemas folder, the
+/// dead-letter producer.
+#[derive(Debug, Clone, Default)]
+pub struct DecodeContext {
+    registry: Option<Arc<Registry>>,
+    known: Arc<HashMap<u64, Arc<ParsedSchema>>>,
+    dead_letters: Option<Arc<DeadLetters>>,
+}
+
+impl DecodeContext {
+    /// Loads what `config`'s topics need: the schemas folder (when a topic is `single-object`),
+    /// the registry client (when one is configured), the dead-letter producer (when a topic has
+    /// a dead-letter topic).
+    pub fn new(config: &Config, metrics: &Metrics) -> Result<Self, DecodeSetupError> {
+        let uses = |f: PayloadFormat| {
+            config
+                .topics
+                .iter()
+                .any(|t| t.format == f || t.key_format == Some(f))
+        };
+        let known = if uses(PayloadFormat::SingleObject) {
+            load_schemas_dir(&config.schemas_dir).map_err(|why| DecodeSetupError::Schema {
+                key: "schemas_dir".into(),
+                why,
+            })?
+        } else {
+            HashMap::new()
+        };
+        let registry = match &config.schema_registry {
+            Some(r) => Some(Arc::new(Registry::new(r, metrics.clone())?)),
+            None => None,
+        };
+        let dead_letters = if config.topics.iter().any(|t| t.dead_letter_topic.is_some()) {
+            Some(Arc::new(DeadLetters::new(&config.kafka, metrics.clone())?))
+        } else {
+            None
+        };
+        Ok(Self {
+            registry,
+            known: Arc::new(known),
+            dead_letters,
+        })
+    }
+}
+
+/// Adds `s` under its fingerprints (the specification's, and Python avro's when it differs).
+/// Two schemas with one fingerprint that decode differently (the canonical form leaves out
+/// logical types, so `decimal` scales may differ) would make records ambiguous: refused.
+fn insert_known(
+    known: &mut HashMap<u64, Arc<ParsedSchema>>,
+    s: Arc<ParsedSchema>,
+) -> Result<(), String> {
+    for fp in std::iter::once(s.fingerprint).chain(s.python_fingerprint) {
+        if let Some(other) = known.get(&fp) {
+            if other.plan != s.plan {
+                return Err(format!(
+                    "two schemas have fingerprint {fp:016x} but decode differently \
+                     (their logical types differ): {} and {}",
+                    other.canonical, s.canonical
+                ));
+            }
+        }
+        known.insert(fp, s.clone());
+    }
+    Ok(())
+}
+
+/// Every `*.avsc` in `dir`, by fingerprint.
+fn load_schemas_dir(dir: &Path) -> Result<HashMap<u64, Arc<ParsedSchema>>, String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut out = HashMap::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|x| x == "avsc") {
+            let s = ParsedSchema::from_file(&path).map_err(|e| e.to_string())?;
+            insert_known(&mut out, Arc::new(s)).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(out)
+}
+
+/// Checks `config.topics[i]`'s decoding keys and reads its schema files; `Err((key, why))`.
+pub(crate) fn check_topic(config: &Config, i: usize) -> Result<(), (String, String)> {
+    let t = &config.topics[i];
+    let key = |k: &str| format!("topics[{i}].{k}");
+    let schema_ok = |k: &str, path: &Option<std::path::PathBuf>| match path {
+        Some(p) => ParsedSchema::from_file(p)
+            .map(|_| ())
+            .map_err(|e| (key(k), e.to_string())),
+        None => Ok(()),
+    };
+    match (t.format, &t.schema) {
+        (PayloadFormat::Raw, None) => {
+            return Err((key("schema"), "required when format = \"raw\"".into()));
+        }
+        (PayloadFormat::Json | PayloadFormat::Confluent, Some(_)) => {
+            return Err((
+                key("schema"),
+                format!("only for format raw or single-object, not {}", t.format),
+            ));
+        }
+        _ => {}
+    }
+    if t.reader_schema.is_some() && !t.format.is_avro() {
+        return Err((key("reader_schema"), "only for the Avro formats".into()));
+    }
+    match (t.key_format, &t.key_schema) {
+        (Some(PayloadFormat::Raw), None) => {
+            return Err((
+                key("key_schema"),
+                "required when key_format = \"raw\"".into(),
+            ));
+        }
+        (f, Some(_)) if f != Some(PayloadFormat::Raw) => {
+            return Err((key("key_schema"), "only with key_format = \"raw\"".into()));
+        }
+        _ => {}
+    }
+    let confluent =
+        t.format == PayloadFormat::Confluent || t.key_format == Some(PayloadFormat::Confluent);
+    if confluent && config.schema_registry.is_none() {
+        return Err((
+            "schema_registry".into(),
+            format!("required: topic {:?} uses format \"confluent\"", t.name),
+        ));
+    }
+    if let Some(dlq) = &t.dead_letter_topic {
+        crate::config::check_topic_name(dlq).map_err(|why| (key("dead_letter_topic"), why))?;
+        if dlq == &t.name {
+            return Err((
+                key("dead_letter_topic"),
+                "must differ from the topic itself".into(),
+            ));
+        }
+    }
+    schema_ok("schema", &t.schema)?;
+    schema_ok("reader_schema", &t.reader_schema)?;
+    schema_ok("key_schema", &t.key_schema)?;
+    Ok(())
+}
+
+/// Checks `[schema_registry]`; `Err((key, why))`.
+pub(crate) fn check_registry(r: &SchemaRegistryConfig) -> Result<(), (String, String)> {
+    let k = |s: &str| format!("schema_registry.{s}");
+    let rest = r
+        .url
+        .strip_prefix("http://")
+        .or_else(|| r.url.strip_prefix("https://"));
+    if rest.is_none_or(|h| h.trim_end_matches('/').is_empty()) {
+        return Err((
+            k("url"),
+            format!("{:?} is not an http:// or https:// URL", r.url),
+        ));
+    }
+    if r.username.is_some() != r.password.is_some() {
+        return Err((k("username"), "username and password go together".into()));
+    }
+    for (name, v) in [
+        ("request_timeout_ms", r.request_timeout_ms),
+        ("connect_timeout_ms", r.connect_timeout_ms),
+        ("max_backoff_ms", r.max_backoff_ms),
+    ] {
+        if v == 0 {
+            return Err((k(name), "must be greater than 0".into()));
+        }
+    }
+    if let Some(ca) = &r.ca_file {
+        registry::read_ca_file(ca).map_err(|e| {
+            (
+                k("ca_file"),
+                e.to_string().replace("schema_registry.ca_file: ", ""),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Decodes one topic's records.
 #[derive(Debug, Clone)]
 pub struct Decoder {
     topic: Arc<str>,
-    format: PayloadFormat,
+    value: Format,
+    key: Option<Format>,
+    dead_letter_topic: Option<(Arc<DeadLetters>, String)>,
 }
 
 impl Decoder {
-    /// A decoder for `topic`'s configured format.
-    pub fn new(topic: &TopicConfig) -> Self {
-        Self {
+    /// A decoder for `topic`'s configured formats.
+    pub fn new(topic: &TopicConfig, cx: &DecodeContext) -> Result<Self, DecodeSetupError> {
+        let format = |f: PayloadFormat,
+                      schema: &Option<std::path::PathBuf>,
+                      reader: &Option<std::path::PathBuf>,
+                      which: &str|
+         -> Result<Format, DecodeSetupError> {
+            let load = |key: &str, p: &std::path::Path| {
+                ParsedSchema::from_file(p)
+                    .map(Arc::new)
+                    .map_err(|e| DecodeSetupError::Schema {
+                        key: format!("topics.{}.{key}", topic.name),
+                        why: e.to_string(),
+                    })
+            };
+            let reader = match reader {
+                Some(p) => Some(load("reader_schema", p)?),
+                None => None,
+            };
+            let framing = match f {
+                PayloadFormat::Json => return Ok(Format::Json),
+                PayloadFormat::Raw => match schema {
+                    Some(p) => Framing::Raw(load(which, p)?),
+                    None => {
+                        return Err(DecodeSetupError::Schema {
+                            key: format!("topics.{}.{which}", topic.name),
+                            why: "required for raw".into(),
+                        });
+                    }
+                },
+                PayloadFormat::SingleObject => {
+                    let mut known = cx.known.clone();
+                    if let Some(p) = schema {
+                        insert_known(Arc::make_mut(&mut known), load(which, p)?).map_err(
+                            |why| DecodeSetupError::Schema {
+                                key: format!("topics.{}.{which}", topic.name),
+                                why,
+                            },
+                        )?;
+                    }
+                    Framing::SingleObject(known)
+                }
+                PayloadFormat::Confluent => match &cx.registry {
+                    Some(r) => Framing::Confluent(r.clone()),
+                    None => return Err(DecodeSetupError::NoRegistry(topic.name.clone())),
+                },
+            };
+            Ok(Format::Avro { framing, reader })
+        };
+        Ok(Self {
             topic: Arc::from(topic.name.as_str()),
-            format: topic.format,
+            value: format(topic.format, &topic.schema, &topic.reader_schema, "schema")?,
+            key: match topic.key_format {
+                Some(f) => Some(format(f, &topic.key_schema, &None, "key_schema")?),
+                None => None,
+            },
+            dead_letter_topic: match (&cx.dead_letters, &topic.dead_letter_topic) {
+                (Some(d), Some(t)) => Some((d.clone(), t.clone())),
+                _ => None,
+            },
+        })
+    }
+
+    /// A decoder of JSON values and text keys (no schema, no registry).
+    pub fn json(topic: &str) -> Self {
+        Self {
+            topic: Arc::from(topic),
+            value: Format::Json,
+            key: None,
+            dead_letter_topic: None,
         }
     }
 
@@ -152,15 +493,46 @@ impl Decoder {
         &self.topic
     }
 
-    /// Decodes `raw`.
+    /// Makes sure the schemas `raw` needs are at hand: on a registry cache miss, fetches the
+    /// schema, waiting (with retries) while the registry is unavailable. Cheap otherwise.
+    pub async fn prepare(&self, raw: &RawRecord<'_>) {
+        for (format, bytes) in [
+            (Some(&self.value), raw.payload),
+            (self.key.as_ref(), raw.key),
+        ] {
+            if let (
+                Some(Format::Avro {
+                    framing: Framing::Confluent(registry),
+                    ..
+                }),
+                Some(bytes),
+            ) = (format, bytes)
+            {
+                if let Some(id) = confluent_id(bytes) {
+                    if registry.cached(id).is_none() {
+                        registry.lookup(id).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes `raw`. Confluent-framed records need [`Decoder::prepare`] first.
     pub fn decode(&self, raw: &RawRecord<'_>) -> Result<Record, DecodeError> {
-        let value_json = match (self.format, raw.payload) {
-            (_, None) => Bytes::from_static(b"null"),
-            (PayloadFormat::Json, Some(bytes)) => {
-                // Validate without building a tree; the text itself is what clients get.
-                serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-                    .map_err(DecodeError::BadJson)?;
-                Bytes::copy_from_slice(bytes)
+        let value_json = match raw.payload {
+            None => Bytes::from_static(b"null"),
+            Some(bytes) => Bytes::from(to_json(&self.value, bytes)?),
+        };
+        let key = match (&self.key, raw.key) {
+            (_, None) => None,
+            (None, Some(k)) => Some(key_text(k)),
+            (Some(format), Some(k)) => {
+                let json = to_json(format, k).map_err(|e| DecodeError::Key(Box::new(e)))?;
+                // A string key is sent as that string; any other as its JSON text.
+                Some(match serde_json::from_slice::<String>(&json) {
+                    Ok(s) => s,
+                    Err(_) => String::from_utf8_lossy(&json).into_owned(),
+                })
             }
         };
         Ok(Record::new(
@@ -168,10 +540,105 @@ impl Decoder {
             raw.partition,
             raw.offset,
             raw.timestamp,
-            raw.key.map(key_text),
+            key,
             value_json,
         ))
     }
+
+    /// Copies an undecodable record to the topic's dead-letter topic, if it has one.
+    pub fn dead_letter(&self, raw: &RawRecord<'_>, error: &DecodeError) {
+        if let Some((dl, to)) = &self.dead_letter_topic {
+            dl.send(to, &self.topic, raw, error);
+        }
+    }
+}
+
+/// The schema id of a Confluent-framed payload.
+fn confluent_id(b: &[u8]) -> Option<u32> {
+    match b {
+        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+fn magic_error(format: PayloadFormat, expected: &'static str, b: &[u8]) -> DecodeError {
+    DecodeError::WrongMagic {
+        format,
+        expected,
+        found: b
+            .iter()
+            .take(2)
+            .map(|x| format!("0x{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// The JSON text of one value or key.
+fn to_json(format: &Format, bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let (framing, reader) = match format {
+        Format::Json => {
+            // Validate without building a tree; the text itself is what clients get.
+            serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(DecodeError::BadJson)?;
+            return Ok(bytes.to_vec());
+        }
+        Format::Avro { framing, reader } => (framing, reader),
+    };
+    let (writer, data) = match framing {
+        Framing::Raw(s) => (s.clone(), bytes),
+        Framing::SingleObject(known) => {
+            if bytes.len() >= 2 && bytes[..2] != [0xc3, 0x01] {
+                return Err(magic_error(PayloadFormat::SingleObject, "0xc3 0x01", bytes));
+            }
+            let Some((head, data)) = bytes.split_first_chunk::<10>() else {
+                return Err(DecodeError::Truncated(
+                    "shorter than the single-object header",
+                ));
+            };
+            let mut fp = [0u8; 8];
+            fp.copy_from_slice(&head[2..]);
+            let fp = u64::from_le_bytes(fp);
+            match known.get(&fp) {
+                Some(s) => (s.clone(), data),
+                None => return Err(DecodeError::UnknownFingerprint(fp)),
+            }
+        }
+        Framing::Confluent(registry) => {
+            if bytes.first().is_some_and(|&b| b != 0) {
+                return Err(magic_error(PayloadFormat::Confluent, "0x00", bytes));
+            }
+            let (Some(id), Some(data)) = (confluent_id(bytes), bytes.get(5..)) else {
+                return Err(DecodeError::Truncated("shorter than the Confluent header"));
+            };
+            match registry.cached(id) {
+                Some(Lookup::Found(s)) => (s, data),
+                Some(Lookup::Unusable { why, .. }) => {
+                    return Err(DecodeError::BadSchema { id, why });
+                }
+                Some(Lookup::Missing { .. }) | None => {
+                    return Err(DecodeError::UnknownSchemaId(id));
+                }
+            }
+        }
+    };
+    let mut out = Vec::with_capacity(data.len() * 2 + 16);
+    match reader {
+        None => avro::to_json(&writer.plan, data, &mut out)?,
+        Some(reader) => {
+            // Avro's resolution rules, by apache-avro; the resolved value is then written
+            // following the reader's plan, with the same mapping.
+            let mut rest = data;
+            let value = apache_avro::from_avro_datum(&writer.avro, &mut rest, Some(&reader.avro))
+                .map_err(|e| {
+                DecodeError::BadAvro(format!("resolving to the reader schema: {e}"))
+            })?;
+            if !rest.is_empty() {
+                return Err(AvroError::Trailing(rest.len()).into());
+            }
+            avro::value_to_json(&reader.plan, reader.plan.root, &value, &mut out)?;
+        }
+    }
+    Ok(out)
 }
 
 /// A key as text: UTF-8 as is, anything else base64 (RFC 4648, padded).
@@ -187,10 +654,7 @@ mod tests {
     use super::*;
 
     fn decoder() -> Decoder {
-        Decoder::new(&TopicConfig {
-            name: "t".into(),
-            format: PayloadFormat::Json,
-        })
+        Decoder::json("t")
     }
 
     fn raw<'a>(key: Option<&'a [u8]>, payload: Option<&'a [u8]>) -> RawRecord<'a> {
@@ -237,3 +701,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod format_tests;

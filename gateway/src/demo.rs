@@ -44,16 +44,15 @@ pub fn config(brokers: String, listen: SocketAddr) -> Config {
         },
         topics: TOPICS
             .iter()
-            .map(|(name, _, _)| TopicConfig {
-                name: (*name).to_string(),
-                format: PayloadFormat::Json,
-            })
+            .map(|(name, _, _)| TopicConfig::new(*name, PayloadFormat::Json))
             .collect(),
         websocket: WebSocketConfig {
             listen,
             ..WebSocketConfig::default()
         },
         auth: AuthConfig::default(),
+        schema_registry: None,
+        schemas_dir: "schemas".into(),
     }
 }
 

@@ -4,7 +4,9 @@
 //!
 //! - [`source`]: one Kafka consumer per topic (and a short-lived reader per replaying
 //!   subscription) reads raw records;
-//! - [`decode`]: turns each into a [`decode::Record`] once, however many clients read it;
+//! - [`decode`]: turns each into a [`decode::Record`] once, however many clients read it (JSON,
+//!   or Avro in the Confluent, single-object or raw framing); what it cannot decode is counted,
+//!   skipped and, if configured, copied by [`dead_letter`] to a dead-letter topic;
 //! - [`hub`]: renders it once per distinct subscription shape ([`filter`]: CEL filter and field
 //!   projection) and hands the bytes to every subscription of that shape through each client's
 //!   bounded queue, applying the slow-client policy when a queue is full;
@@ -18,6 +20,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dead_letter;
 pub mod decode;
 pub mod demo;
 pub mod filter;

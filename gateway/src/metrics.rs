@@ -30,6 +30,12 @@ pub struct DecodeErrorLabels {
     pub reason: String,
 }
 
+/// Labels of schema registry answers.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryFetchLabels {
+    pub result: &'static str,
+}
+
 /// Why a record meant for a client was not delivered.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum DropReason {
@@ -102,6 +108,16 @@ pub struct Metrics {
     pub ws_request_errors: Family<ErrorCodeLabels, Counter>,
     /// Connections that ended, per reason.
     pub ws_closed: Family<CloseLabels, Counter>,
+    /// Schemas fetched from the registry, per result (`ok`, `not_found`, `unusable`).
+    pub schema_registry_fetches: Family<RegistryFetchLabels, Counter>,
+    /// Registry requests that failed and are retried (unreachable, timeout, 5xx, 429, 401/403).
+    pub schema_registry_failures: Counter,
+    /// Schema fetches currently waiting for the registry to come back; their topics wait too.
+    pub schema_registry_waiting: Gauge,
+    /// Undecodable records copied to their dead-letter topic, per source topic.
+    pub dead_letter_records: Family<TopicLabels, Counter>,
+    /// Undecodable records that could not be copied to their dead-letter topic, per source topic.
+    pub dead_letter_errors: Family<TopicLabels, Counter>,
 }
 
 impl Metrics {
@@ -188,6 +204,31 @@ impl Metrics {
             "WebSocket connections that ended",
             self.ws_closed.clone(),
         );
+        r.register(
+            "schema_registry_fetches",
+            "Schemas fetched from the schema registry, per result",
+            self.schema_registry_fetches.clone(),
+        );
+        r.register(
+            "schema_registry_failures",
+            "Schema registry requests that failed and are retried",
+            self.schema_registry_failures.clone(),
+        );
+        r.register(
+            "schema_registry_waiting",
+            "Schema fetches waiting for the schema registry to answer",
+            self.schema_registry_waiting.clone(),
+        );
+        r.register(
+            "dead_letter_records",
+            "Undecodable records copied to their dead-letter topic",
+            self.dead_letter_records.clone(),
+        );
+        r.register(
+            "dead_letter_errors",
+            "Undecodable records that could not be copied to their dead-letter topic",
+            self.dead_letter_errors.clone(),
+        );
     }
 
     /// The handle counting `topic`'s records.
@@ -211,6 +252,13 @@ impl Metrics {
                 topic: topic.to_string(),
                 reason: reason.to_string(),
             })
+            .inc();
+    }
+
+    /// Counts one answer of the schema registry.
+    pub fn schema_registry_fetch(&self, result: &'static str) {
+        self.schema_registry_fetches
+            .get_or_create(&RegistryFetchLabels { result })
             .inc();
     }
 

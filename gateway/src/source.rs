@@ -340,13 +340,16 @@ impl Reader {
         }
     }
 
-    /// The decoded record, or `None` when there is none to pass on (counted and logged).
-    fn take(&self, msg: KafkaResult<BorrowedMessage<'_>>) -> Option<Arc<Record>> {
+    /// The decoded record, or `None` when there is none to pass on (counted and logged). Waits
+    /// while a schema it needs cannot be fetched.
+    async fn take(&self, msg: KafkaResult<BorrowedMessage<'_>>) -> Option<Arc<Record>> {
         let topic = self.topic.as_str();
         match msg {
             Ok(m) => {
                 self.read.inc();
-                match self.decoder.decode(&raw(&m)) {
+                let raw = raw(&m);
+                self.decoder.prepare(&raw).await;
+                match self.decoder.decode(&raw) {
                     Ok(record) => Some(Arc::new(record.with_headers(headers(&m)))),
                     Err(e) => {
                         self.metrics.decode_error(topic, e.reason());
@@ -360,6 +363,7 @@ impl Reader {
                                 "skipping undecodable record: {e}"
                             );
                         }
+                        self.decoder.dead_letter(&raw, &e);
                         None
                     }
                 }
@@ -424,12 +428,12 @@ pub async fn run_live(
     };
     let reader = Reader::new(decoder, &metrics, &metrics.kafka_records);
     loop {
-        let msg = tokio::select! {
+        let record = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            m = consumer.recv() => m,
+            m = async { reader.take(consumer.recv().await).await } => m,
         };
-        if let Some(record) = reader.take(msg) {
+        if let Some(record) = record {
             hub.publish(record);
         }
     }
@@ -474,7 +478,14 @@ pub async fn run_replay(
             }
             m = consumer.recv() => m,
         };
-        let Some(record) = reader.take(msg) else {
+        // Decoding may wait for the schema registry: only cancellation may interrupt it, so a
+        // tick never drops a record half-read.
+        let record = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            r = reader.take(msg) => r,
+        };
+        let Some(record) = record else {
             continue;
         };
         let p = record.partition;

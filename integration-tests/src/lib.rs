@@ -4,6 +4,8 @@
 //! The tests themselves are in `tests/`; those that need the real broker are behind the
 //! `real-kafka` feature (see `integration-tests/run-all`).
 
+pub mod registry;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
