@@ -1,7 +1,8 @@
 //! HTTP stage: the routes of the gateway's listener. Input: HTTP requests; output: the dashboard
-//! placeholder at `/`, WebSocket sessions at `/ws`, `/api/topics`, `/metrics`, `/healthz` and
+//! placeholder at `/`, WebSocket sessions at `/ws`, server-sent events at `/sse`, `/api/topics`, `/metrics`, `/healthz` and
 //! `/readyz`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -48,6 +49,15 @@ pub fn routes(
         let services = services.clone();
         move || warp::reply::json(&topic_list(&services))
     });
+    let sse = warp::path!("sse")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::sse::last_event_id::<String>())
+        .then({
+            let services = services.clone();
+            let shutdown = shutdown.clone();
+            move |query, last| crate::sse::serve(services.clone(), query, last, shutdown.clone())
+        });
     let max_frame = services.config.websocket.max_frame_bytes;
     let ws = warp::path!("ws")
         .and(warp::ws())
@@ -63,7 +73,13 @@ pub fn routes(
                     })
                 })
         });
-    index.or(healthz).or(readyz).or(metrics).or(topics).or(ws)
+    index
+        .or(healthz)
+        .or(readyz)
+        .or(metrics)
+        .or(topics)
+        .or(ws)
+        .or(sse)
 }
 
 #[derive(Serialize)]

@@ -12,7 +12,9 @@
 //!   bounded queue, applying the slow-client policy when a queue is full;
 //! - [`session`]: one per WebSocket connection, speaks [`protocol`] v1 and writes `records`
 //!   frames;
-//! - [`http`]: the listener's routes (`/ws`, `/metrics`, `/healthz`, `/readyz`, `/api/topics`).
+//! - [`sse`]: the same stream as server-sent events at `/sse`;
+//! - [`http`]: the listener's routes (`/ws`, `/sse`, `/metrics`, `/healthz`, `/readyz`,
+//!   `/api/topics`).
 //!
 //! Around them: [`config`] (TOML + `LAKEWIRE_*` environment), [`metrics`] (every metric, declared
 //! once), [`app`] (wires the stages, owns shutdown) and [`demo`] (an in-process broker and a
@@ -30,3 +32,4 @@ pub mod metrics;
 pub mod protocol;
 pub mod session;
 pub mod source;
+pub mod sse;

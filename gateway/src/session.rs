@@ -28,7 +28,8 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
 }
 
-struct ActiveSub {
+/// A subscription held by a connection.
+pub struct ActiveSub {
     sub: Arc<Subscription>,
     topic: Arc<TopicHub>,
     /// Stops the subscription's replay reader, if it has one.
@@ -199,7 +200,7 @@ impl Session<'_> {
             ClientMessage::Ping => vec![ServerMessage::Pong.to_json()],
             ClientMessage::Unsubscribe { id } => match self.subs.remove(&id) {
                 Some(active) => {
-                    self.drop_sub(active);
+                    stop(self.services, active);
                     vec![ServerMessage::Unsubscribed { id: &id }.to_json()]
                 }
                 None => vec![self.refuse(ProtocolError::new(
@@ -236,127 +237,9 @@ impl Session<'_> {
                 format!("this connection already has {max} subscriptions, the limit"),
             ));
         }
-        let Some(topic) = self.services.hub.topic(&req.topic).cloned() else {
-            return Err(err(
-                ErrorCode::UnknownTopic,
-                format!("topic {:?} is not served by this gateway", req.topic),
-            ));
-        };
-        let shape = Shape::new(
-            req.filter.as_deref(),
-            req.fields.as_deref(),
-            topic.env(),
-            &self.services.config.shape_limits(),
-        )
-        .map_err(|e| match e {
-            ShapeError::BadFilter(m) => err(ErrorCode::BadFilter, m),
-            ShapeError::BadFields(m) => err(ErrorCode::BadRequest, m),
-        })?;
-        let timeout = Duration::from_millis(self.services.config.kafka.request_timeout_ms);
-        let live = req.from == StartFrom::Latest;
-        let sub = Subscription::new(
-            self.conn,
-            Arc::from(id),
-            self.queue.clone(),
-            Arc::new(shape),
-            live,
-        );
-        let (partitions, replay, gaps) = if live {
-            let partitions = topic.wait_assigned(timeout).await.unwrap_or_default();
-            topic.add(sub.clone());
-            (partitions, None, Vec::new())
-        } else {
-            let plan = self
-                .replay_plan(&req.topic, &req.from)
-                .await
-                .map_err(|e| match e {
-                    SourceError::NoSuchTopic(_) => err(ErrorCode::UnknownTopic, e.to_string()),
-                    other => err(
-                        ErrorCode::BadRequest,
-                        format!("cannot start the subscription: {other}"),
-                    ),
-                })?;
-            let Some(decoder) = self.services.decoders.get(req.topic.as_str()).cloned() else {
-                return Err(err(ErrorCode::UnknownTopic, "no decoder for topic".into()));
-            };
-            // In the hub first (not yet live), so the replay reader can hand partitions over.
-            topic.add(sub.clone());
-            let token = self.cancel.child_token();
-            tokio::spawn({
-                let kafka = self.services.kafka.clone();
-                let topic = topic.clone();
-                let sub = sub.clone();
-                let token = token.clone();
-                let start = plan.start;
-                async move {
-                    if let Err(e) =
-                        source::run_replay(kafka, decoder, topic, sub, start, token).await
-                    {
-                        tracing::warn!(error = %e, "replay reader failed");
-                    }
-                }
-            });
-            (plan.partitions, Some(token), plan.gaps)
-        };
-        let mut frames = vec![
-            ServerMessage::Subscribed {
-                id,
-                topic: &req.topic,
-                partitions: &partitions,
-            }
-            .to_json(),
-        ];
-        frames.extend(gaps.iter().map(|g| {
-            ServerMessage::Gap {
-                id,
-                partition: g.partition,
-                requested: g.requested,
-                first_available: g.first_available,
-            }
-            .to_json()
-        }));
-        self.services.metrics.ws_subscriptions.inc();
-        self.subs
-            .insert(req.id.clone(), ActiveSub { sub, topic, replay });
-        Ok(frames)
-    }
-
-    /// Where a replay starts in each partition, and the gaps a resume cannot fill.
-    async fn replay_plan(&self, topic: &str, from: &StartFrom) -> Result<ReplayPlan, SourceError> {
-        let kafka = &self.services.kafka;
-        let partitions = kafka.partitions(topic).await?;
-        let marks = kafka.watermarks(topic, &partitions).await?;
-        let mut gaps = Vec::new();
-        let start: BTreeMap<i32, i64> = match from {
-            StartFrom::Latest | StartFrom::Earliest => {
-                marks.iter().map(|(&p, &(low, _))| (p, low)).collect()
-            }
-            StartFrom::Timestamp(ms) => kafka.offsets_for_time(topic, &partitions, *ms).await?,
-            StartFrom::Offsets(wanted) => marks
-                .iter()
-                .map(|(&p, &(low, high))| {
-                    // A partition the client did not name starts at the beginning: a resuming
-                    // client that had seen nothing of it must not lose what it holds.
-                    let requested = wanted.get(&p).copied().unwrap_or(low);
-                    let offset = if requested < low {
-                        gaps.push(Gap {
-                            partition: p,
-                            requested,
-                            first_available: low,
-                        });
-                        low
-                    } else {
-                        requested.min(high)
-                    };
-                    (p, offset)
-                })
-                .collect(),
-        };
-        Ok(ReplayPlan {
-            partitions,
-            start,
-            gaps,
-        })
+        let started = start(self.services, self.conn, &self.queue, &self.cancel, &req).await?;
+        self.subs.insert(req.id.clone(), started.active);
+        Ok(started.frames)
     }
 
     /// Turns a batch into frames: `lagged` first, then one `records` frame per subscription (in
@@ -385,22 +268,166 @@ impl Session<'_> {
         frames
     }
 
-    fn drop_sub(&self, active: ActiveSub) {
-        active.sub.deactivate();
-        active.topic.remove(&active.sub);
-        if let Some(t) = active.replay {
-            t.cancel();
-        }
-        self.services.metrics.ws_subscriptions.dec();
-    }
-
     fn end(&mut self) {
         for (_, active) in std::mem::take(&mut self.subs) {
-            self.drop_sub(active);
+            stop(self.services, active);
         }
         self.cancel.cancel();
         self.queue.close();
     }
+}
+
+/// A subscription that has started: registered in its topic's hub, with its replay reader
+/// running if it starts in the past.
+pub struct Started {
+    pub active: ActiveSub,
+    /// `subscribed`, then any `gap` frames.
+    pub frames: Vec<String>,
+    /// Per partition, the next offset the subscription starts from (the live position for
+    /// `latest`).
+    pub start: BTreeMap<i32, i64>,
+}
+
+/// Starts the subscription `req` for connection `conn`, feeding `queue`. Checks the topic,
+/// compiles the shape, and for a start in the past plans and spawns the replay reader (stopped
+/// by `cancel` or by ending the subscription).
+pub async fn start(
+    services: &Services,
+    conn: u64,
+    queue: &Arc<ClientQueue>,
+    cancel: &CancellationToken,
+    req: &protocol::Subscribe,
+) -> Result<Started, ProtocolError> {
+    let id = req.id.as_str();
+    let err = |code, message: String| ProtocolError::new(Some(id), code, message);
+    let Some(topic) = services.hub.topic(&req.topic).cloned() else {
+        return Err(err(
+            ErrorCode::UnknownTopic,
+            format!("topic {:?} is not served by this gateway", req.topic),
+        ));
+    };
+    let shape = Shape::new(
+        req.filter.as_deref(),
+        req.fields.as_deref(),
+        topic.env(),
+        &services.config.shape_limits(),
+    )
+    .map_err(|e| match e {
+        ShapeError::BadFilter(m) => err(ErrorCode::BadFilter, m),
+        ShapeError::BadFields(m) => err(ErrorCode::BadRequest, m),
+    })?;
+    let timeout = Duration::from_millis(services.config.kafka.request_timeout_ms);
+    let live = req.from == StartFrom::Latest;
+    let sub = Subscription::new(conn, Arc::from(id), queue.clone(), Arc::new(shape), live);
+    let (partitions, start, replay, gaps) = if live {
+        let partitions = topic.wait_assigned(timeout).await.unwrap_or_default();
+        topic.add(sub.clone());
+        (partitions, topic.published_next(), None, Vec::new())
+    } else {
+        let plan = replay_plan(services, &req.topic, &req.from)
+            .await
+            .map_err(|e| match e {
+                SourceError::NoSuchTopic(_) => err(ErrorCode::UnknownTopic, e.to_string()),
+                other => err(
+                    ErrorCode::BadRequest,
+                    format!("cannot start the subscription: {other}"),
+                ),
+            })?;
+        let Some(decoder) = services.decoders.get(req.topic.as_str()).cloned() else {
+            return Err(err(ErrorCode::UnknownTopic, "no decoder for topic".into()));
+        };
+        // In the hub first (not yet live), so the replay reader can hand partitions over.
+        topic.add(sub.clone());
+        let token = cancel.child_token();
+        tokio::spawn({
+            let kafka = services.kafka.clone();
+            let topic = topic.clone();
+            let sub = sub.clone();
+            let token = token.clone();
+            let start = plan.start.clone();
+            async move {
+                if let Err(e) = source::run_replay(kafka, decoder, topic, sub, start, token).await {
+                    tracing::warn!(error = %e, "replay reader failed");
+                }
+            }
+        });
+        (plan.partitions, plan.start, Some(token), plan.gaps)
+    };
+    let mut frames = vec![
+        ServerMessage::Subscribed {
+            id,
+            topic: &req.topic,
+            partitions: &partitions,
+        }
+        .to_json(),
+    ];
+    frames.extend(gaps.iter().map(|g| {
+        ServerMessage::Gap {
+            id,
+            partition: g.partition,
+            requested: g.requested,
+            first_available: g.first_available,
+        }
+        .to_json()
+    }));
+    services.metrics.ws_subscriptions.inc();
+    Ok(Started {
+        active: ActiveSub { sub, topic, replay },
+        frames,
+        start,
+    })
+}
+
+/// Ends a subscription: no more deliveries, replay reader stopped.
+pub fn stop(services: &Services, active: ActiveSub) {
+    active.sub.deactivate();
+    active.topic.remove(&active.sub);
+    if let Some(t) = active.replay {
+        t.cancel();
+    }
+    services.metrics.ws_subscriptions.dec();
+}
+
+/// Where a replay starts in each partition, and the gaps a resume cannot fill.
+async fn replay_plan(
+    services: &Services,
+    topic: &str,
+    from: &StartFrom,
+) -> Result<ReplayPlan, SourceError> {
+    let kafka = &services.kafka;
+    let partitions = kafka.partitions(topic).await?;
+    let marks = kafka.watermarks(topic, &partitions).await?;
+    let mut gaps = Vec::new();
+    let start: BTreeMap<i32, i64> = match from {
+        StartFrom::Latest | StartFrom::Earliest => {
+            marks.iter().map(|(&p, &(low, _))| (p, low)).collect()
+        }
+        StartFrom::Timestamp(ms) => kafka.offsets_for_time(topic, &partitions, *ms).await?,
+        StartFrom::Offsets(wanted) => marks
+            .iter()
+            .map(|(&p, &(low, high))| {
+                // A partition the client did not name starts at the beginning: a resuming
+                // client that had seen nothing of it must not lose what it holds.
+                let requested = wanted.get(&p).copied().unwrap_or(low);
+                let offset = if requested < low {
+                    gaps.push(Gap {
+                        partition: p,
+                        requested,
+                        first_available: low,
+                    });
+                    low
+                } else {
+                    requested.min(high)
+                };
+                (p, offset)
+            })
+            .collect(),
+    };
+    Ok(ReplayPlan {
+        partitions,
+        start,
+        gaps,
+    })
 }
 
 struct Gap {
@@ -413,4 +440,228 @@ struct ReplayPlan {
     partitions: Vec<i32>,
     start: BTreeMap<i32, i64>,
     gaps: Vec<Gap>,
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session through channels: no socket, no broker (records are published into the hub
+    //! directly).
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::decode::Record;
+
+    /// A WebSocket made of two channels.
+    struct ChannelSocket {
+        incoming: mpsc::UnboundedReceiver<Message>,
+        outgoing: mpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for ChannelSocket {
+        type Item = Result<Message, std::io::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_recv(cx).map(|m| m.map(Ok))
+        }
+    }
+
+    impl Sink<Message> for ChannelSocket {
+        type Error = std::io::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            self.outgoing
+                .send(item)
+                .map_err(|_| std::io::Error::other("peer gone"))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Client {
+        tx: mpsc::UnboundedSender<Message>,
+        rx: mpsc::UnboundedReceiver<Message>,
+        services: Arc<Services>,
+        session: tokio::task::JoinHandle<Ended>,
+        cancel: CancellationToken,
+    }
+
+    impl Client {
+        async fn new(extra: &str) -> anyhow::Result<Self> {
+            let toml = format!(
+                "[kafka]\nbrokers = \"127.0.0.1:1\"\nrequest_timeout_ms = 50\n\n[[topics]]\nname = \"t\"\nformat = \"json\"\n\n[websocket]\n{extra}\n"
+            );
+            let services = Services::new(Config::from_toml_and_env(&toml, &[], "test")?)?;
+            let (tx, incoming) = mpsc::unbounded_channel();
+            let (outgoing, rx) = mpsc::unbounded_channel();
+            let cancel = CancellationToken::new();
+            let session = tokio::spawn(run(
+                ChannelSocket { incoming, outgoing },
+                services.clone(),
+                cancel.clone(),
+            ));
+            Ok(Self {
+                tx,
+                rx,
+                services,
+                session,
+                cancel,
+            })
+        }
+
+        fn send(&self, v: Value) -> anyhow::Result<()> {
+            self.tx.send(Message::text(v.to_string()))?;
+            Ok(())
+        }
+
+        async fn recv(&mut self) -> anyhow::Result<Message> {
+            tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("session ended"))
+        }
+
+        async fn json(&mut self) -> anyhow::Result<Value> {
+            loop {
+                let m = self.recv().await?;
+                if m.is_ping() {
+                    continue;
+                }
+                return Ok(serde_json::from_str(
+                    m.to_str().map_err(|_| anyhow::anyhow!("not text: {m:?}"))?,
+                )?);
+            }
+        }
+
+        fn publish(&self, offset: i64, value: Value) -> anyhow::Result<()> {
+            let hub = self
+                .services
+                .hub
+                .topic("t")
+                .ok_or_else(|| anyhow::anyhow!("no hub"))?;
+            hub.publish(Arc::new(Record::new(
+                Arc::from("t"),
+                0,
+                offset,
+                Some(1000 + offset),
+                None,
+                Bytes::from(value.to_string()),
+            )));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn subscribe_then_records_then_unsubscribe() -> anyhow::Result<()> {
+        let mut c = Client::new("").await?;
+        c.send(json!({"op":"subscribe","id":"a","topic":"t","filter":"value.n > 1","fields":["value.n"]}))?;
+        assert_eq!(
+            c.json().await?,
+            json!({"type":"subscribed","id":"a","topic":"t","partitions":[]})
+        );
+        for n in 0..4 {
+            c.publish(n, json!({"n": n, "pad": "x"}))?;
+        }
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let v = c.json().await?;
+            assert_eq!(v["type"], "records", "{v}");
+            got.extend(v["records"].as_array().cloned().unwrap_or_default());
+        }
+        assert_eq!(
+            got,
+            vec![
+                json!({"partition":0,"offset":2,"timestamp":1002,"value":{"n":2}}),
+                json!({"partition":0,"offset":3,"timestamp":1003,"value":{"n":3}}),
+            ]
+        );
+        c.send(json!({"op":"unsubscribe","id":"a"}))?;
+        assert_eq!(c.json().await?, json!({"type":"unsubscribed","id":"a"}));
+        c.publish(4, json!({"n": 9}))?;
+        c.send(json!({"op":"ping"}))?;
+        assert_eq!(
+            c.json().await?,
+            json!({"type":"pong"}),
+            "nothing after unsubscribe"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn limits_and_errors_keep_the_connection() -> anyhow::Result<()> {
+        let mut c = Client::new("max_subscriptions = 2").await?;
+        c.send(json!({"op":"subscribe","id":"d","topic":"t","fields":["nope.x"]}))?;
+        assert_eq!(c.json().await?["code"], "bad_request");
+        for id in ["a", "b"] {
+            c.send(json!({"op":"subscribe","id":id,"topic":"t"}))?;
+            assert_eq!(c.json().await?["type"], "subscribed");
+        }
+        c.send(json!({"op":"subscribe","id":"a","topic":"t"}))?;
+        assert_eq!(c.json().await?["code"], "duplicate_id");
+        c.send(json!({"op":"subscribe","id":"c","topic":"t"}))?;
+        assert_eq!(c.json().await?["code"], "too_many_subscriptions");
+        c.tx.send(Message::binary(vec![1, 2, 3]))?;
+        assert_eq!(c.json().await?["code"], "bad_request");
+        let body = crate::metrics::render(&c.services.registry);
+        assert!(
+            body.contains("lakewire_ws_request_errors_total{code=\"duplicate_id\"} 1"),
+            "{body}"
+        );
+        assert!(body.contains("lakewire_ws_subscriptions 2"), "{body}");
+        drop(c.tx);
+        assert_eq!(c.session.await?, Ended::ClientClosed);
+        let body = crate::metrics::render(&c.services.registry);
+        assert!(body.contains("lakewire_ws_subscriptions 0"), "{body}");
+        assert!(body.contains("lakewire_ws_connections 0"), "{body}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn overflow_under_disconnect_closes_with_4008() -> anyhow::Result<()> {
+        let mut c = Client::new("queue_size = 4\nslow_client = \"disconnect\"").await?;
+        c.send(json!({"op":"subscribe","id":"a","topic":"t"}))?;
+        assert_eq!(c.json().await?["type"], "subscribed");
+        // Published in one go, before the session gets to run: more than the queue holds.
+        for n in 0..10 {
+            c.publish(n, json!({"n": n}))?;
+        }
+        let ended = c.session.await?;
+        assert_eq!(ended, Ended::SlowConsumer);
+        let mut close = None;
+        while let Ok(m) = c.rx.try_recv() {
+            if let Some(frame) = m.close_frame() {
+                close = Some(frame.0);
+            }
+        }
+        assert_eq!(close, Some(close::SLOW_CONSUMER));
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_pinged_then_closed_as_idle() -> anyhow::Result<()> {
+        let mut c = Client::new("ping_interval_ms = 1000\nidle_timeout_ms = 3000").await?;
+        let first = c.recv().await?;
+        assert!(first.is_ping(), "{first:?}");
+        assert_eq!(c.session.await?, Ended::Idle);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_with_1001() -> anyhow::Result<()> {
+        let mut c = Client::new("").await?;
+        c.cancel.cancel();
+        let m = c.recv().await?;
+        assert_eq!(m.close_frame().map(|f| f.0), Some(close::GOING_AWAY));
+        assert_eq!(c.session.await?, Ended::Shutdown);
+        Ok(())
+    }
 }

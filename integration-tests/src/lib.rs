@@ -219,3 +219,120 @@ pub fn metric(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+/// A server-sent-events stream read over a plain HTTP/1.1 connection.
+pub struct SseClient {
+    stream: tokio::io::BufReader<TcpStream>,
+    /// Decoded body bytes not yet parsed into events.
+    buf: String,
+    /// The HTTP status of the response.
+    pub status: u16,
+    /// The body, when the response was not an event stream.
+    pub body: String,
+}
+
+impl SseClient {
+    /// `GET path` with an optional `Last-Event-ID`.
+    pub async fn connect(
+        addr: SocketAddr,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut s = TcpStream::connect(addr).await?;
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        if let Some(id) = last_event_id {
+            req.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut stream = tokio::io::BufReader::new(s);
+        let mut line = String::new();
+        stream.read_line(&mut line).await?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("not an HTTP response: {line:?}"))?;
+        let mut content_length = None;
+        loop {
+            line.clear();
+            stream.read_line(&mut line).await?;
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    content_length = v.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let mut body = String::new();
+        if let Some(n) = content_length {
+            let mut b = vec![0; n];
+            stream.read_exact(&mut b).await?;
+            body = String::from_utf8_lossy(&b).to_string();
+        }
+        Ok(Self {
+            stream,
+            buf: String::new(),
+            status,
+            body,
+        })
+    }
+
+    /// Reads one chunk of the chunked body into `buf`.
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut size = String::new();
+        if self.stream.read_line(&mut size).await? == 0 {
+            bail!("stream ended");
+        }
+        let n = usize::from_str_radix(size.trim(), 16)
+            .map_err(|_| anyhow!("bad chunk size {size:?}"))?;
+        if n == 0 {
+            bail!("stream ended");
+        }
+        let mut chunk = vec![0; n + 2];
+        self.stream.read_exact(&mut chunk).await?;
+        chunk.truncate(n);
+        self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        Ok(())
+    }
+
+    /// The next event (comments and keep-alives skipped), within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<SseEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent::default();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev.event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        ev.id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        ev.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if ev.event.is_empty() && ev.data.is_empty() {
+                    continue;
+                }
+                return Ok(ev);
+            }
+            tokio::time::timeout_at(deadline, self.fill())
+                .await
+                .map_err(|_| anyhow!("no event within {timeout:?}"))??;
+        }
+    }
+}

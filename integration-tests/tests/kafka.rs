@@ -603,3 +603,58 @@ async fn resume_before_the_log_start_reports_a_gap() -> anyhow::Result<()> {
     gw.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_streams_the_same_records_and_resumes_from_last_event_id() -> anyhow::Result<()> {
+    use lakewire_integration_tests::SseClient;
+    let topic = unique_topic("sse");
+    create_topic(&topic, 2).await?;
+    let p = producer()?;
+    produce(&p, &topic, 2, &payloads(0..10)).await?;
+    let gw = gateway(&[&topic], "").await?;
+    let path = format!("/sse?topic={topic}&from=earliest&fields=value.n");
+    let mut sse = SseClient::connect(gw.addr, &path, None).await?;
+    assert_eq!(sse.status, 200);
+    let first = sse.next(T).await?;
+    assert_eq!(first.event, "subscribed", "{first:?}");
+    let mut got = Vec::new();
+    let mut last_id = None;
+    while got.len() < 10 {
+        let ev = sse.next(T).await?;
+        assert_eq!(ev.event, "records", "{ev:?}");
+        let v: Value = serde_json::from_str(&ev.data)?;
+        got.extend(ns(v["records"].as_array().map_or(&[][..], |a| a)));
+        last_id = ev.id;
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    let last_id = last_id.unwrap_or_default();
+    assert_eq!(
+        last_id, "0:5,1:5",
+        "the position after 5 records in each partition"
+    );
+    drop(sse);
+    // Records produced while the client is away arrive after a resume, and nothing before them.
+    produce(&p, &topic, 2, &payloads(10..16)).await?;
+    let mut sse = SseClient::connect(gw.addr, &path, Some(&last_id)).await?;
+    assert_eq!(sse.next(T).await?.event, "subscribed");
+    let mut again = Vec::new();
+    while again.len() < 6 {
+        let ev = sse.next(T).await?;
+        let v: Value = serde_json::from_str(&ev.data)?;
+        again.extend(ns(v["records"].as_array().map_or(&[][..], |a| a)));
+    }
+    again.sort_unstable();
+    assert_eq!(again, (10..16).collect::<Vec<_>>());
+    // A refused subscription is an HTTP error with the protocol's error body.
+    let bad = SseClient::connect(
+        gw.addr,
+        &format!("/sse?topic={topic}&filter=nope%20%3E%201"),
+        None,
+    )
+    .await?;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("bad_filter"), "{}", bad.body);
+    gw.stop().await;
+    Ok(())
+}
