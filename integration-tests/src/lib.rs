@@ -270,10 +270,10 @@ impl SseClient {
             if line.trim().is_empty() {
                 break;
             }
-            if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    content_length = v.trim().parse::<usize>().ok();
-                }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                content_length = v.trim().parse::<usize>().ok();
             }
         }
         let mut body = String::new();
@@ -334,5 +334,70 @@ impl SseClient {
                 .await
                 .map_err(|_| anyhow!("no event within {timeout:?}"))??;
         }
+    }
+}
+
+/// The message schemas of `docs/asyncapi.yaml`, to check frames the server really sends (and
+/// requests the tests send) against the published protocol description.
+pub struct ProtocolSchema {
+    validators: std::collections::HashMap<String, jsonschema::Validator>,
+}
+
+impl ProtocolSchema {
+    /// Loads and compiles every message payload schema of the AsyncAPI document.
+    pub fn load() -> anyhow::Result<Self> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/asyncapi.yaml");
+        let doc: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path)?)
+            .with_context(|| format!("parsing {path}"))?;
+        if doc["asyncapi"] != "3.0.0" {
+            bail!("{path} is not an AsyncAPI 3.0.0 document");
+        }
+        let messages = doc["components"]["messages"]
+            .as_object()
+            .ok_or_else(|| anyhow!("{path} has no components.messages"))?;
+        let mut validators = std::collections::HashMap::new();
+        for (name, message) in messages {
+            let wire_name = message["name"]
+                .as_str()
+                .ok_or_else(|| anyhow!("message {name} has no name"))?;
+            // The whole document is the root, so the payload's $refs into components resolve.
+            let mut root = doc.clone();
+            if let Some(obj) = root.as_object_mut() {
+                obj.insert(
+                    "$ref".into(),
+                    Value::String(format!("#/components/messages/{name}/payload")),
+                );
+            }
+            let v = jsonschema::options()
+                .with_draft(jsonschema::Draft::Draft202012)
+                .build(&root)
+                .map_err(|e| anyhow!("schema of {name}: {e}"))?;
+            validators.insert(wire_name.to_string(), v);
+        }
+        Ok(Self { validators })
+    }
+
+    fn check(&self, name: &str, v: &Value) -> anyhow::Result<()> {
+        let validator = self
+            .validators
+            .get(name)
+            .ok_or_else(|| anyhow!("docs/asyncapi.yaml has no message {name:?}: {v}"))?;
+        let errors: Vec<String> = validator.iter_errors(v).map(|e| e.to_string()).collect();
+        if !errors.is_empty() {
+            bail!("{v} does not match message {name}: {}", errors.join("; "));
+        }
+        Ok(())
+    }
+
+    /// Checks a server frame against the message named by its `type`.
+    pub fn check_server(&self, frame: &Value) -> anyhow::Result<()> {
+        let name = frame["type"].as_str().unwrap_or("<no type>");
+        self.check(name, frame)
+    }
+
+    /// Checks a client request against the message named by its `op`.
+    pub fn check_client(&self, request: &Value) -> anyhow::Result<()> {
+        let name = request["op"].as_str().unwrap_or("<no op>");
+        self.check(name, request)
     }
 }

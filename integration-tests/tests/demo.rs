@@ -152,3 +152,81 @@ async fn shutdown_closes_sessions_with_1001() -> anyhow::Result<()> {
     stopping.await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_frame_matches_the_published_asyncapi_schemas() -> anyhow::Result<()> {
+    use lakewire_integration_tests::ProtocolSchema;
+    let schema = ProtocolSchema::load()?;
+    // The checker can fail: a frame with a field the document does not allow is refused.
+    assert!(
+        schema
+            .check_server(&json!({"type":"pong","extra":1}))
+            .is_err()
+    );
+    assert!(
+        schema
+            .check_server(&json!({"type":"records","id":"a","records":[{"offset":1}]}))
+            .is_err()
+    );
+    assert!(
+        schema
+            .check_client(&json!({"op":"subscribe","id":"a"}))
+            .is_err()
+    );
+
+    let env = [(
+        "LAKEWIRE_WEBSOCKET__MAX_SUBSCRIPTIONS".to_string(),
+        "3".to_string(),
+    )];
+    let demo = lakewire::demo::start("127.0.0.1:0".parse()?, &env).await?;
+    let mut ws = WsClient::connect(demo.running.addr).await?;
+    let requests = [
+        json!({"op":"subscribe","id":"y","topic":"nope"}),
+        json!({"op":"subscribe","id":"z","topic":"trades","filter":"value.price +"}),
+        json!({"op":"subscribe","id":"all","topic":"trades"}),
+        json!({"op":"subscribe","id":"slim","topic":"sensors","fields":["value.site","key"],"filter":"value.humidity_pct >= 0.0"}),
+        json!({"op":"subscribe","id":"old","topic":"trades","from":"earliest"}),
+        json!({"op":"subscribe","id":"x","topic":"trades"}),
+        json!({"op":"subscribe","id":"all","topic":"trades"}),
+        json!({"op":"unsubscribe","id":"zz"}),
+        json!({"op":"ping"}),
+        json!({"op":"unsubscribe","id":"old"}),
+        json!({"op":"subscribe","id":"t","topic":"trades","from":{"timestamp": 0}}),
+        json!({"op":"subscribe","id":"o","topic":"sensors","from":{"offsets":{"0": 0}}}),
+    ];
+    for r in &requests {
+        schema.check_client(r)?;
+        ws.send(r.clone()).await?;
+    }
+    ws.send_text("{\"op\":\"dance\"}").await?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut codes = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let want_types = ["error", "pong", "records", "subscribed", "unsubscribed"];
+    let want_codes = [
+        "bad_filter",
+        "bad_request",
+        "duplicate_id",
+        "too_many_subscriptions",
+        "unknown_id",
+        "unknown_topic",
+    ];
+    while Instant::now() < deadline
+        && (seen.len() < want_types.len() || codes.len() < want_codes.len())
+    {
+        let frame = ws.next_json(Duration::from_secs(10)).await?;
+        schema.check_server(&frame)?;
+        if let Some(c) = frame["code"].as_str() {
+            codes.insert(c.to_string());
+        }
+        seen.insert(frame["type"].as_str().unwrap_or_default().to_string());
+    }
+    for t in want_types {
+        assert!(seen.contains(t), "no {t} frame seen: {seen:?}");
+    }
+    for c in want_codes {
+        assert!(codes.contains(c), "no {c} error seen: {codes:?}");
+    }
+    demo.stop().await;
+    Ok(())
+}

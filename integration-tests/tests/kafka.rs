@@ -436,10 +436,12 @@ async fn slow_client_gets_lagged_while_a_fast_client_gets_everything() -> anyhow
     );
     producing.await??;
     // Now the slow one reads: it must be told it lost records.
+    let schema = lakewire_integration_tests::ProtocolSchema::load()?;
     let mut lagged = 0;
     let mut received = 0;
     while received + lagged < 3000 {
         let v = slow.next_json(T).await?;
+        schema.check_server(&v)?;
         match v["type"].as_str() {
             Some("lagged") => lagged += v["dropped"].as_u64().unwrap_or(0) as usize,
             Some("records") => received += v["records"].as_array().map_or(0, Vec::len),
@@ -594,6 +596,7 @@ async fn resume_before_the_log_start_reports_a_gap() -> anyhow::Result<()> {
     ws.subscribe(json!({"op":"subscribe","id":"g","topic":topic,"from":{"offsets":{"0":2}}}))
         .await?;
     let gap = ws.next_json(T).await?;
+    lakewire_integration_tests::ProtocolSchema::load()?.check_server(&gap)?;
     assert_eq!(
         gap,
         json!({"type":"gap","id":"g","partition":0,"requested":2,"first_available":6})
