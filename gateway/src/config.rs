@@ -226,6 +226,16 @@ pub struct WebSocketConfig {
     /// 1001 `idle timeout`.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Open connections (WebSocket and SSE) the process accepts; more are refused with 503.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections from one IP address; more are refused with 429.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Client messages per second one connection may send (a burst of as many is allowed);
+    /// a client over it is closed with 1008 `too many messages`.
+    #[serde(default = "default_max_messages_per_second")]
+    pub max_messages_per_second: u32,
     /// Longest filter expression a client may send, in bytes.
     #[serde(default = "default_max_filter_bytes")]
     pub max_filter_bytes: usize,
@@ -255,6 +265,15 @@ const fn default_ping_interval_ms() -> u64 {
 }
 const fn default_idle_timeout_ms() -> u64 {
     60_000
+}
+const fn default_max_connections() -> usize {
+    20_000
+}
+const fn default_max_connections_per_ip() -> usize {
+    1_000
+}
+const fn default_max_messages_per_second() -> u32 {
+    50
 }
 const fn default_max_filter_bytes() -> usize {
     4_096
@@ -290,6 +309,9 @@ impl Default for WebSocketConfig {
             max_records_per_frame: default_max_records_per_frame(),
             ping_interval_ms: default_ping_interval_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            max_messages_per_second: default_max_messages_per_second(),
             max_filter_bytes: default_max_filter_bytes(),
             max_filter_nodes: default_max_filter_nodes(),
             max_fields: default_max_fields(),
@@ -299,12 +321,74 @@ impl Default for WebSocketConfig {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// `none`: anyone who reaches the listener may read every configured topic.
+    /// `none`: anyone who reaches the listener may read every configured topic. `jwt`: a bearer
+    /// token is required; its `topics` claim says what may be read.
     #[serde(default)]
     pub mode: AuthMode,
+    /// HS256 shared secret (at least 32 bytes). Prefer `LAKEWIRE_AUTH__HS256_SECRET`.
+    #[serde(default)]
+    pub hs256_secret: Option<String>,
+    /// PEM file with the RSA public key that verifies RS256 tokens.
+    #[serde(default)]
+    pub rs256_public_key_file: Option<PathBuf>,
+    /// PEM file with the P-256 public key that verifies ES256 tokens.
+    #[serde(default)]
+    pub es256_public_key_file: Option<PathBuf>,
+    /// URL of a JWKS document (the identity provider's keys); replaces the key settings above.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How often the JWKS document is fetched again (also on a token with an unknown key id, at
+    /// most every 10 s).
+    #[serde(default = "default_jwks_refresh_seconds")]
+    pub jwks_refresh_seconds: u64,
+    /// Required `aud` claim, when set.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Required `iss` claim, when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The claim listing the topics (names or glob patterns such as `orders.*`) a token grants.
+    #[serde(default = "default_topics_claim")]
+    pub topics_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway_seconds")]
+    pub leeway_seconds: u64,
+    /// Browser origins allowed to connect (`https://dash.example.com`); an upgrade or request
+    /// with another `Origin` header is refused with 403. Empty: any origin. Applies in every
+    /// mode.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+const fn default_jwks_refresh_seconds() -> u64 {
+    300
+}
+fn default_topics_claim() -> String {
+    "topics".into()
+}
+const fn default_leeway_seconds() -> u64 {
+    30
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::None,
+            hs256_secret: None,
+            rs256_public_key_file: None,
+            es256_public_key_file: None,
+            jwks_url: None,
+            jwks_refresh_seconds: default_jwks_refresh_seconds(),
+            audience: None,
+            issuer: None,
+            topics_claim: default_topics_claim(),
+            leeway_seconds: default_leeway_seconds(),
+            allowed_origins: Vec::new(),
+        }
+    }
 }
 
 /// How clients authenticate.
@@ -314,6 +398,8 @@ pub enum AuthMode {
     /// No authentication.
     #[default]
     None,
+    /// JWT bearer tokens.
+    Jwt,
 }
 
 impl Config {
@@ -393,6 +479,60 @@ impl Config {
             return bad(
                 "websocket.idle_timeout_ms",
                 "must be greater than websocket.ping_interval_ms (pings keep live clients talking)",
+            );
+        }
+        if ws.max_connections == 0 || ws.max_connections_per_ip == 0 {
+            return bad(
+                "websocket.max_connections / max_connections_per_ip",
+                "must be at least 1",
+            );
+        }
+        if ws.max_messages_per_second == 0 {
+            return bad("websocket.max_messages_per_second", "must be at least 1");
+        }
+        let auth = &self.auth;
+        match auth.mode {
+            AuthMode::None => {
+                if auth.hs256_secret.is_some()
+                    || auth.rs256_public_key_file.is_some()
+                    || auth.es256_public_key_file.is_some()
+                    || auth.jwks_url.is_some()
+                {
+                    return bad(
+                        "auth.mode",
+                        "keys are configured but mode is \"none\": set mode = \"jwt\" to use them",
+                    );
+                }
+            }
+            AuthMode::Jwt => {
+                if let Some(url) = &auth.jwks_url {
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        return bad("auth.jwks_url", "must be an http:// or https:// URL");
+                    }
+                } else {
+                    let keys = crate::auth::static_keys(auth).map_err(ConfigError::Invalid)?;
+                    if keys.is_empty() {
+                        return bad(
+                            "auth",
+                            "mode = \"jwt\" needs hs256_secret, rs256_public_key_file, es256_public_key_file or jwks_url",
+                        );
+                    }
+                }
+                if auth.topics_claim.is_empty() {
+                    return bad("auth.topics_claim", "must not be empty");
+                }
+            }
+        }
+        if let Some(o) = auth
+            .allowed_origins
+            .iter()
+            .find(|o| !(o.starts_with("https://") || o.starts_with("http://")) || o.ends_with('/'))
+        {
+            return bad(
+                "auth.allowed_origins",
+                &format!(
+                    "{o:?} is not an origin like \"https://dash.example.com\" (scheme and host, no path)"
+                ),
             );
         }
         if ws.max_filter_bytes == 0 || ws.max_filter_nodes == 0 || ws.max_fields == 0 {

@@ -3,6 +3,7 @@
 //! `/readyz`.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -10,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use crate::app::Services;
+use crate::app::{Refused, Services};
+use crate::auth::Access;
 use crate::session;
 
 const INDEX: &str = r#"<!doctype html>
@@ -45,34 +47,82 @@ pub fn routes(
             )
         }
     });
-    let topics = warp::path!("api" / "topics").and(warp::get()).map({
-        let services = services.clone();
-        move || warp::reply::json(&topic_list(&services))
-    });
+    let topics = warp::path!("api" / "topics")
+        .and(warp::get())
+        .and(caller())
+        .then({
+            let services = services.clone();
+            move |caller: Caller| {
+                let services = services.clone();
+                async move {
+                    match authorize(&services, &caller).await {
+                        Ok(access) => Box::new(warp::reply::json(&topic_list(&services, &access)))
+                            as Box<dyn Reply>,
+                        Err(refusal) => refusal,
+                    }
+                }
+            }
+        });
     let sse = warp::path!("sse")
         .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
+        .and(caller())
         .and(warp::sse::last_event_id::<String>())
         .then({
             let services = services.clone();
             let shutdown = shutdown.clone();
-            move |query, last| crate::sse::serve(services.clone(), query, last, shutdown.clone())
+            move |mut caller: Caller, last| {
+                let services = services.clone();
+                let shutdown = shutdown.clone();
+                async move {
+                    let access = match authorize(&services, &caller).await {
+                        Ok(a) => a,
+                        Err(refusal) => return refusal,
+                    };
+                    let guard = match services.admit(caller.ip) {
+                        Ok(g) => g,
+                        Err(r) => return refused(r),
+                    };
+                    caller.query.remove("token");
+                    crate::sse::serve(services, caller.query, last, shutdown, access, guard).await
+                }
+            }
         });
     let max_frame = services.config.websocket.max_frame_bytes;
-    let ws = warp::path!("ws")
-        .and(warp::ws())
-        .map(move |ws: warp::ws::Ws| {
+    let ws = warp::path!("ws").and(warp::ws()).and(caller()).then(
+        move |ws: warp::ws::Ws, caller: Caller| {
             let services = services.clone();
             let cancel = shutdown.child_token();
-            ws.max_message_size(max_frame)
-                .max_frame_size(max_frame)
-                .on_upgrade(move |socket| {
-                    let tracker = services.sessions.clone();
-                    tracker.track_future(async move {
-                        session::run(socket, services, cancel).await;
-                    })
-                })
-        });
+            async move {
+                let access = match authorize(&services, &caller).await {
+                    Ok(a) => a,
+                    Err(refusal) => return refusal,
+                };
+                let guard = match services.admit(caller.ip) {
+                    Ok(g) => g,
+                    Err(r) => return refused(r),
+                };
+                let upgrade = ws
+                    .max_message_size(max_frame)
+                    .max_frame_size(max_frame)
+                    .on_upgrade(move |socket| {
+                        let tracker = services.sessions.clone();
+                        tracker.track_future(async move {
+                            session::run(socket, services, cancel, access).await;
+                            drop(guard);
+                        })
+                    });
+                // A browser that offered subprotocols (e.g. to carry its token) needs one back.
+                match chosen_subprotocol(caller.subprotocols.as_deref()) {
+                    Some(p) => Box::new(warp::reply::with_header(
+                        upgrade,
+                        "sec-websocket-protocol",
+                        p,
+                    )) as Box<dyn Reply>,
+                    None => Box::new(upgrade),
+                }
+            }
+        },
+    );
     index
         .or(healthz)
         .or(readyz)
@@ -82,6 +132,87 @@ pub fn routes(
         .or(sse)
 }
 
+/// Who is asking: what auth and the connection limits look at.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub ip: Option<IpAddr>,
+    pub origin: Option<String>,
+    pub authorization: Option<String>,
+    pub subprotocols: Option<String>,
+    pub query: HashMap<String, String>,
+}
+
+fn caller() -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
+    warp::addr::remote()
+        .and(warp::header::optional::<String>("origin"))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("sec-websocket-protocol"))
+        .and(warp::query::<HashMap<String, String>>())
+        .map(
+            |addr: Option<SocketAddr>, origin, authorization, subprotocols, query| Caller {
+                ip: addr.map(|a| a.ip()),
+                origin,
+                authorization,
+                subprotocols,
+                query,
+            },
+        )
+}
+
+/// Checks the caller's Origin and token; the refusal is a ready HTTP reply.
+async fn authorize(services: &Services, caller: &Caller) -> Result<Access, Box<dyn Reply>> {
+    let auth = &services.auth;
+    let checked = match auth.check_origin(caller.origin.as_deref()) {
+        Ok(()) => {
+            let token = crate::auth::token_from(
+                caller.authorization.as_deref(),
+                caller.subprotocols.as_deref(),
+                caller.query.get("token").map(String::as_str),
+            );
+            auth.authenticate(token.as_deref()).await
+        }
+        Err(e) => Err(e),
+    };
+    checked.map_err(|e| {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        let body = warp::reply::json(&serde_json::json!({
+            "error": e.reason(),
+            "message": e.to_string(),
+        }));
+        let reply = warp::reply::with_status(body, status);
+        if e.status() == 401 {
+            Box::new(warp::reply::with_header(
+                reply,
+                "www-authenticate",
+                "Bearer",
+            )) as Box<dyn Reply>
+        } else {
+            Box::new(reply)
+        }
+    })
+}
+
+fn refused(r: Refused) -> Box<dyn Reply> {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    Box::new(warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({
+            "error": r.reason,
+            "message": "connection limit reached",
+        })),
+        status,
+    ))
+}
+
+/// The subprotocol to answer with: `lakewire.v1` when offered, else the first one offered.
+fn chosen_subprotocol(offered: Option<&str>) -> Option<String> {
+    let offered: Vec<&str> = offered?.split(',').map(str::trim).collect();
+    offered
+        .iter()
+        .find(|p| **p == "lakewire.v1")
+        .or_else(|| offered.first())
+        .map(|p| (*p).to_string())
+}
+
 #[derive(Serialize)]
 struct TopicInfo<'a> {
     name: &'a str,
@@ -89,11 +220,12 @@ struct TopicInfo<'a> {
     partitions: Option<Vec<i32>>,
 }
 
-fn topic_list(services: &Services) -> Vec<TopicInfo<'_>> {
+fn topic_list<'a>(services: &'a Services, access: &Access) -> Vec<TopicInfo<'a>> {
     services
         .config
         .topics
         .iter()
+        .filter(|t| access.allows(&t.name))
         .map(|t| TopicInfo {
             name: &t.name,
             format: t.format.to_string(),

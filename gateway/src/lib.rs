@@ -16,11 +16,12 @@
 //! - [`http`]: the listener's routes (`/ws`, `/sse`, `/metrics`, `/healthz`, `/readyz`,
 //!   `/api/topics`).
 //!
-//! Around them: [`config`] (TOML + `LAKEWIRE_*` environment), [`metrics`] (every metric, declared
+//! Around them: [`auth`] (JWT and origin checks before any WebSocket), [`config`] (TOML + `LAKEWIRE_*` environment), [`metrics`] (every metric, declared
 //! once), [`app`] (wires the stages, owns shutdown) and [`demo`] (an in-process broker and a
 //! synthetic producer for `lakewire demo`).
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;

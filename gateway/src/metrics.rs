@@ -88,6 +88,10 @@ pub struct Metrics {
     pub ws_bytes_sent: Counter,
     /// Per topic and partition, records in Kafka not yet read by the live consumer.
     pub consumer_lag: Family<PartitionLabels, Gauge>,
+    /// Connections and requests refused by authentication or origin checks, per reason.
+    pub auth_refused: Family<CloseLabels, Counter>,
+    /// Connections refused by a limit, per limit.
+    pub ws_refused: Family<CloseLabels, Counter>,
     /// Errors reported by the Kafka client (connection loss, broker down, ...), per topic.
     pub kafka_errors: Family<TopicLabels, Counter>,
     /// 1 when the topic's live consumer is assigned to every partition, else 0.
@@ -153,6 +157,16 @@ impl Metrics {
             "consumer_lag",
             "Records in Kafka not yet read by the live consumer",
             self.consumer_lag.clone(),
+        );
+        r.register(
+            "auth_refused",
+            "Connections and requests refused by authentication or origin checks",
+            self.auth_refused.clone(),
+        );
+        r.register(
+            "ws_refused",
+            "Connections refused by a connection limit",
+            self.ws_refused.clone(),
         );
         r.register(
             "kafka_errors",
@@ -267,6 +281,18 @@ impl Metrics {
         self.ws_request_errors
             .get_or_create(&ErrorCodeLabels { code })
             .inc();
+    }
+
+    /// Counts one refusal by auth (`reason`).
+    pub fn auth_refused(&self, reason: &'static str) {
+        self.auth_refused
+            .get_or_create(&CloseLabels { reason })
+            .inc();
+    }
+
+    /// Counts one connection refused by a limit (`reason`).
+    pub fn refused(&self, reason: &'static str) {
+        self.ws_refused.get_or_create(&CloseLabels { reason }).inc();
     }
 
     /// Counts one closed connection.

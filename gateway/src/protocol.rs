@@ -14,8 +14,14 @@ use crate::hub::Delivery;
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ClientMessage {
     Subscribe(Subscribe),
-    Unsubscribe { id: String },
+    Unsubscribe {
+        id: String,
+    },
     Ping,
+    /// A fresh token for a connection whose token is about to expire.
+    Auth {
+        token: String,
+    },
 }
 
 /// `{"op":"subscribe", ...}`
@@ -177,6 +183,10 @@ pub enum ServerMessage<'a> {
     },
     Unsubscribed {
         id: &'a str,
+    },
+    Authenticated {
+        /// When the new token expires, seconds since the epoch.
+        expires_at: Option<u64>,
     },
     Lagged {
         id: &'a str,

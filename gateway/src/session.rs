@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use warp::ws::Message;
 
 use crate::app::Services;
+use crate::auth::Access;
 use crate::filter::{Shape, ShapeError};
 use crate::hub::{ClientQueue, Delivery, Next, Subscription, TopicHub};
 use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError, ServerMessage, StartFrom};
@@ -24,6 +25,10 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// A client frame was larger than `websocket.max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
+    /// The client sent more messages per second than `websocket.max_messages_per_second`.
+    pub const POLICY: u16 = 1008;
+    /// The connection's token expired and was not renewed with `{"op":"auth"}`.
+    pub const TOKEN_EXPIRED: u16 = 4001;
     /// The client read too slowly and the policy is `disconnect`.
     pub const SLOW_CONSUMER: u16 = 4008;
 }
@@ -44,6 +49,8 @@ pub enum Ended {
     SlowConsumer,
     FrameTooBig,
     Idle,
+    TokenExpired,
+    RateLimited,
     SocketError,
 }
 
@@ -55,6 +62,8 @@ impl Ended {
             Ended::SlowConsumer => "slow_consumer",
             Ended::FrameTooBig => "frame_too_big",
             Ended::Idle => "idle_timeout",
+            Ended::TokenExpired => "token_expired",
+            Ended::RateLimited => "rate_limited",
             Ended::SocketError => "socket_error",
         }
     }
@@ -66,11 +75,54 @@ struct Session<'a> {
     queue: Arc<ClientQueue>,
     subs: HashMap<String, ActiveSub>,
     cancel: CancellationToken,
+    access: Access,
+    /// When the token runs out (the connection is closed with 4001 then).
+    expires: Option<tokio::time::Instant>,
+}
+
+/// A token bucket: `rate` messages per second, bursts of as many.
+struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        Self {
+            rate: f64::from(per_second),
+            tokens: f64::from(per_second),
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Takes one token; false when there is none.
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn deadline(access: &Access) -> Option<tokio::time::Instant> {
+    access.remaining().map(|d| tokio::time::Instant::now() + d)
 }
 
 /// Serves one connection until the client leaves, the queue overflows under the `disconnect`
-/// policy, or `cancel` fires (then the client gets close code 1001).
-pub async fn run<S, E>(mut socket: S, services: Arc<Services>, cancel: CancellationToken) -> Ended
+/// policy, its token expires, or `cancel` fires (then the client gets close code 1001).
+pub async fn run<S, E>(
+    mut socket: S,
+    services: Arc<Services>,
+    cancel: CancellationToken,
+    access: Access,
+) -> Ended
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
     E: std::error::Error + Send + Sync + 'static,
@@ -89,7 +141,10 @@ where
         ),
         subs: HashMap::new(),
         cancel: cancel.child_token(),
+        expires: deadline(&access),
+        access,
     };
+    let mut rate = RateLimit::new(ws.max_messages_per_second);
     let max_records = ws.max_records_per_frame;
     let idle_timeout = Duration::from_millis(ws.idle_timeout_ms);
     let mut keepalive = tokio::time::interval(Duration::from_millis(ws.ping_interval_ms));
@@ -102,6 +157,10 @@ where
             _ = cancel.cancelled() => {
                 let _ = socket.send(Message::close_with(close::GOING_AWAY, "server shutting down")).await;
                 break Ended::Shutdown;
+            }
+            _ = sleep_until(session.expires) => {
+                let _ = socket.send(Message::close_with(close::TOKEN_EXPIRED, "token expired")).await;
+                break Ended::TokenExpired;
             }
             _ = keepalive.tick() => {
                 if last_heard.elapsed() >= idle_timeout {
@@ -126,6 +185,10 @@ where
                     last_heard = tokio::time::Instant::now();
                     if msg.is_close() {
                         break Ended::ClientClosed;
+                    }
+                    if (msg.is_text() || msg.is_binary()) && !rate.take() {
+                        let _ = socket.send(Message::close_with(close::POLICY, "too many messages")).await;
+                        break Ended::RateLimited;
                     }
                     let replies = session.handle(&msg).await;
                     if send_all(&mut socket, replies).await.is_err() {
@@ -152,6 +215,14 @@ where
     metrics.closed(ended.label());
     let _ = socket.close().await;
     ended
+}
+
+/// Resolves at `at`, or never.
+pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn send_all<S, E>(socket: &mut S, frames: Vec<String>) -> Result<(), E>
@@ -198,6 +269,7 @@ impl Session<'_> {
         };
         match request {
             ClientMessage::Ping => vec![ServerMessage::Pong.to_json()],
+            ClientMessage::Auth { token } => self.reauthenticate(&token).await,
             ClientMessage::Unsubscribe { id } => match self.subs.remove(&id) {
                 Some(active) => {
                     stop(self.services, active);
@@ -221,9 +293,56 @@ impl Session<'_> {
         e.to_json()
     }
 
+    /// Takes a fresh token: the connection lives on until it expires; subscriptions to topics
+    /// it no longer grants end with `forbidden`.
+    async fn reauthenticate(&mut self, token: &str) -> Vec<String> {
+        let access = match self.services.auth.authenticate(Some(token)).await {
+            Ok(a) => a,
+            Err(e) => {
+                return vec![self.refuse(ProtocolError::new(
+                    None,
+                    ErrorCode::Forbidden,
+                    format!("token refused, the current one stays in force: {e}"),
+                ))];
+            }
+        };
+        let mut frames = vec![
+            ServerMessage::Authenticated {
+                expires_at: access.expires_at,
+            }
+            .to_json(),
+        ];
+        let revoked: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, a)| !access.allows(a.topic.name()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in revoked {
+            if let Some(active) = self.subs.remove(&id) {
+                let topic = active.topic.name().to_string();
+                stop(self.services, active);
+                frames.push(self.refuse(ProtocolError::new(
+                    Some(&id),
+                    ErrorCode::Forbidden,
+                    format!("the new token does not grant topic {topic:?}; subscription ended"),
+                )));
+            }
+        }
+        self.expires = deadline(&access);
+        self.access = access;
+        frames
+    }
+
     async fn subscribe(&mut self, req: protocol::Subscribe) -> Result<Vec<String>, ProtocolError> {
         let id = req.id.as_str();
         let err = |code, message: String| ProtocolError::new(Some(id), code, message);
+        if !self.access.allows(&req.topic) {
+            return Err(err(
+                ErrorCode::Forbidden,
+                format!("your token does not grant topic {:?}", req.topic),
+            ));
+        }
         if self.subs.contains_key(id) {
             return Err(err(
                 ErrorCode::DuplicateId,
@@ -509,6 +628,7 @@ mod tests {
                 ChannelSocket { incoming, outgoing },
                 services.clone(),
                 cancel.clone(),
+                Access::all(),
             ));
             Ok(Self {
                 tx,

@@ -562,6 +562,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kafka_tls_and_sasl_properties_are_supported() {
+        // librdkafka refuses these at client creation when built without OpenSSL.
+        let config = KafkaConfig {
+            brokers: "127.0.0.1:1".into(),
+            properties: [
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanisms", "SCRAM-SHA-512"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            request_timeout_ms: 1000,
+        };
+        if let Err(e) = Kafka::new(&config, Metrics::default()) {
+            panic!("{e}");
+        }
+    }
+
+    #[test]
     fn log_limiter_lets_one_line_through_per_interval() {
         let l = LogLimiter::default();
         assert_eq!(l.allow(), Some(0));

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use warp::http::StatusCode;
 use warp::sse::Event;
 
-use crate::app::Services;
+use crate::app::{ConnGuard, Services};
+use crate::auth::Access;
 use crate::hub::{ClientQueue, Next};
 use crate::protocol::{self, ErrorCode, ProtocolError, ServerMessage, StartFrom, Subscribe};
 use crate::session::{self, ActiveSub};
@@ -31,9 +32,9 @@ pub fn request(
 ) -> Result<Subscribe, ProtocolError> {
     let bad = |m: String| ProtocolError::new(None, ErrorCode::BadRequest, m);
     for k in query.keys() {
-        if !matches!(k.as_str(), "topic" | "filter" | "fields" | "from") {
+        if !matches!(k.as_str(), "topic" | "filter" | "fields" | "from" | "token") {
             return Err(bad(format!(
-                "unknown query parameter {k:?}; use topic, filter, fields, from"
+                "unknown query parameter {k:?}; use topic, filter, fields, from, token"
             )));
         }
     }
@@ -109,6 +110,9 @@ struct SseState {
     /// Events to send before taking from the queue (`subscribed`, `gap`).
     pending: Vec<Event>,
     done: bool,
+    /// When the token runs out; the stream ends then (the client reconnects with a new one).
+    expires: Option<tokio::time::Instant>,
+    _guard: ConnGuard,
 }
 
 impl Drop for SseState {
@@ -128,11 +132,21 @@ pub async fn serve(
     query: HashMap<String, String>,
     last_event_id: Option<String>,
     shutdown: CancellationToken,
+    access: Access,
+    guard: ConnGuard,
 ) -> Box<dyn warp::Reply> {
     let req = match request(&query, last_event_id.as_deref()) {
         Ok(r) => r,
         Err(e) => return refusal(&services, &e),
     };
+    if !access.allows(&req.topic) {
+        let e = ProtocolError::new(
+            Some(ID),
+            ErrorCode::Forbidden,
+            format!("your token does not grant topic {:?}", req.topic),
+        );
+        return refusal(&services, &e);
+    }
     let ws = &services.config.websocket;
     let queue = ClientQueue::new(
         ws.queue_size,
@@ -161,6 +175,8 @@ pub async fn serve(
         position: started.start,
         pending,
         done: false,
+        expires: access.remaining().map(|d| tokio::time::Instant::now() + d),
+        _guard: guard,
     };
     let events = events(state, ws.max_records_per_frame);
     Box::new(warp::sse::reply(
@@ -204,6 +220,11 @@ fn events(state: SseState, max: usize) -> impl Stream<Item = Result<Event, Infal
             _ = st.cancel.cancelled() => {
                 st.done = true;
                 let bye = r#"{"type":"close","code":1001,"reason":"server shutting down"}"#;
+                return Some((Ok(Event::default().event("close").data(bye)), st));
+            }
+            _ = session::sleep_until(st.expires) => {
+                st.done = true;
+                let bye = r#"{"type":"close","code":4001,"reason":"token expired"}"#;
                 return Some((Ok(Event::default().event("close").data(bye)), st));
             }
             n = st.queue.next(max) => n,
