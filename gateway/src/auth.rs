@@ -243,36 +243,41 @@ pub fn static_keys(c: &AuthConfig) -> Result<Vec<(Algorithm, DecodingKey)>, Stri
         ));
     }
     if let Some(path) = &c.rs256_public_key_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            format!(
-                "auth.rs256_public_key_file: cannot read {}: {e}",
-                path.display()
-            )
-        })?;
-        let key = DecodingKey::from_rsa_pem(&pem).map_err(|e| {
-            format!(
-                "auth.rs256_public_key_file: {} is not an RSA public key in PEM: {e}",
-                path.display()
-            )
-        })?;
+        let key = pem_key(
+            path,
+            "rs256_public_key_file",
+            "an RSA",
+            DecodingKey::from_rsa_pem,
+        )?;
         keys.push((Algorithm::RS256, key));
     }
     if let Some(path) = &c.es256_public_key_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            format!(
-                "auth.es256_public_key_file: cannot read {}: {e}",
-                path.display()
-            )
-        })?;
-        let key = DecodingKey::from_ec_pem(&pem).map_err(|e| {
-            format!(
-                "auth.es256_public_key_file: {} is not a P-256 public key in PEM: {e}",
-                path.display()
-            )
-        })?;
+        let key = pem_key(
+            path,
+            "es256_public_key_file",
+            "a P-256",
+            DecodingKey::from_ec_pem,
+        )?;
         keys.push((Algorithm::ES256, key));
     }
     Ok(keys)
+}
+
+/// Reads a PEM public key file named by the config key `auth.<key>`.
+fn pem_key(
+    path: &std::path::Path,
+    key: &str,
+    kind: &str,
+    parse: fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>,
+) -> Result<DecodingKey, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("auth.{key}: cannot read {}: {e}", path.display()))?;
+    parse(&pem).map_err(|e| {
+        format!(
+            "auth.{key}: {} is not {kind} public key in PEM: {e}",
+            path.display()
+        )
+    })
 }
 
 impl Authenticator {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use crate::app::{Refused, Services};
+use crate::app::{ConnGuard, Refused, Services};
 use crate::auth::Access;
 use crate::session;
 
@@ -74,13 +74,9 @@ pub fn routes(
                 let services = services.clone();
                 let shutdown = shutdown.clone();
                 async move {
-                    let access = match authorize(&services, &caller).await {
-                        Ok(a) => a,
+                    let (access, guard) = match admit(&services, &caller).await {
+                        Ok(admitted) => admitted,
                         Err(refusal) => return refusal,
-                    };
-                    let guard = match services.admit(caller.ip) {
-                        Ok(g) => g,
-                        Err(r) => return refused(r),
                     };
                     caller.query.remove("token");
                     crate::sse::serve(services, caller.query, last, shutdown, access, guard).await
@@ -93,13 +89,9 @@ pub fn routes(
             let services = services.clone();
             let cancel = shutdown.child_token();
             async move {
-                let access = match authorize(&services, &caller).await {
-                    Ok(a) => a,
+                let (access, guard) = match admit(&services, &caller).await {
+                    Ok(admitted) => admitted,
                     Err(refusal) => return refusal,
-                };
-                let guard = match services.admit(caller.ip) {
-                    Ok(g) => g,
-                    Err(r) => return refused(r),
                 };
                 let upgrade = ws
                     .max_message_size(max_frame)
@@ -190,6 +182,16 @@ async fn authorize(services: &Services, caller: &Caller) -> Result<Access, Box<d
             Box::new(reply)
         }
     })
+}
+
+/// Authorizes a streaming connection and takes its place under the connection limits.
+async fn admit(
+    services: &Arc<Services>,
+    caller: &Caller,
+) -> Result<(Access, ConnGuard), Box<dyn Reply>> {
+    let access = authorize(services, caller).await?;
+    let guard = services.admit(caller.ip).map_err(refused)?;
+    Ok((access, guard))
 }
 
 fn refused(r: Refused) -> Box<dyn Reply> {
