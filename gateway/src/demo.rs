@@ -4,6 +4,7 @@
 //!
 //! The mock cluster keeps a limited history per partition, so `earliest` starts at its log start.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -114,17 +115,23 @@ pub async fn run(
 ) -> Result<(), DemoError> {
     let demo = start(listen, env).await?;
     let addr = demo.running.addr;
-    println!(
+    // Written with errors ignored: a closed stdout (`lakewire demo | head`) must not end the demo.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "Lakewire demo is running (in-process Kafka at {}).",
         demo.brokers
     );
-    println!("  Dashboard:  http://{addr}/");
-    println!("  WebSocket:  ws://{addr}/ws");
-    println!(
+    let _ = writeln!(out, "  Dashboard:  http://{addr}/");
+    let _ = writeln!(out, "  WebSocket:  ws://{addr}/ws");
+    let _ = writeln!(
+        out,
         "  Try:        {{\"op\":\"subscribe\",\"id\":\"s1\",\"topic\":\"trades\",\"from\":\"latest\"}}"
     );
-    println!("  Metrics:    http://{addr}/metrics");
-    println!("Press ctrl-c to stop.");
+    let _ = writeln!(out, "  Metrics:    http://{addr}/metrics");
+    let _ = writeln!(out, "Press ctrl-c to stop.");
+    let _ = out.flush();
+    drop(out);
     stop.await;
     demo.stop().await;
     Ok(())

@@ -64,14 +64,16 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(&e),
             };
             runtime_then(|| async move {
+                let stop = lakewire::app::shutdown_signal();
                 let running = lakewire::app::start(config).await?;
-                lakewire::app::shutdown_signal().await;
+                stop.await;
                 running.stop().await;
                 Ok::<_, anyhow::Error>(())
             })
         }
         Command::Demo { listen } => runtime_then(|| async move {
-            lakewire::demo::run(listen, &env, lakewire::app::shutdown_signal()).await?;
+            let stop = lakewire::app::shutdown_signal();
+            lakewire::demo::run(listen, &env, stop).await?;
             Ok::<_, anyhow::Error>(())
         }),
     }

@@ -55,6 +55,19 @@ pub enum Ended {
 }
 
 impl Ended {
+    /// The close frame the server sends for this ending, if it initiates the close.
+    const fn close_frame(self) -> Option<(u16, &'static str)> {
+        match self {
+            Ended::Shutdown => Some((close::GOING_AWAY, "server shutting down")),
+            Ended::Idle => Some((close::GOING_AWAY, "idle timeout")),
+            Ended::TokenExpired => Some((close::TOKEN_EXPIRED, "token expired")),
+            Ended::FrameTooBig => Some((close::TOO_BIG, "frame too large")),
+            Ended::RateLimited => Some((close::POLICY, "too many messages")),
+            Ended::SlowConsumer => Some((close::SLOW_CONSUMER, "slow consumer")),
+            Ended::ClientClosed | Ended::SocketError => None,
+        }
+    }
+
     const fn label(self) -> &'static str {
         match self {
             Ended::ClientClosed => "client_closed",
@@ -155,16 +168,13 @@ where
         tokio::select! {
             biased;
             _ = cancel.cancelled() => {
-                let _ = socket.send(Message::close_with(close::GOING_AWAY, "server shutting down")).await;
                 break Ended::Shutdown;
             }
             _ = sleep_until(session.expires) => {
-                let _ = socket.send(Message::close_with(close::TOKEN_EXPIRED, "token expired")).await;
                 break Ended::TokenExpired;
             }
             _ = keepalive.tick() => {
                 if last_heard.elapsed() >= idle_timeout {
-                    let _ = socket.send(Message::close_with(close::GOING_AWAY, "idle timeout")).await;
                     break Ended::Idle;
                 }
                 if socket.send(Message::ping(Vec::new())).await.is_err() {
@@ -175,7 +185,6 @@ where
                 None => break Ended::ClientClosed,
                 Some(Err(e)) => {
                     if is_too_big(&e) {
-                        let _ = socket.send(Message::close_with(close::TOO_BIG, "frame too large")).await;
                         break Ended::FrameTooBig;
                     }
                     tracing::debug!(conn = session.conn, error = %e, "WebSocket read failed");
@@ -187,7 +196,6 @@ where
                         break Ended::ClientClosed;
                     }
                     if (msg.is_text() || msg.is_binary()) && !rate.take() {
-                        let _ = socket.send(Message::close_with(close::POLICY, "too many messages")).await;
                         break Ended::RateLimited;
                     }
                     let replies = session.handle(&msg).await;
@@ -198,7 +206,6 @@ where
             },
             next = session.queue.next(max_records) => match next {
                 Next::Overflowed => {
-                    let _ = socket.send(Message::close_with(close::SLOW_CONSUMER, "slow consumer")).await;
                     break Ended::SlowConsumer;
                 }
                 Next::Batch { lagged, deliveries } => {
@@ -211,10 +218,35 @@ where
         }
     };
     session.end();
+    if let Some((code, reason)) = ended.close_frame() {
+        close_handshake(&mut socket, code, reason).await;
+    }
     metrics.ws_connections.dec();
     metrics.closed(ended.label());
     let _ = socket.close().await;
     ended
+}
+
+/// Sends the close frame and waits (briefly) for the client's: a socket dropped with the
+/// client's reply unread is reset, and a reset discards the close frame before the client
+/// reads it.
+async fn close_handshake<S, E>(socket: &mut S, code: u16, reason: &'static str)
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
+{
+    let limit = Duration::from_secs(1);
+    let sent = tokio::time::timeout(limit, socket.send(Message::close_with(code, reason))).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    let _ = tokio::time::timeout(limit, async {
+        while let Some(Ok(m)) = socket.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Resolves at `at`, or never.
