@@ -34,6 +34,9 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The authentication settings cannot be used.
     #[error("auth: {0}")]
     Auth(String),
@@ -237,17 +240,30 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     if let Some(jwks) = services.jwks.clone() {
         sources.spawn(jwks.run(shutdown.child_token()));
     }
-    sources.close();
     let routes = crate::http::routes(services.clone(), shutdown.clone());
-    let server = warp::serve(routes)
-        .incoming(listener)
-        .graceful(shutdown.clone().cancelled_owned());
+    let ws = &services.config.websocket;
+    let server: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+        match (&ws.tls_cert_file, &ws.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let tls =
+                    crate::tls::Tls::new(cert, key, &services.metrics).map_err(AppError::Tls)?;
+                sources.spawn(tls.clone().reload_on_sighup(shutdown.child_token()));
+                Box::pin(crate::tls::serve(listener, routes, tls, shutdown.clone()))
+            }
+            _ => Box::pin(
+                warp::serve(routes)
+                    .incoming(listener)
+                    .graceful(shutdown.clone().cancelled_owned())
+                    .run(),
+            ),
+        };
+    sources.close();
     let grace = Duration::from_millis(services.config.websocket.shutdown_grace_ms);
     let task = tokio::spawn({
         let services = services.clone();
         let shutdown = shutdown.clone();
         async move {
-            let server = tokio::spawn(server.run());
+            let server = tokio::spawn(server);
             shutdown.cancelled().await;
             services.sessions.close();
             let done = async {

@@ -226,6 +226,13 @@ pub struct WebSocketConfig {
     /// 1001 `idle timeout`.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// PEM file with the listener's TLS certificate chain (leaf first). With `tls_key_file`,
+    /// the listener speaks HTTPS/WSS only; reloaded on SIGHUP.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM file with the private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
     /// Open connections (WebSocket and SSE) the process accepts; more are refused with 503.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -309,6 +316,8 @@ impl Default for WebSocketConfig {
             max_records_per_frame: default_max_records_per_frame(),
             ping_interval_ms: default_ping_interval_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
+            tls_cert_file: None,
+            tls_key_file: None,
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
             max_messages_per_second: default_max_messages_per_second(),
@@ -480,6 +489,20 @@ impl Config {
                 "websocket.idle_timeout_ms",
                 "must be greater than websocket.ping_interval_ms (pings keep live clients talking)",
             );
+        }
+        match (&ws.tls_cert_file, &ws.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                crate::tls::load(cert, key).map_err(|e| {
+                    ConfigError::Invalid(format!("websocket.tls_cert_file / tls_key_file: {e}"))
+                })?;
+            }
+            (None, None) => {}
+            _ => {
+                return bad(
+                    "websocket.tls_cert_file / tls_key_file",
+                    "set both (certificate chain and its key) or neither",
+                );
+            }
         }
         if ws.max_connections == 0 || ws.max_connections_per_ip == 0 {
             return bad(

@@ -115,6 +115,18 @@ pub async fn run(
 ) -> Result<(), DemoError> {
     let demo = start(listen, env).await?;
     let addr = demo.running.addr;
+    let s = if demo
+        .running
+        .services
+        .config
+        .websocket
+        .tls_cert_file
+        .is_some()
+    {
+        "s"
+    } else {
+        ""
+    };
     // Written with errors ignored: a closed stdout (`lakewire demo | head`) must not end the demo.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
@@ -122,13 +134,13 @@ pub async fn run(
         "Lakewire demo is running (in-process Kafka at {}).",
         demo.brokers
     );
-    let _ = writeln!(out, "  Dashboard:  http://{addr}/");
-    let _ = writeln!(out, "  WebSocket:  ws://{addr}/ws");
+    let _ = writeln!(out, "  Dashboard:  http{s}://{addr}/");
+    let _ = writeln!(out, "  WebSocket:  ws{s}://{addr}/ws");
     let _ = writeln!(
         out,
         "  Try:        {{\"op\":\"subscribe\",\"id\":\"s1\",\"topic\":\"trades\",\"from\":\"latest\"}}"
     );
-    let _ = writeln!(out, "  Metrics:    http://{addr}/metrics");
+    let _ = writeln!(out, "  Metrics:    http{s}://{addr}/metrics");
     let _ = writeln!(out, "Press ctrl-c to stop.");
     let _ = out.flush();
     drop(out);

@@ -136,6 +136,12 @@ pub struct Caller {
 
 fn caller() -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     warp::addr::remote()
+        .and(warp::ext::optional::<crate::tls::ClientAddr>())
+        .map(
+            |plain: Option<SocketAddr>, tls: Option<crate::tls::ClientAddr>| {
+                tls.map(|t| t.0).or(plain)
+            },
+        )
         .and(warp::header::optional::<String>("origin"))
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("sec-websocket-protocol"))

@@ -13,7 +13,7 @@
 //! - [`session`]: one per WebSocket connection, speaks [`protocol`] v1 and writes `records`
 //!   frames;
 //! - [`sse`]: the same stream as server-sent events at `/sse`;
-//! - [`http`]: the listener's routes (`/ws`, `/sse`, `/metrics`, `/healthz`, `/readyz`,
+//! - [`http`]: the listener's routes (served over TLS by [`tls`] when configured) (`/ws`, `/sse`, `/metrics`, `/healthz`, `/readyz`,
 //!   `/api/topics`).
 //!
 //! Around them: [`auth`] (JWT and origin checks before any WebSocket), [`config`] (TOML + `LAKEWIRE_*` environment), [`metrics`] (every metric, declared
@@ -34,3 +34,4 @@ pub mod protocol;
 pub mod session;
 pub mod source;
 pub mod sse;
+pub mod tls;

@@ -90,6 +90,8 @@ pub struct Metrics {
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     /// Connections and requests refused by authentication or origin checks, per reason.
     pub auth_refused: Family<CloseLabels, Counter>,
+    /// TLS certificate reloads (SIGHUP), per result (`ok`, `error`).
+    pub tls_reloads: Family<CloseLabels, Counter>,
     /// Connections refused by a limit, per limit.
     pub ws_refused: Family<CloseLabels, Counter>,
     /// Errors reported by the Kafka client (connection loss, broker down, ...), per topic.
@@ -162,6 +164,11 @@ impl Metrics {
             "auth_refused",
             "Connections and requests refused by authentication or origin checks",
             self.auth_refused.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "TLS certificate reloads on SIGHUP",
+            self.tls_reloads.clone(),
         );
         r.register(
             "ws_refused",
@@ -287,6 +294,14 @@ impl Metrics {
     pub fn auth_refused(&self, reason: &'static str) {
         self.auth_refused
             .get_or_create(&CloseLabels { reason })
+            .inc();
+    }
+
+    /// Counts one TLS reload (`ok` or `error`); the label is `reason` like the other event
+    /// counters.
+    pub fn tls_reload(&self, result: &'static str) {
+        self.tls_reloads
+            .get_or_create(&CloseLabels { reason: result })
             .inc();
     }
 

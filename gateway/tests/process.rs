@@ -22,8 +22,13 @@ impl Drop for Gateway {
 }
 
 fn start() -> anyhow::Result<Gateway> {
+    start_with(&[])
+}
+
+fn start_with(env: &[(&str, &str)]) -> anyhow::Result<Gateway> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lakewire"))
         .args(["demo", "--listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -37,9 +42,10 @@ fn start() -> anyhow::Result<Gateway> {
     for line in lines.by_ref() {
         let line = line?;
         if let Some(rest) = line.trim().strip_prefix("WebSocket:") {
+            let rest = rest.trim();
             addr = rest
-                .trim()
                 .strip_prefix("ws://")
+                .or_else(|| rest.strip_prefix("wss://"))
                 .and_then(|a| a.strip_suffix("/ws"))
                 .map(str::to_string);
             break;
@@ -161,5 +167,120 @@ async fn connections_dropped_abruptly_leave_no_descriptors_or_memory_behind() ->
         rss[3] < rss[1] + 16 * 1024,
         "RSS kept growing across rounds of 500 connections (kB): {rss:?}"
     );
+    Ok(())
+}
+
+fn tls_fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Connects over TLS trusting only the test CA; returns the server certificate it presented and
+/// the WebSocket on top.
+async fn wss(
+    addr: &str,
+) -> anyhow::Result<(
+    Vec<u8>,
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+)> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(tls_fixture("ca.pem"))? {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
+    let tls = connector.connect(name, tcp).await?;
+    let presented = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let (ws, _) = tokio_tungstenite::client_async(format!("wss://{addr}/ws"), tls).await?;
+    Ok((presented, ws))
+}
+
+fn der_of(pem_file: &str) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject as _;
+    Ok(rustls::pki_types::CertificateDer::from_pem_file(tls_fixture(pem_file))?.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_wss_and_reloads_its_certificate_on_sighup() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::copy(tls_fixture("a.pem"), &cert)?;
+    std::fs::copy(tls_fixture("a.key"), &key)?;
+    let (cert_s, key_s) = (
+        cert.to_string_lossy().to_string(),
+        key.to_string_lossy().to_string(),
+    );
+    let gw = start_with(&[
+        ("LAKEWIRE_WEBSOCKET__TLS_CERT_FILE", &cert_s),
+        ("LAKEWIRE_WEBSOCKET__TLS_KEY_FILE", &key_s),
+    ])?;
+    let (presented, mut ws) = wss(&gw.addr).await?;
+    assert_eq!(presented, der_of("a.pem")?);
+    ws.send(Message::text(
+        r#"{"op":"subscribe","id":"s","topic":"trades"}"#,
+    ))
+    .await?;
+    let mut records = 0;
+    while records < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+            Some(Ok(Message::Text(t))) if t.contains("\"records\"") => records += 1,
+            Some(Ok(_)) => {}
+            other => anyhow::bail!("stream ended: {other:?}"),
+        }
+    }
+    // Plain WebSocket is not served on a TLS listener.
+    assert!(
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+            .await
+            .is_err()
+    );
+
+    // New certificate, SIGHUP: new connections get it; the open one carries on.
+    std::fs::copy(tls_fixture("b.pem"), &cert)?;
+    std::fs::copy(tls_fixture("b.key"), &key)?;
+    let hup = |pid: u32| {
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+    };
+    assert!(hup(gw.child.id())?.success());
+    let want = der_of("b.pem")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (presented, _) = wss(&gw.addr).await?;
+        if presented == want {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "still the old certificate after SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A broken file on reload keeps the certificate that works.
+    std::fs::write(&cert, "not a certificate")?;
+    assert!(hup(gw.child.id())?.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (presented, _) = wss(&gw.addr).await?;
+    assert_eq!(presented, want);
+    assert!(gw.child.id() > 0);
+    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+        Some(Ok(_)) => {}
+        other => anyhow::bail!("the first connection broke: {other:?}"),
+    }
     Ok(())
 }
