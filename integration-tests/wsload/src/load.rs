@@ -92,6 +92,9 @@ pub struct Outcome {
     pub broker_cpu_pct: Option<f64>,
     pub tool_cpu_pct: f64,
     pub machine_busy_pct: f64,
+    /// CPU used by every other process (not the gateway, the broker when watched, or this
+    /// tool), in percent of one core: the machine is shared.
+    pub others_cpu_pct: f64,
     pub cores: usize,
     pub sustainable: bool,
     pub why_not: Vec<String>,
@@ -136,6 +139,7 @@ impl Outcome {
             "broker_cpu_pct": self.broker_cpu_pct.map(|c| c.round()),
             "tool_cpu_pct": self.tool_cpu_pct.round(),
             "machine_busy_pct": self.machine_busy_pct.round(),
+            "others_cpu_pct": self.others_cpu_pct.round(),
             "cores": self.cores,
             "shared_machine": "load tool, gateway and Kafka broker all run on this machine",
             "sustainable": self.sustainable,
@@ -465,6 +469,11 @@ async fn measure(
         broker_cpu_pct,
         tool_cpu_pct,
         machine_busy_pct,
+        others_cpu_pct: (machine_busy_pct * procstat::cores() as f64
+            - gateway_cpu_pct.unwrap_or(0.0)
+            - broker_cpu_pct.unwrap_or(0.0)
+            - tool_cpu_pct)
+            .max(0.0),
         cores: procstat::cores(),
         sustainable: why_not.is_empty(),
         why_not,
@@ -474,7 +483,7 @@ async fn measure(
 /// The header of the human table.
 pub fn table_header() -> String {
     format!(
-        "{:>7} {:>6} {:>5} {:>11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5}  {}",
+        "{:>7} {:>6} {:>5} {:>11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6}  {}",
         "rate/s",
         "fast",
         "stall",
@@ -490,6 +499,7 @@ pub fn table_header() -> String {
         "kfCPU%",
         "tlCPU%",
         "mach%",
+        "othCPU",
         "ok"
     )
 }
@@ -504,7 +514,7 @@ pub fn table_row(o: &Outcome) -> String {
         format!("{:.2}", o.deliveries as f64 / e.max(1) as f64 * 100.0)
     });
     format!(
-        "{:>7} {:>6} {:>5} {:>11.0} {:>9} {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} {:>6} {:>6} {:>6} {:>6.0} {:>5.0}  {}",
+        "{:>7} {:>6} {:>5} {:>11.0} {:>9} {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} {:>6} {:>6} {:>6} {:>6.0} {:>5.0} {:>6.0}  {}",
         o.rate,
         o.fast,
         o.stalled,
@@ -520,6 +530,7 @@ pub fn table_row(o: &Outcome) -> String {
         opt(o.broker_cpu_pct),
         o.tool_cpu_pct,
         o.machine_busy_pct,
+        o.others_cpu_pct,
         if o.sustainable {
             "yes".to_string()
         } else {
