@@ -73,6 +73,8 @@ pub struct Outcome {
     pub produced: u64,
     /// Deliveries of those records to fast clients.
     pub deliveries: u64,
+    /// `records` frames that carried them (deliveries / frames: how much the gateway batches).
+    pub frames: u64,
     /// `produced × fast` when every fast client should get every record (no filter).
     pub expected: Option<u64>,
     pub p50_ms: f64,
@@ -123,6 +125,7 @@ impl Outcome {
             "window_s": self.secs,
             "produced": self.produced,
             "deliveries": self.deliveries,
+            "records_per_frame": (self.deliveries as f64 / self.frames.max(1) as f64 * 10.0).round() / 10.0,
             "expected": self.expected,
             "deliveries_per_s": self.deliveries_per_s().round(),
             "per_fast_client_per_s": (self.per_fast_client() * 10.0).round() / 10.0,
@@ -152,6 +155,7 @@ impl Outcome {
 struct Stats {
     hist: Histogram<u64>,
     deliveries: u64,
+    frames: u64,
     lagged_frames: u64,
     dropped: u64,
     errors: u64,
@@ -166,6 +170,7 @@ impl Stats {
             // 1 µs .. 10 min, 3 significant digits.
             hist: Histogram::new_with_bounds(1, 600_000_000, 3)?,
             deliveries: 0,
+            frames: 0,
             lagged_frames: 0,
             dropped: 0,
             errors: 0,
@@ -260,12 +265,15 @@ fn on_text(shared: &Shared, payload: &[u8]) -> bool {
             let now = crate::now_us();
             let control = &shared.control;
             let st = &mut *st;
+            let mut counted = false;
             shared.scanner.stamps(payload, |t| {
                 if control.in_window(t) {
                     st.deliveries += 1;
                     st.hist.saturating_record(now.saturating_sub(t).max(1));
+                    counted = true;
                 }
             });
+            st.frames += u64::from(counted);
             false
         }
         Kind::Lagged(n) => {
@@ -452,6 +460,7 @@ async fn measure(
         secs,
         produced,
         deliveries: st.deliveries,
+        frames: st.frames,
         expected,
         p50_ms: q(0.50),
         p90_ms: q(0.90),
@@ -483,12 +492,13 @@ async fn measure(
 /// The header of the human table.
 pub fn table_header() -> String {
     format!(
-        "{:>7} {:>6} {:>5} {:>11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6}  {}",
+        "{:>7} {:>6} {:>5} {:>11} {:>9} {:>5} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6}  {}",
         "rate/s",
         "fast",
         "stall",
         "deliv/s",
         "deliv%",
+        "rec/f",
         "p50ms",
         "p90ms",
         "p99ms",
@@ -514,12 +524,13 @@ pub fn table_row(o: &Outcome) -> String {
         format!("{:.2}", o.deliveries as f64 / e.max(1) as f64 * 100.0)
     });
     format!(
-        "{:>7} {:>6} {:>5} {:>11.0} {:>9} {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} {:>6} {:>6} {:>6} {:>6.0} {:>5.0} {:>6.0}  {}",
+        "{:>7} {:>6} {:>5} {:>11.0} {:>9} {:>5.1} {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} {:>6} {:>6} {:>6} {:>6.0} {:>5.0} {:>6.0}  {}",
         o.rate,
         o.fast,
         o.stalled,
         o.deliveries_per_s(),
         pct,
+        o.deliveries as f64 / o.frames.max(1) as f64,
         o.p50_ms,
         o.p90_ms,
         o.p99_ms,

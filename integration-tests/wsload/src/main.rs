@@ -240,11 +240,11 @@ impl Setup {
     }
 }
 
-fn banner(c: &Common) {
+fn banner(c: &Common, stalled: f64) {
     println!(
         "wsload: {} clients ({}% stalled, filter {:?}), {} B records; machine: {} cores shared by the load tool, the gateway and the Kafka broker",
         c.clients,
-        c.stalled * 100.0,
+        stalled * 100.0,
         c.filter,
         c.record_bytes,
         procstat::cores()
@@ -270,7 +270,7 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { common, rate } => {
             let setup = Setup::new(&common).await?;
-            banner(&common);
+            banner(&common, common.stalled);
             let r = setup
                 .run("run", &setup.point(&common, rate, common.stalled))
                 .await;
@@ -279,7 +279,7 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sweep { common, sweep } => {
             let setup = Setup::new(&common).await?;
-            banner(&common);
+            banner(&common, common.stalled);
             let r = setup.sweep("sweep", &common, &sweep, common.stalled).await;
             setup.finish()?;
             let (_, best) = r?;
@@ -307,7 +307,7 @@ async fn suite(setup: &Setup, c: &Common, s: &SweepArgs, stalled_share: f64) -> 
         "== (a) fan-out: {} clients, no stalled clients, rate stepped up",
         c.clients
     );
-    banner(c);
+    banner(c, 0.0);
     let (fanout, best) = setup.sweep("fanout", c, s, 0.0).await?;
     let Some(best) = best else {
         bail!(
@@ -319,7 +319,7 @@ async fn suite(setup: &Setup, c: &Common, s: &SweepArgs, stalled_share: f64) -> 
         "== (b) stalled: {:.0}% of the clients stalled, same rates",
         stalled_share * 100.0
     );
-    banner(c);
+    banner(c, stalled_share);
     let (stalled, stalled_best) = setup.sweep("stalled", c, s, stalled_share).await?;
     // The last (retried) point at the fan-out maximum's rate.
     let at_best = |v: &[Outcome]| v.iter().rev().find(|o| o.rate == best.rate).cloned();
@@ -327,7 +327,7 @@ async fn suite(setup: &Setup, c: &Common, s: &SweepArgs, stalled_share: f64) -> 
     let fanout_at = at_best(&fanout);
     let half = (best.rate / 2).max(1);
     println!("== (c) latency at half the fan-out maximum: {half} records/s");
-    banner(c);
+    banner(c, 0.0);
     let latency = setup.run("latency", &setup.point(c, half, 0.0)).await?;
     let change = match (&fanout_at, &stalled_at) {
         (Some(a), Some(b)) => Some(
