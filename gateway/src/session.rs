@@ -69,11 +69,13 @@ struct Session<'a> {
 
 /// Serves one connection until the client leaves, the queue overflows under the `disconnect`
 /// policy, or `cancel` fires (then the client gets close code 1001).
-pub async fn run<S, E>(mut socket: S, services: Arc<Services>, cancel: CancellationToken) -> Ended
+pub async fn run<S, E>(socket: S, services: Arc<Services>, cancel: CancellationToken) -> Ended
 where
-    S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
+    S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
+    let (mut socket, reader) = socket.split();
+    let mut reader = Reader::spawn(reader);
     let ws = &services.config.websocket;
     let metrics = services.metrics.clone();
     metrics.ws_connections.inc();
@@ -111,7 +113,7 @@ where
                     break Ended::SocketError;
                 }
             }
-            incoming = socket.next() => match incoming {
+            incoming = reader.next() => match incoming {
                 None => break Ended::ClientClosed,
                 Some(Err(e)) => {
                     if is_too_big(&e) {
@@ -151,6 +153,48 @@ where
     metrics.closed(ended.label());
     let _ = socket.close().await;
     ended
+}
+
+/// Reads the client's frames in a task of its own and hands them over through a small channel.
+///
+/// The session loop wakes for every batch of records; if it polled the socket's read side each
+/// time, every wake-up would cost a read attempt, and tungstenite zero-fills its read buffer
+/// (128 KiB by default) before each attempt, even one that finds nothing to read. Under fan-out
+/// that memset was 40% of the gateway's CPU (BENCHMARKS.md, "WebSocket fan-out"). The reader task
+/// is woken only when the socket has something to read.
+struct Reader<E> {
+    frames: tokio::sync::mpsc::Receiver<Result<Message, E>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<E: Send + 'static> Reader<E> {
+    fn spawn<R>(mut stream: R) -> Self
+    where
+        R: Stream<Item = Result<Message, E>> + Unpin + Send + 'static,
+    {
+        let (tx, frames) = tokio::sync::mpsc::channel(8);
+        let task = tokio::spawn(async move {
+            while let Some(item) = stream.next().await {
+                // After an error or a close frame the session ends: nothing more to read.
+                let last = item.as_ref().map_or(true, Message::is_close);
+                if tx.send(item).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        Self { frames, task }
+    }
+
+    /// The client's next frame; `None` once its side of the connection has ended.
+    async fn next(&mut self) -> Option<Result<Message, E>> {
+        self.frames.recv().await
+    }
+}
+
+impl<E> Drop for Reader<E> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 async fn send_all<S, E>(socket: &mut S, frames: Vec<String>) -> Result<(), E>
@@ -413,4 +457,40 @@ struct ReplayPlan {
     partitions: Vec<i32>,
     start: BTreeMap<i32, i64>,
     gaps: Vec<Gap>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reader_hands_frames_over_in_order_and_stops_after_close() {
+        let frames: Vec<Result<Message, std::io::Error>> = vec![
+            Ok(Message::text("one")),
+            Ok(Message::text("two")),
+            Ok(Message::close()),
+            Ok(Message::text("after close")),
+        ];
+        let mut reader = Reader::spawn(futures_util::stream::iter(frames));
+        let mut got = Vec::new();
+        while let Some(Ok(m)) = reader.next().await {
+            got.push(
+                m.to_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|_| "close".into()),
+            );
+        }
+        assert_eq!(got, ["one", "two", "close"]);
+    }
+
+    #[tokio::test]
+    async fn reader_stops_after_an_error() {
+        let frames: Vec<Result<Message, std::io::Error>> = vec![
+            Err(std::io::Error::other("reset")),
+            Ok(Message::text("never")),
+        ];
+        let mut reader = Reader::spawn(futures_util::stream::iter(frames));
+        assert!(matches!(reader.next().await, Some(Err(_))));
+        assert!(reader.next().await.is_none());
+    }
 }
