@@ -131,15 +131,17 @@ fn deadline(access: &Access) -> Option<tokio::time::Instant> {
 /// Serves one connection until the client leaves, the queue overflows under the `disconnect`
 /// policy, its token expires, or `cancel` fires (then the client gets close code 1001).
 pub async fn run<S, E>(
-    mut socket: S,
+    socket: S,
     services: Arc<Services>,
     cancel: CancellationToken,
     access: Access,
 ) -> Ended
 where
-    S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
+    S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
+    let (mut socket, reader) = socket.split();
+    let mut reader = Reader::spawn(reader);
     let ws = &services.config.websocket;
     let metrics = services.metrics.clone();
     metrics.ws_connections.inc();
@@ -181,7 +183,7 @@ where
                     break Ended::SocketError;
                 }
             }
-            incoming = socket.next() => match incoming {
+            incoming = reader.next() => match incoming {
                 None => break Ended::ClientClosed,
                 Some(Err(e)) => {
                     if is_too_big(&e) {
@@ -219,7 +221,7 @@ where
     };
     session.end();
     if let Some((code, reason)) = ended.close_frame() {
-        close_handshake(&mut socket, code, reason).await;
+        close_handshake(&mut socket, &mut reader, code, reason).await;
     }
     metrics.ws_connections.dec();
     metrics.closed(ended.label());
@@ -230,9 +232,14 @@ where
 /// Sends the close frame and waits (briefly) for the client's: a socket dropped with the
 /// client's reply unread is reset, and a reset discards the close frame before the client
 /// reads it.
-async fn close_handshake<S, E>(socket: &mut S, code: u16, reason: &'static str)
-where
-    S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
+async fn close_handshake<S, E>(
+    socket: &mut S,
+    reader: &mut Reader<E>,
+    code: u16,
+    reason: &'static str,
+) where
+    S: Sink<Message, Error = E> + Unpin,
+    E: Send + 'static,
 {
     let limit = Duration::from_secs(1);
     let sent = tokio::time::timeout(limit, socket.send(Message::close_with(code, reason))).await;
@@ -240,7 +247,7 @@ where
         return;
     }
     let _ = tokio::time::timeout(limit, async {
-        while let Some(Ok(m)) = socket.next().await {
+        while let Some(Ok(m)) = reader.next().await {
             if m.is_close() {
                 break;
             }
@@ -254,6 +261,48 @@ pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Reads the client's frames in a task of its own and hands them over through a small channel.
+///
+/// The session loop wakes for every batch of records; if it polled the socket's read side each
+/// time, every wake-up would cost a read attempt, and tungstenite zero-fills its read buffer
+/// (128 KiB by default) before each attempt, even one that finds nothing to read. Under fan-out
+/// that memset was 40% of the gateway's CPU (BENCHMARKS.md, "WebSocket fan-out"). The reader task
+/// is woken only when the socket has something to read.
+struct Reader<E> {
+    frames: tokio::sync::mpsc::Receiver<Result<Message, E>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<E: Send + 'static> Reader<E> {
+    fn spawn<R>(mut stream: R) -> Self
+    where
+        R: Stream<Item = Result<Message, E>> + Unpin + Send + 'static,
+    {
+        let (tx, frames) = tokio::sync::mpsc::channel(8);
+        let task = tokio::spawn(async move {
+            while let Some(item) = stream.next().await {
+                // After an error or a close frame the session ends: nothing more to read.
+                let last = item.as_ref().map_or(true, Message::is_close);
+                if tx.send(item).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        Self { frames, task }
+    }
+
+    /// The client's next frame; `None` once its side of the connection has ended.
+    async fn next(&mut self) -> Option<Result<Message, E>> {
+        self.frames.recv().await
+    }
+}
+
+impl<E> Drop for Reader<E> {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -815,5 +864,36 @@ mod tests {
         assert_eq!(m.close_frame().map(|f| f.0), Some(close::GOING_AWAY));
         assert_eq!(c.session.await?, Ended::Shutdown);
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn reader_hands_frames_over_in_order_and_stops_after_close() {
+        let frames: Vec<Result<Message, std::io::Error>> = vec![
+            Ok(Message::text("one")),
+            Ok(Message::text("two")),
+            Ok(Message::close()),
+            Ok(Message::text("after close")),
+        ];
+        let mut reader = Reader::spawn(futures_util::stream::iter(frames));
+        let mut got = Vec::new();
+        while let Some(Ok(m)) = reader.next().await {
+            got.push(
+                m.to_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|_| "close".into()),
+            );
+        }
+        assert_eq!(got, ["one", "two", "close"]);
+    }
+
+    #[tokio::test]
+    async fn reader_stops_after_an_error() {
+        let frames: Vec<Result<Message, std::io::Error>> = vec![
+            Err(std::io::Error::other("reset")),
+            Ok(Message::text("never")),
+        ];
+        let mut reader = Reader::spawn(futures_util::stream::iter(frames));
+        assert!(matches!(reader.next().await, Some(Err(_))));
+        assert!(reader.next().await.is_none());
     }
 }

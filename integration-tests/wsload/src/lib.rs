@@ -1,0 +1,25 @@
+//! `wsload`: a load tool for the Lakewire gateway. It produces JSON records to a real Kafka at
+//! a target rate, each value stamped with its produce time, opens N WebSocket clients (protocol
+//! v1) to a gateway, and reports deliveries per second, produce→receive latency, `lagged`
+//! counts, and the gateway's CPU and peak RSS.
+//!
+//! - [`produce`]: the rate-paced producer thread and the measurement window;
+//! - [`ws`]: a minimal WebSocket client (handshake, frame parsing in place);
+//! - [`scan`]: what a client takes from a frame (type, stamps) without parsing the JSON;
+//! - [`load`]: one measured point (clients, window, figures, the human table row);
+//! - [`gateway`]: starting a gateway with a generated configuration, topics;
+//! - [`procstat`]: CPU and memory from `/proc`.
+
+pub mod gateway;
+pub mod load;
+pub mod procstat;
+pub mod produce;
+pub mod scan;
+pub mod ws;
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}

@@ -1,0 +1,571 @@
+//! One measured point: N clients connect and subscribe, the producer runs at a rate, and what
+//! the clients receive of the records produced inside the measurement window is counted and
+//! timed.
+//!
+//! All clients run as tasks of one current-thread runtime (a `LocalSet`), sharing their
+//! counters and one latency histogram without locks: the tool takes at most one core for its
+//! clients (plus the producer thread and librdkafka's), leaving the rest to the gateway and the
+//! broker that share the machine.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::procstat::{self, CpuWindow};
+use crate::produce::{BUCKETS, Control};
+use crate::scan::{Kind, Scanner};
+use crate::ws::{self, opcode};
+
+/// What the clients subscribe with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FilterMode {
+    /// No filter: every client receives every record.
+    None,
+    /// Each client its own CEL filter matching about 1% of the records
+    /// (`value.b >= i && value.b < i + 10`, `b` uniform over 0..1010).
+    Selective,
+}
+
+/// The shape of one point.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub addr: SocketAddr,
+    pub topic: String,
+    pub clients: usize,
+    /// Share of the clients that subscribe and then never read.
+    pub stalled: f64,
+    pub filter: FilterMode,
+    /// Records/s to produce.
+    pub rate: u64,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// A point is sustainable only with p99 at most this.
+    pub max_p99: Duration,
+}
+
+/// Processes whose CPU is reported.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Watched {
+    pub gateway: Option<u32>,
+    pub broker: Option<u32>,
+}
+
+/// What one point measured.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub rate: u64,
+    pub clients: usize,
+    pub fast: usize,
+    pub stalled: usize,
+    pub filter: FilterMode,
+    pub secs: f64,
+    /// Records produced (stamped) inside the window.
+    pub produced: u64,
+    /// Deliveries of those records to fast clients.
+    pub deliveries: u64,
+    /// `records` frames that carried them (deliveries / frames: how much the gateway batches).
+    pub frames: u64,
+    /// `produced × fast` when every fast client should get every record (no filter).
+    pub expected: Option<u64>,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub lagged_frames: u64,
+    pub dropped: u64,
+    /// Frames of other kinds (errors) and connections the server closed.
+    pub errors: u64,
+    pub closed: u64,
+    pub produce_failed: u64,
+    pub producer_behind: u64,
+    pub gateway_cpu_pct: Option<f64>,
+    pub gateway_peak_rss_kib: Option<u64>,
+    pub gateway_rss_kib: Option<u64>,
+    pub broker_cpu_pct: Option<f64>,
+    pub tool_cpu_pct: f64,
+    pub machine_busy_pct: f64,
+    /// CPU used by every other process (not the gateway, the broker when watched, or this
+    /// tool), in percent of one core: the machine is shared.
+    pub others_cpu_pct: f64,
+    pub cores: usize,
+    pub sustainable: bool,
+    pub why_not: Vec<String>,
+}
+
+impl Outcome {
+    pub fn deliveries_per_s(&self) -> f64 {
+        self.deliveries as f64 / self.secs
+    }
+
+    /// Deliveries per second per fast client.
+    pub fn per_fast_client(&self) -> f64 {
+        self.deliveries_per_s() / self.fast.max(1) as f64
+    }
+
+    /// The JSON line.
+    pub fn json(&self, scenario: &str) -> serde_json::Value {
+        serde_json::json!({
+            "wsload": "point",
+            "scenario": scenario,
+            "rate": self.rate,
+            "clients": self.clients,
+            "fast_clients": self.fast,
+            "stalled_clients": self.stalled,
+            "filter": format!("{:?}", self.filter).to_lowercase(),
+            "window_s": self.secs,
+            "produced": self.produced,
+            "deliveries": self.deliveries,
+            "records_per_frame": (self.deliveries as f64 / self.frames.max(1) as f64 * 10.0).round() / 10.0,
+            "expected": self.expected,
+            "deliveries_per_s": self.deliveries_per_s().round(),
+            "per_fast_client_per_s": (self.per_fast_client() * 10.0).round() / 10.0,
+            "latency_ms": {"p50": self.p50_ms, "p90": self.p90_ms, "p99": self.p99_ms, "max": self.max_ms},
+            "lagged_frames": self.lagged_frames,
+            "dropped": self.dropped,
+            "errors": self.errors,
+            "closed": self.closed,
+            "produce_failed": self.produce_failed,
+            "producer_behind": self.producer_behind,
+            "gateway_cpu_pct": self.gateway_cpu_pct.map(|c| c.round()),
+            "gateway_peak_rss_mib": self.gateway_peak_rss_kib.map(|k| (k as f64 / 1024.0).round()),
+            "gateway_rss_mib": self.gateway_rss_kib.map(|k| (k as f64 / 1024.0).round()),
+            "broker_cpu_pct": self.broker_cpu_pct.map(|c| c.round()),
+            "tool_cpu_pct": self.tool_cpu_pct.round(),
+            "machine_busy_pct": self.machine_busy_pct.round(),
+            "others_cpu_pct": self.others_cpu_pct.round(),
+            "cores": self.cores,
+            "shared_machine": "load tool, gateway and Kafka broker all run on this machine",
+            "sustainable": self.sustainable,
+            "why_not": self.why_not,
+        })
+    }
+}
+
+/// Counters shared by the client tasks (one thread: no locks).
+struct Stats {
+    hist: Histogram<u64>,
+    deliveries: u64,
+    frames: u64,
+    lagged_frames: u64,
+    dropped: u64,
+    errors: u64,
+    closed: u64,
+    subscribed: usize,
+    first_error: Option<String>,
+}
+
+impl Stats {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            // 1 µs .. 10 min, 3 significant digits.
+            hist: Histogram::new_with_bounds(1, 600_000_000, 3)?,
+            deliveries: 0,
+            frames: 0,
+            lagged_frames: 0,
+            dropped: 0,
+            errors: 0,
+            closed: 0,
+            subscribed: 0,
+            first_error: None,
+        })
+    }
+}
+
+struct Shared {
+    stats: RefCell<Stats>,
+    control: Arc<Control>,
+    scanner: Scanner,
+    /// Bounds how many clients connect at once.
+    connecting: Semaphore,
+}
+
+/// The subscribe request of client `i`.
+pub fn subscribe_request(topic: &str, i: usize, filter: FilterMode) -> String {
+    let mut req =
+        serde_json::json!({"op": "subscribe", "id": "s", "topic": topic, "from": "latest"});
+    if filter == FilterMode::Selective {
+        let lo = i as u64 % (BUCKETS - 10);
+        req["filter"] = format!("value.b >= {lo} && value.b < {}", lo + 10).into();
+    }
+    req.to_string()
+}
+
+/// Drives one connection until it closes or the task is aborted.
+async fn client(
+    addr: SocketAddr,
+    request: String,
+    stalled: bool,
+    shared: Rc<Shared>,
+) -> anyhow::Result<()> {
+    let mut permit = Some(shared.connecting.acquire().await?);
+    let (mut sock, mut buf): (TcpStream, Vec<u8>) = ws::connect(addr).await?;
+    let mut out = Vec::with_capacity(256);
+    ws::write_frame(&mut out, opcode::TEXT, request.as_bytes());
+    sock.write_all(&out).await?;
+    let mut subscribed = false;
+    loop {
+        let mut at = 0;
+        while let Some(h) = ws::parse_header(&buf[at..])? {
+            if buf.len() - at < h.total_len() {
+                break;
+            }
+            let (p0, p1) = (at + h.payload_start, at + h.total_len());
+            if let Some(m) = h.mask {
+                ws::unmask(&mut buf[p0..p1], m);
+            }
+            let payload = &buf[p0..p1];
+            match h.opcode {
+                opcode::TEXT | opcode::CONTINUATION => {
+                    subscribed |= on_text(&shared, payload);
+                }
+                opcode::PING => {
+                    out.clear();
+                    ws::write_frame(&mut out, opcode::PONG, payload);
+                    sock.write_all(&out).await?;
+                }
+                opcode::CLOSE => {
+                    shared.stats.borrow_mut().closed += 1;
+                    return Ok(());
+                }
+                _ => {}
+            }
+            at += h.total_len();
+        }
+        buf.drain(..at);
+        if subscribed && permit.is_some() {
+            permit = None;
+            if stalled {
+                // Never read again; the socket stays open until the point ends.
+                std::future::pending::<()>().await;
+            }
+        }
+        buf.reserve(64 * 1024);
+        if sock.read_buf(&mut buf).await? == 0 {
+            shared.stats.borrow_mut().closed += 1;
+            return Ok(());
+        }
+    }
+}
+
+/// Accounts for one text frame; true when it was the `subscribed` reply.
+fn on_text(shared: &Shared, payload: &[u8]) -> bool {
+    let mut st = shared.stats.borrow_mut();
+    match shared.scanner.kind(payload) {
+        Kind::Records => {
+            let now = crate::now_us();
+            let control = &shared.control;
+            let st = &mut *st;
+            let mut counted = false;
+            shared.scanner.stamps(payload, |t| {
+                if control.in_window(t) {
+                    st.deliveries += 1;
+                    st.hist.saturating_record(now.saturating_sub(t).max(1));
+                    counted = true;
+                }
+            });
+            st.frames += u64::from(counted);
+            false
+        }
+        Kind::Lagged(n) => {
+            st.lagged_frames += 1;
+            st.dropped += n;
+            false
+        }
+        Kind::Subscribed => {
+            st.subscribed += 1;
+            true
+        }
+        Kind::Other => {
+            st.errors += 1;
+            if st.first_error.is_none() {
+                st.first_error = Some(String::from_utf8_lossy(payload).chars().take(300).collect());
+            }
+            false
+        }
+    }
+}
+
+/// Runs one point. Must be called inside a `LocalSet`.
+pub async fn run(
+    point: &Point,
+    control: &Arc<Control>,
+    watched: Watched,
+) -> anyhow::Result<Outcome> {
+    if let Some(limit) = procstat::open_files_limit()
+        && (limit as usize) < point.clients + 64
+    {
+        bail!(
+            "the open-files limit is {limit}, too low for {} clients: raise it (ulimit -n 65536; the wrapper integration-tests/bin/wsload does)",
+            point.clients
+        );
+    }
+    let shared = Rc::new(Shared {
+        stats: RefCell::new(Stats::new()?),
+        control: control.clone(),
+        scanner: Scanner::default(),
+        connecting: Semaphore::new(64),
+    });
+    // Nothing stamped yet counts.
+    control.window_start.store(u64::MAX, Ordering::SeqCst);
+    let n_stalled = (point.clients as f64 * point.stalled).round() as usize;
+    let fast = point.clients - n_stalled;
+    // Stalled clients spread evenly among the fast ones.
+    let is_stalled = |i: usize| n_stalled > 0 && (i * n_stalled) % point.clients < n_stalled;
+    let tasks: Vec<JoinHandle<()>> = (0..point.clients)
+        .map(|i| {
+            let shared = shared.clone();
+            let req = subscribe_request(&point.topic, i, point.filter);
+            let addr = point.addr;
+            let stalled = is_stalled(i);
+            tokio::task::spawn_local(async move {
+                if let Err(e) = client(addr, req, stalled, shared.clone()).await {
+                    let mut st = shared.stats.borrow_mut();
+                    st.errors += 1;
+                    st.first_error.get_or_insert_with(|| format!("{e:#}"));
+                }
+            })
+        })
+        .collect();
+    let result = measure(point, control, watched, &shared, fast, n_stalled).await;
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    control.rate.store(0, Ordering::SeqCst);
+    result
+}
+
+async fn measure(
+    point: &Point,
+    control: &Arc<Control>,
+    watched: Watched,
+    shared: &Rc<Shared>,
+    fast: usize,
+    n_stalled: usize,
+) -> anyhow::Result<Outcome> {
+    // Every client subscribed (or failed).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        {
+            let st = shared.stats.borrow();
+            if st.subscribed == point.clients {
+                break;
+            }
+            if st.errors > 0 || Instant::now() > deadline {
+                bail!(
+                    "{} of {} clients subscribed; first error: {}",
+                    st.subscribed,
+                    point.clients,
+                    st.first_error.as_deref().unwrap_or("none (timed out)")
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    control.rate.store(point.rate, Ordering::SeqCst);
+    tokio::time::sleep(point.warmup).await;
+    let failed0 = control.failed.load(Ordering::Relaxed);
+    let behind0 = control.behind.load(Ordering::Relaxed);
+    let gw_cpu = watched.gateway.map(CpuWindow::start).transpose()?;
+    let broker_cpu = watched.broker.and_then(|p| CpuWindow::start(p).ok());
+    let tool_cpu = CpuWindow::start(std::process::id())?;
+    let (busy0, total0) = procstat::machine_ticks()?;
+    let t0 = Instant::now();
+    let w0 = control.open_window();
+    tokio::time::sleep(point.duration).await;
+    let w1 = control.close_window();
+    let secs = (w1 - w0) as f64 / 1e6;
+    let wall = t0.elapsed().as_secs_f64();
+    let gateway_cpu_pct = gw_cpu.map(|c| c.percent(wall)).transpose()?;
+    let broker_cpu_pct = broker_cpu.and_then(|c| c.percent(wall).ok());
+    let tool_cpu_pct = tool_cpu.percent(wall)?;
+    let (busy1, total1) = procstat::machine_ticks()?;
+    let machine_busy_pct = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64 * 100.0;
+    // Keep producing while the window's last records arrive (so the tail sees the same load);
+    // wait until deliveries stop growing.
+    let mut last = shared.stats.borrow().deliveries;
+    let drain_deadline = Instant::now() + Duration::from_secs(10);
+    let mut quiet = 0;
+    while quiet < 5 && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = shared.stats.borrow().deliveries;
+        if now == last {
+            quiet += 1;
+        } else {
+            quiet = 0;
+            last = now;
+        }
+    }
+    control.rate.store(0, Ordering::SeqCst);
+    let (peak, rss) = match watched.gateway {
+        Some(pid) => {
+            let (p, r) = procstat::rss_kib(pid)?;
+            (Some(p), Some(r))
+        }
+        None => (None, None),
+    };
+    let st = shared.stats.borrow();
+    let produced = control.produced_in_window.load(Ordering::SeqCst);
+    let q = |p: f64| st.hist.value_at_quantile(p) as f64 / 1000.0;
+    let expected = (point.filter == FilterMode::None).then_some(produced * fast as u64);
+    let p99_ms = q(0.99);
+    let mut why_not = Vec::new();
+    if st.lagged_frames > 0 {
+        why_not.push(format!(
+            "{} lagged frames ({} records dropped) at fast clients",
+            st.lagged_frames, st.dropped
+        ));
+    }
+    if let Some(e) = expected
+        && (st.deliveries as f64) < e as f64 * 0.999
+    {
+        why_not.push(format!("{} of {} deliveries", st.deliveries, e));
+    }
+    if p99_ms > point.max_p99.as_secs_f64() * 1000.0 {
+        why_not.push(format!(
+            "p99 {p99_ms:.1} ms > {} ms",
+            point.max_p99.as_millis()
+        ));
+    }
+    let behind = control.behind.load(Ordering::Relaxed) - behind0;
+    if behind > 0 {
+        why_not.push(format!("the producer fell behind its rate {behind} times"));
+    }
+    if st.closed > 0 || st.errors > 0 {
+        why_not.push(format!(
+            "{} connections closed, {} errors (first: {})",
+            st.closed,
+            st.errors,
+            st.first_error.as_deref().unwrap_or("-")
+        ));
+    }
+    Ok(Outcome {
+        rate: point.rate,
+        clients: point.clients,
+        fast,
+        stalled: n_stalled,
+        filter: point.filter,
+        secs,
+        produced,
+        deliveries: st.deliveries,
+        frames: st.frames,
+        expected,
+        p50_ms: q(0.50),
+        p90_ms: q(0.90),
+        p99_ms,
+        max_ms: st.hist.max() as f64 / 1000.0,
+        lagged_frames: st.lagged_frames,
+        dropped: st.dropped,
+        errors: st.errors,
+        closed: st.closed,
+        produce_failed: control.failed.load(Ordering::Relaxed) - failed0,
+        producer_behind: behind,
+        gateway_cpu_pct,
+        gateway_peak_rss_kib: peak,
+        gateway_rss_kib: rss,
+        broker_cpu_pct,
+        tool_cpu_pct,
+        machine_busy_pct,
+        others_cpu_pct: (machine_busy_pct * procstat::cores() as f64
+            - gateway_cpu_pct.unwrap_or(0.0)
+            - broker_cpu_pct.unwrap_or(0.0)
+            - tool_cpu_pct)
+            .max(0.0),
+        cores: procstat::cores(),
+        sustainable: why_not.is_empty(),
+        why_not,
+    })
+}
+
+/// The header of the human table.
+pub fn table_header() -> String {
+    format!(
+        "{:>7} {:>6} {:>5} {:>11} {:>9} {:>5} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6}  {}",
+        "rate/s",
+        "fast",
+        "stall",
+        "deliv/s",
+        "deliv%",
+        "rec/f",
+        "p50ms",
+        "p90ms",
+        "p99ms",
+        "maxms",
+        "lagged",
+        "gwCPU%",
+        "gwMiB",
+        "kfCPU%",
+        "tlCPU%",
+        "mach%",
+        "othCPU",
+        "ok"
+    )
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0}"))
+}
+
+/// One row of the human table.
+pub fn table_row(o: &Outcome) -> String {
+    let pct = o.expected.map_or("-".into(), |e| {
+        format!("{:.2}", o.deliveries as f64 / e.max(1) as f64 * 100.0)
+    });
+    format!(
+        "{:>7} {:>6} {:>5} {:>11.0} {:>9} {:>5.1} {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} {:>6} {:>6} {:>6} {:>6.0} {:>5.0} {:>6.0}  {}",
+        o.rate,
+        o.fast,
+        o.stalled,
+        o.deliveries_per_s(),
+        pct,
+        o.deliveries as f64 / o.frames.max(1) as f64,
+        o.p50_ms,
+        o.p90_ms,
+        o.p99_ms,
+        o.max_ms,
+        o.lagged_frames,
+        opt(o.gateway_cpu_pct),
+        opt(o.gateway_peak_rss_kib.map(|k| k as f64 / 1024.0)),
+        opt(o.broker_cpu_pct),
+        o.tool_cpu_pct,
+        o.machine_busy_pct,
+        o.others_cpu_pct,
+        if o.sustainable {
+            "yes".to_string()
+        } else {
+            format!("no: {}", o.why_not.join("; "))
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selective_filters_differ_per_client_and_cover_about_one_percent() -> anyhow::Result<()> {
+        let a: serde_json::Value =
+            serde_json::from_str(&subscribe_request("t", 3, FilterMode::Selective))?;
+        let b: serde_json::Value =
+            serde_json::from_str(&subscribe_request("t", 4, FilterMode::Selective))?;
+        assert_eq!(a["filter"], "value.b >= 3 && value.b < 13");
+        assert_ne!(a["filter"], b["filter"]);
+        let plain: serde_json::Value =
+            serde_json::from_str(&subscribe_request("t", 3, FilterMode::None))?;
+        assert!(plain.get("filter").is_none());
+        assert_eq!(plain["op"], "subscribe");
+        Ok(())
+    }
+}

@@ -1,0 +1,207 @@
+//! The producer: a thread that writes JSON records to Kafka at the rate it is told, each value
+//! carrying its produce time (µs since the epoch) under [`crate::scan::STAMP_KEY`].
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
+
+use crate::now_us;
+
+/// How many different values the field `b` takes (0..BUCKETS); the selective scenario's
+/// filters each match 10 of them, about 1% of the records.
+pub const BUCKETS: u64 = 1010;
+
+/// Counts failed deliveries.
+struct Ctx {
+    failed: Arc<AtomicU64>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the controller and the producer thread share.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Records per second to produce now (0: pause).
+    pub rate: AtomicU64,
+    /// Measurement window, µs since the epoch: records stamped inside it are counted.
+    pub window_start: AtomicU64,
+    pub window_end: AtomicU64,
+    /// Records produced with a stamp inside the window.
+    pub produced_in_window: AtomicU64,
+    /// Records produced in all.
+    pub produced: AtomicU64,
+    /// Records librdkafka could not deliver.
+    pub failed: Arc<AtomicU64>,
+    /// Times the producer fell behind its schedule by more than 50 ms (it then skips ahead).
+    pub behind: AtomicU64,
+    pub stop: AtomicBool,
+}
+
+impl Control {
+    /// Counts records stamped from now on (until [`Control::close_window`]).
+    pub fn open_window(&self) -> u64 {
+        let now = now_us();
+        self.window_end.store(u64::MAX, Ordering::SeqCst);
+        self.produced_in_window.store(0, Ordering::SeqCst);
+        self.window_start.store(now, Ordering::SeqCst);
+        now
+    }
+
+    /// Ends the window now; returns its end.
+    pub fn close_window(&self) -> u64 {
+        let now = now_us();
+        self.window_end.store(now, Ordering::SeqCst);
+        now
+    }
+
+    /// Whether a record stamped `t` is in the window.
+    pub fn in_window(&self, t: u64) -> bool {
+        t >= self.window_start.load(Ordering::Relaxed)
+            && t < self.window_end.load(Ordering::Relaxed)
+    }
+}
+
+/// Writes one record's value: `{"lw_t":<µs>,"n":<seq>,"b":<bucket>,...,"pad":"..."}`, padded
+/// to about `size` bytes.
+pub fn value(out: &mut String, t: u64, n: u64, size: usize) {
+    out.clear();
+    let b = n.wrapping_mul(7919) % BUCKETS;
+    let region = if n.is_multiple_of(2) { "eu" } else { "us" };
+    let _ = write!(
+        out,
+        r#"{{"lw_t":{t},"n":{n},"b":{b},"region":"{region}","amount":{}.5,"pad":""#,
+        n % 1000
+    );
+    while out.len() + 2 < size {
+        out.push('x');
+    }
+    out.push_str("\"}");
+}
+
+/// Starts the producer thread for `topic` on `brokers`.
+pub fn start(
+    brokers: &str,
+    topic: &str,
+    record_bytes: usize,
+    control: Arc<Control>,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let producer: BaseProducer<Ctx> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "1")
+        .set("linger.ms", "1")
+        .set("queue.buffering.max.messages", "1000000")
+        .create_with_context(Ctx {
+            failed: control.failed.clone(),
+        })
+        .context("creating the Kafka producer")?;
+    let topic = topic.to_string();
+    std::thread::Builder::new()
+        .name("wsload-producer".into())
+        .spawn(move || run(&producer, &topic, record_bytes, &control))
+        .context("starting the producer thread")
+}
+
+fn run(
+    producer: &BaseProducer<Ctx>,
+    topic: &str,
+    record_bytes: usize,
+    control: &Control,
+) -> anyhow::Result<()> {
+    let tick = Duration::from_millis(1);
+    let mut buf = String::with_capacity(record_bytes + 64);
+    let mut seq: u64 = 0;
+    // The schedule: `sent` records since `since`, at `rate`.
+    let mut rate = 0;
+    let mut since = Instant::now();
+    let mut sent: u64 = 0;
+    while !control.stop.load(Ordering::Relaxed) {
+        let r = control.rate.load(Ordering::Relaxed);
+        if r != rate {
+            rate = r;
+            since = Instant::now();
+            sent = 0;
+        }
+        if rate > 0 {
+            let due = (since.elapsed().as_secs_f64() * rate as f64) as u64;
+            if due > sent + rate / 20 + 1 {
+                // More than 50 ms behind: do not burst to catch up, note it.
+                control.behind.fetch_add(1, Ordering::Relaxed);
+                sent = due.saturating_sub(1);
+            }
+            while sent < due {
+                let t = now_us();
+                value(&mut buf, t, seq, record_bytes);
+                let rec = BaseRecord::<(), str>::to(topic).payload(buf.as_str());
+                match producer.send(rec) {
+                    Ok(()) => {
+                        sent += 1;
+                        seq += 1;
+                        control.produced.fetch_add(1, Ordering::Relaxed);
+                        if control.in_window(t) {
+                            control.produced_in_window.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err((KafkaError::MessageProduction(_), _)) => {
+                        // Queue full: let librdkafka send, then retry.
+                        producer.poll(Duration::from_millis(1));
+                    }
+                    Err((e, _)) => return Err(e).context("producing"),
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+        std::thread::sleep(tick);
+    }
+    producer
+        .flush(Duration::from_secs(10))
+        .context("flushing the producer")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_json_of_about_the_size_asked() -> anyhow::Result<()> {
+        let mut s = String::new();
+        value(&mut s, 1_732_690_000_000_123, 42, 200);
+        assert_eq!(s.len(), 200);
+        let v: serde_json::Value = serde_json::from_str(&s)?;
+        assert_eq!(v["lw_t"], 1_732_690_000_000_123u64);
+        assert_eq!(v["n"], 42);
+        assert!(v["b"].as_u64().is_some_and(|b| b < BUCKETS));
+        // Smaller than the fixed fields: no padding, still JSON.
+        value(&mut s, 1, 1, 10);
+        serde_json::from_str::<serde_json::Value>(&s)?;
+        Ok(())
+    }
+
+    #[test]
+    fn window_counts_only_what_is_inside() {
+        let c = Control::default();
+        let start = c.open_window();
+        assert!(c.in_window(start));
+        assert!(!c.in_window(start - 1));
+        let end = c.close_window();
+        assert!(!c.in_window(end));
+    }
+}

@@ -1,0 +1,196 @@
+//! A minimal WebSocket client (RFC 6455) for the load: handshake, masked text frames out, and an
+//! in-place frame parser for what the server sends. No allocation per received message: frames
+//! are parsed straight from the connection's read buffer, which is what lets one thread drive
+//! thousands of connections.
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+/// WebSocket opcodes the client handles.
+pub mod opcode {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+
+/// One frame found at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub opcode: u8,
+    /// Where the payload starts in the buffer.
+    pub payload_start: usize,
+    /// Payload length.
+    pub payload_len: usize,
+    /// The 4-byte mask, when the frame is masked (servers do not mask).
+    pub mask: Option<[u8; 4]>,
+}
+
+impl FrameHeader {
+    /// Bytes of the whole frame, header included.
+    pub fn total_len(&self) -> usize {
+        self.payload_start + self.payload_len
+    }
+}
+
+/// Parses the frame header at the start of `buf`; `Ok(None)` when more bytes are needed for it.
+pub fn parse_header(buf: &[u8]) -> anyhow::Result<Option<FrameHeader>> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let opcode = buf[0] & 0x0F;
+    let masked = buf[1] & 0x80 != 0;
+    let len7 = (buf[1] & 0x7F) as usize;
+    let (len, mut at) = match len7 {
+        126 => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return Ok(None);
+            }
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[2..10]);
+            let len = u64::from_be_bytes(b);
+            if len > (1 << 31) {
+                bail!("frame of {len} bytes: larger than this client accepts");
+            }
+            (len as usize, 10)
+        }
+        n => (n, 2),
+    };
+    let mask = if masked {
+        if buf.len() < at + 4 {
+            return Ok(None);
+        }
+        let m = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
+        at += 4;
+        Some(m)
+    } else {
+        None
+    };
+    Ok(Some(FrameHeader {
+        opcode,
+        payload_start: at,
+        payload_len: len,
+        mask,
+    }))
+}
+
+/// Appends a masked client frame (FIN set) to `out`.
+pub fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    // The mask only has to be unpredictable to defeat cache poisoning through proxies; on
+    // loopback to our own gateway a fixed one is fine.
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    out.push(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&MASK);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+}
+
+/// Unmasks a masked payload in place.
+pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+}
+
+/// Opens `ws://addr/ws`: connects and completes the upgrade. Returns the stream and the bytes
+/// read past the handshake response (the start of the first frames, if any).
+pub async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_nodelay(true)?;
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if buf.len() > 16 * 1024 {
+            bail!("handshake response larger than 16 KiB");
+        }
+        let n = s.read_buf(&mut buf).await?;
+        if n == 0 {
+            bail!("connection closed during the WebSocket handshake");
+        }
+        if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]);
+            if !head.starts_with("HTTP/1.1 101") {
+                bail!(
+                    "upgrade refused: {}",
+                    head.lines().next().unwrap_or_default()
+                );
+            }
+            return Ok((s, buf.split_off(end + 4)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_short_medium_and_long_lengths() -> anyhow::Result<()> {
+        let h = parse_header(&[0x81, 5, b'h', b'e'])?;
+        assert_eq!(
+            h,
+            Some(FrameHeader {
+                opcode: opcode::TEXT,
+                payload_start: 2,
+                payload_len: 5,
+                mask: None
+            })
+        );
+        assert_eq!(parse_header(&[0x81, 126, 1])?, None);
+        let h = parse_header(&[0x81, 126, 1, 0])?.map(|h| (h.payload_start, h.payload_len));
+        assert_eq!(h, Some((4, 256)));
+        let mut long = vec![0x82, 127];
+        long.extend_from_slice(&70_000u64.to_be_bytes());
+        let h = parse_header(&long)?.map(|h| (h.opcode, h.payload_start, h.payload_len));
+        assert_eq!(h, Some((opcode::BINARY, 10, 70_000)));
+        assert_eq!(parse_header(&[0x89])?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn written_frames_parse_back_and_unmask() -> anyhow::Result<()> {
+        for len in [0usize, 10, 125, 126, 300, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut out = Vec::new();
+            write_frame(&mut out, opcode::TEXT, &payload);
+            let Some(h) = parse_header(&out)? else {
+                anyhow::bail!("no header for {len}");
+            };
+            assert_eq!(
+                (h.opcode, h.payload_len, h.total_len()),
+                (1, len, out.len())
+            );
+            let Some(mask) = h.mask else {
+                anyhow::bail!("client frames must be masked");
+            };
+            let body = &mut out[h.payload_start..];
+            unmask(body, mask);
+            assert_eq!(body, &payload[..]);
+        }
+        Ok(())
+    }
+}
