@@ -268,6 +268,13 @@ impl DecodeContext {
             dead_letters,
         })
     }
+
+    /// The registry client, when one is configured. For the fuzz targets, which preload its
+    /// cache ([`Registry::preload`]).
+    #[doc(hidden)]
+    pub fn registry(&self) -> Option<&Arc<Registry>> {
+        self.registry.as_ref()
+    }
 }
 
 /// Adds `s` under its fingerprints (the specification's, and Python avro's when it differs).
