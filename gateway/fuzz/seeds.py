@@ -8,6 +8,7 @@ run by hand is not committed; `run` keeps what it finds in grown/<target>/, also
 import hashlib
 import json
 import pathlib
+import struct
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -22,9 +23,29 @@ def put(target, data):
     (d / hashlib.sha1(data).hexdigest()[:16]).write_bytes(data)
 
 
+def long_(n):
+    n = (n << 1) ^ (n >> 63)
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def bytes_(b):
+    return long_(len(b)) + b
+
+
+def str_(s):
+    return bytes_(s.encode())
+
+
 def decode():
     # Selector bytes as in fuzz_targets/decode.rs: 0 JSON, 1 Confluent, 2 single-object,
-    # 3 + i raw with the i-th distinct vector schema (then order.avsc, then Trade -> Trade v2).
+    # 3 + i raw with the i-th distinct vector schema (then order.avsc, then order.avsc resolved to order v2).
     vectors = json.loads((ROOT / "integration-tests/avro/vectors.json").read_text())["vectors"]
     texts = []
     for v in vectors:
@@ -38,9 +59,14 @@ def decode():
         put("decode", bytes([sel]) + payload)
         if v["framing"] == "raw":
             put("decode", b"\x00" + json.dumps(v["expected"]).encode())
-    # Trade(id 5, "AC\"ME", 123.45) for the reader-schema selector (see format_tests.rs).
-    trade = bytes([10, 10]) + b'AC"ME' + bytes([4, 0x30, 0x39])
-    put("decode", bytes([3 + len(texts) + 1]) + trade)
+    # An order (schemas/order.avsc), for the order selector and the order -> order v2 one.
+    order = (long_(7) + long_(1732690000000) + str_("Ana") + long_(1) + bytes_(b"\x30\x39")
+             + str_("EUR") + long_(3) + struct.pack("<d", 9.5) + long_(1) + struct.pack("<f", 0.5)
+             + b"\x01" + long_(0) + long_(1) + str_("a") + long_(0) + long_(1) + str_("k")
+             + str_("v") + long_(0) + str_("Main St 1") + str_("Lisbon") + str_("1000")
+             + str_("PT") + long_(1) + long_(20060))
+    put("decode", bytes([3 + len(texts)]) + order)
+    put("decode", bytes([3 + len(texts) + 1]) + order)
     put("decode", b'\x00{"id":7,"amount":1.5,"customer":{"name":"Ana"},"tags":["a"]}')
 
 

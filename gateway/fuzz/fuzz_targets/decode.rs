@@ -6,7 +6,7 @@
 //! single-object; 3 + i: raw with `RAW[i % RAW.len()]` (see `raw_schemas`). The schemas are the
 //! interop vectors' (`integration-tests/avro/vectors.json`), preloaded in the registry cache
 //! under their ids and written to a schemas folder for single-object, so no registry is needed;
-//! then `schemas/order.avsc`; then a Trade record resolved to an evolved reader schema.
+//! then `schemas/order.avsc`; then an order resolved to an evolved reader schema.
 //!
 //! Properties: no panic; a decoded record's value (and its envelope) is valid JSON.
 #![no_main]
@@ -24,15 +24,19 @@ use serde::de::IgnoredAny;
 
 const VECTORS: &str = include_str!("../../../integration-tests/avro/vectors.json");
 const ORDER: &str = include_str!("../../../schemas/order.avsc");
-/// As in `gateway/src/decode/format_tests.rs`.
-const TRADE: &str = r#"{"type":"record","name":"Trade","namespace":"t","fields":[
-    {"name":"id","type":"long"},
-    {"name":"sym","type":"string"},
-    {"name":"px","type":{"type":"bytes","logicalType":"decimal","precision":9,"scale":2}}]}"#;
-const TRADE_V2: &str = r#"{"type":"record","name":"Trade","namespace":"t","fields":[
-    {"name":"id","type":"long"},
-    {"name":"px","type":{"type":"bytes","logicalType":"decimal","precision":9,"scale":2}},
-    {"name":"venue","type":"string","default":"XNYS"}]}"#;
+
+/// `schemas/order.avsc` evolved, as a reader schema: `customer` gone, `channel` added with a
+/// default.
+fn order_v2() -> String {
+    let mut schema: serde_json::Value =
+        serde_json::from_str(ORDER).unwrap_or_else(|e| fail("order.avsc", e));
+    let Some(fields) = schema["fields"].as_array_mut() else {
+        fail("order.avsc", "no fields")
+    };
+    fields.retain(|f| f["name"] != "customer");
+    fields.push(serde_json::json!({"name": "channel", "type": "string", "default": "web"}));
+    schema.to_string()
+}
 
 struct Decoders {
     json: Decoder,
@@ -101,14 +105,17 @@ fn decoders() -> &'static Decoders {
             {
                 write(&schemas.join(format!("s-{i}.avsc")), text);
                 for fp in fps {
-                    plans.insert(fp, ParsedSchema::parse(text).unwrap_or_else(|e| fail(text, e)));
+                    plans.insert(
+                        fp,
+                        ParsedSchema::parse(text).unwrap_or_else(|e| fail(text, e)),
+                    );
                 }
             }
         }
         raw_paths.push((write(&dir.join("order.avsc"), ORDER), None));
         raw_paths.push((
-            write(&dir.join("trade.avsc"), TRADE),
-            Some(write(&dir.join("trade_v2.avsc"), TRADE_V2)),
+            dir.join("order.avsc"),
+            Some(write(&dir.join("order_v2.avsc"), &order_v2())),
         ));
 
         let text = format!(
@@ -186,7 +193,10 @@ fuzz_target!(|data: &[u8]| {
         let mut out = Vec::new();
         record.write_json(&mut out);
         if let Err(e) = serde_json::from_slice::<IgnoredAny>(&out) {
-            panic!("envelope is not JSON ({e}): {:?}", String::from_utf8_lossy(&out));
+            panic!(
+                "envelope is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&out)
+            );
         }
     }
 });

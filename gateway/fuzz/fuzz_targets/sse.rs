@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use libfuzzer_sys::fuzz_target;
 use lakewire::sse;
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
