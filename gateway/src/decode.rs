@@ -632,6 +632,11 @@ fn to_json(format: &Format, bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
     match reader {
         None => avro::to_json(&writer.plan, data, &mut out)?,
         Some(reader) => {
+            // The writer's plan checks every block count against the bytes left first:
+            // apache-avro reserves a block's claimed item count up front, so a few hostile bytes
+            // would make it allocate gigabytes (found by fuzzing).
+            avro::to_json(&writer.plan, data, &mut out)?;
+            out.clear();
             // Avro's resolution rules, by apache-avro; the resolved value is then written
             // following the reader's plan, with the same mapping.
             let mut rest = data;
