@@ -268,6 +268,13 @@ impl DecodeContext {
             dead_letters,
         })
     }
+
+    /// The registry client, when one is configured. For the fuzz targets, which preload its
+    /// cache ([`Registry::preload`]).
+    #[doc(hidden)]
+    pub fn registry(&self) -> Option<&Arc<Registry>> {
+        self.registry.as_ref()
+    }
 }
 
 /// Adds `s` under its fingerprints (the specification's, and Python avro's when it differs).
@@ -625,6 +632,11 @@ fn to_json(format: &Format, bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
     match reader {
         None => avro::to_json(&writer.plan, data, &mut out)?,
         Some(reader) => {
+            // The writer's plan checks every block count against the bytes left first:
+            // apache-avro reserves a block's claimed item count up front, so a few hostile bytes
+            // would make it allocate gigabytes (found by fuzzing).
+            avro::to_json(&writer.plan, data, &mut out)?;
+            out.clear();
             // Avro's resolution rules, by apache-avro; the resolved value is then written
             // following the reader's plan, with the same mapping.
             let mut rest = data;

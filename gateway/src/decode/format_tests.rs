@@ -153,6 +153,40 @@ fn reader_schema_gives_one_shape_and_key_format_decodes_keys() -> anyhow::Result
     Ok(())
 }
 
+#[test]
+fn reader_schema_refuses_a_huge_block_count_before_allocating() -> anyhow::Result<()> {
+    // Found by fuzzing: apache-avro reserved room for a block's claimed item count, so these
+    // few bytes (a block of 400 million longs, then nothing) asked for gigabytes.
+    let s = setup()?;
+    let d = s.dir.display();
+    std::fs::write(
+        s.dir.join("longs.avsc"),
+        r#"{"type":"array","items":"long"}"#,
+    )?;
+    std::fs::write(
+        s.dir.join("doubles.avsc"),
+        r#"{"type":"array","items":"double"}"#,
+    )?;
+    let d = decoder(
+        &s,
+        &format!(
+            "name = \"t\"\nformat = \"raw\"\nschema = \"{d}/longs.avsc\"\n\
+             reader_schema = \"{d}/doubles.avsc\""
+        ),
+        None,
+    )?;
+    assert_eq!(value(&d, &[0x04, 0x02, 0x04, 0x00])?, "[1.0,2.0]");
+    let mut huge = Vec::new();
+    let mut n: u64 = 400_000_000 << 1;
+    while n >= 0x80 {
+        huge.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    huge.push(n as u8);
+    assert_eq!(reason(value(&d, &huge)), "truncated");
+    Ok(())
+}
+
 /// A registry that answers `GET /schemas/ids/1` with [`TRADE`] after `fail_first` 503s, 404
 /// for any other id, and 401 without the basic-auth header for `u:p`.
 struct FakeRegistry {

@@ -118,6 +118,18 @@ impl Registry {
         })
     }
 
+    /// Caches `schema` under `id` as if the registry had answered, so that records with that id
+    /// decode without a request. For the fuzz targets, which run without a registry.
+    #[doc(hidden)]
+    pub fn preload(&self, id: u32, schema: Arc<ParsedSchema>) {
+        let mut cache = match self.cache.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let cell = OnceCell::new_with(Some(Lookup::Found(schema)));
+        cache.insert(id, Arc::new(cell));
+    }
+
     /// The cached answer for `id`, if there is a current one. Never waits.
     pub fn cached(&self, id: u32) -> Option<Lookup> {
         let cache = self.cache.read().ok()?;
