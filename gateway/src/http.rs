@@ -87,6 +87,9 @@ struct TopicInfo<'a> {
     name: &'a str,
     format: String,
     partitions: Option<Vec<i32>>,
+    /// The value's fields when the topic has a fixed Avro schema; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<Vec<crate::decode::schema::FieldInfo>>,
 }
 
 fn topic_list(services: &Services) -> Vec<TopicInfo<'_>> {
@@ -98,6 +101,10 @@ fn topic_list(services: &Services) -> Vec<TopicInfo<'_>> {
             name: &t.name,
             format: t.format.to_string(),
             partitions: services.hub.topic(&t.name).and_then(|h| h.assigned()),
+            fields: services
+                .decoders
+                .get(&t.name)
+                .and_then(|d| d.value_fields()),
         })
         .collect()
 }
