@@ -191,7 +191,7 @@ pub async fn run(
     println!("  Dashboard:  http://{addr}/");
     println!("  WebSocket:  ws://{addr}/ws");
     println!(
-        "  Try:        {{\"op\":\"subscribe\",\"id\":\"s1\",\"topic\":\"trades\",\"from\":\"latest\"}}"
+        "  Tail:       lakewire tail --url ws://{addr} trades --filter \"value.price > 200.0\""
     );
     println!("  Metrics:    http://{addr}/metrics");
     println!("Press ctrl-c to stop.");

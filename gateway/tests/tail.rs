@@ -1,0 +1,209 @@
+//! `lakewire tail` against a real gateway: the `lakewire demo` process (in-process broker,
+//! synthetic Avro producer), both run as the binary a user runs.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lakewire");
+
+/// `lakewire demo` on a free port; stopped (SIGTERM) on drop.
+struct Demo {
+    child: Child,
+    ws: String,
+}
+
+impl Demo {
+    fn start() -> anyhow::Result<Self> {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["demo", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LAKEWIRE_")) {
+            cmd.env_remove(k);
+        }
+        let mut child = cmd.spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ws = loop {
+            let line = lines
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("demo ended before printing its URLs"))??;
+            if let Some(url) = line.trim().strip_prefix("WebSocket:") {
+                break url.trim().trim_end_matches("/ws").to_string();
+            }
+        };
+        Ok(Self { child, ws })
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "kill -{sig} {pid} failed");
+    Ok(())
+}
+
+fn tail(demo: &Demo, args: &[&str]) -> anyhow::Result<Child> {
+    Ok(Command::new(BIN)
+        .arg("tail")
+        .args(["--url", &demo.ws])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?)
+}
+
+/// Waits at most `within` for the process to exit; kills it and fails when it does not.
+fn wait_exit(child: &mut Child, within: Duration) -> anyhow::Result<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.code().unwrap_or(-1));
+        }
+        if Instant::now() > deadline {
+            child.kill()?;
+            anyhow::bail!("did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn json_lines_with_filter_and_fields_and_head_closing_the_pipe() -> anyhow::Result<()> {
+    let demo = Demo::start()?;
+    let mut child = tail(
+        &demo,
+        &[
+            "trades",
+            "--from",
+            "earliest",
+            "--filter",
+            "value.side == 'buy' && value.price > 0.0",
+            "--fields",
+            "value.symbol,value.side",
+        ],
+    )?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    // Like `| head -n 20`: read 20 lines, then close the pipe.
+    for _ in 0..20 {
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("tail ended early"))??;
+        let r: Value = serde_json::from_str(&line)?;
+        assert_eq!(r["value"]["side"], "buy", "{line}");
+        assert!(r["value"]["symbol"].is_string(), "{line}");
+        assert_eq!(
+            r["value"].as_object().map(|o| o.len()),
+            Some(2),
+            "only the projected fields: {line}"
+        );
+        assert!(r["offset"].is_i64() && r["partition"].is_i64(), "{line}");
+    }
+    drop(lines);
+    let code = wait_exit(&mut child, Duration::from_secs(10))?;
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err)?;
+    }
+    assert_eq!(code, 0, "a closed stdout is a clean exit: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn table_output_has_a_header_and_aligned_rows() -> anyhow::Result<()> {
+    let demo = Demo::start()?;
+    let mut child = tail(
+        &demo,
+        &[
+            "sensors",
+            "--table",
+            "--fields",
+            "value.site,value.location",
+        ],
+    )?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .take(4)
+        .collect::<Result<_, _>>()?;
+    let _ = signal(child.id(), "INT");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10))?, 0);
+    assert!(
+        lines[0].starts_with("partition  offset    timestamp"),
+        "{lines:#?}"
+    );
+    let col = lines[0]
+        .find("location.lat")
+        .ok_or_else(|| anyhow::anyhow!("no location.lat column: {lines:#?}"))?;
+    for row in &lines[1..] {
+        assert!(
+            !row.contains('\x1b'),
+            "no colour when stdout is not a terminal"
+        );
+        let cell = row.get(col..).unwrap_or_default();
+        let lat: f64 = cell.split_whitespace().next().unwrap_or("").parse()?;
+        assert!((-90.0..=90.0).contains(&lat), "{row}");
+    }
+    Ok(())
+}
+
+#[test]
+fn ctrl_c_exits_cleanly_and_a_bad_filter_exits_1_with_the_servers_message() -> anyhow::Result<()> {
+    let demo = Demo::start()?;
+    let mut child = tail(&demo, &["trades"])?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let first = BufReader::new(stdout)
+        .lines()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no record"))??;
+    assert!(serde_json::from_str::<Value>(&first)?["value"]["price"].is_number());
+    signal(child.id(), "INT")?;
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10))?, 0);
+
+    let out = Command::new(BIN)
+        .args([
+            "tail",
+            "--url",
+            &demo.ws,
+            "trades",
+            "--filter",
+            "value.price +",
+        ])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("bad_filter"), "{err}");
+    assert!(err.contains("Syntax error"), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["tail", "--url", &demo.ws, "trades", "--from", "yesterday"])
+        .output()?;
+    assert_eq!(out.status.code(), Some(64));
+    Ok(())
+}
