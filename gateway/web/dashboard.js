@@ -11,7 +11,7 @@
 
   const MAX_ROWS = 500;          // rows kept per table
   const MAX_COLUMNS = 8;         // value columns shown (the row's JSON has everything)
-  const CHART_SECONDS = 300;     // the rate chart's window
+  const CHART_SECONDS = 120;     // the rate chart's window
   const $ = (sel, el) => (el || document).querySelector(sel);
 
   const ui = {
@@ -240,7 +240,9 @@
       const v = r.value;
       const valueKeys = v && typeof v === 'object' && !Array.isArray(v) ? Object.keys(v).slice(0, MAX_COLUMNS) : null;
       this.columns = valueKeys;
-      const names = ['p', 'offset', 'time', 'key'].concat(valueKeys || ['value']);
+      // A projection without `key` sends none: no empty column for it.
+      this.showKey = 'key' in r;
+      const names = ['p', 'offset', 'time'].concat(this.showKey ? ['key'] : [], valueKeys || ['value']);
       for (const n of names) this.headRow.append(el('th', { scope: 'col' }, n));
     }
 
@@ -251,8 +253,8 @@
       tr.setAttribute('aria-expanded', 'false');
       tr.append(el('td', { className: 'num' }, String(r.partition)),
         el('td', { className: 'num' }, String(r.offset)),
-        el('td', {}, r.timestamp == null ? '' : time(r.timestamp)),
-        el('td', {}, r.key == null ? '' : String(r.key)));
+        el('td', {}, r.timestamp == null ? '' : time(r.timestamp)));
+      if (this.showKey) tr.append(el('td', {}, r.key == null ? '' : String(r.key)));
       if (this.columns) {
         const v = r.value || {};
         for (const k of this.columns) tr.append(el('td', {}, cell(v[k])));
@@ -329,7 +331,7 @@
       }
       g.fillStyle = '#8b98a5';
       g.font = '11px system-ui, sans-serif';
-      g.fillText(this.rate().toLocaleString() + ' rec/s now · peak ' + max.toLocaleString() + '/s · last 5 min', 6, 11);
+      g.fillText(this.rate().toLocaleString() + ' rec/s now · peak ' + max.toLocaleString() + '/s · last 2 min', 6, 11);
     }
   }
 
@@ -375,6 +377,10 @@
     const topic = q.get('topic') || topics[0].name;
     selectTopic(topic);
     let from = q.get('from') || 'latest';
+    // The form shows what was subscribed, ready to be changed and sent again.
+    ui.filter.value = q.get('filter') || '';
+    ui.fields.value = q.get('fields') || '';
+    if (from === 'latest' || from === 'earliest') ui.from.value = from;
     if (/^\d+$/.test(from)) from = { timestamp: Number(from) };
     subscribe({
       topic,
