@@ -207,3 +207,137 @@ fn ctrl_c_exits_cleanly_and_a_bad_filter_exits_1_with_the_servers_message() -> a
     assert_eq!(out.status.code(), Some(64));
     Ok(())
 }
+
+/// The gateway in this process on librdkafka's mock cluster, so it can be stopped and started
+/// again on the same port while the records stay in "Kafka".
+mod restart {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use lakewire::config::Config;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use serde_json::Value;
+
+    async fn gateway(brokers: &str, port: u16) -> anyhow::Result<lakewire::app::Running> {
+        let toml = format!(
+            "[kafka]\nbrokers = \"{brokers}\"\n\n[[topics]]\nname = \"t\"\nformat = \"json\"\n\n[websocket]\nlisten = \"127.0.0.1:{port}\"\n"
+        );
+        let running = lakewire::app::start(Config::from_toml_and_env(&toml, &[], "test")?).await?;
+        let hub = running
+            .services
+            .hub
+            .topic("t")
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no topic"))?;
+        anyhow::ensure!(
+            hub.wait_assigned(Duration::from_secs(10)).await.is_some(),
+            "the live consumer was not assigned"
+        );
+        Ok(running)
+    }
+
+    async fn produce(
+        producer: &FutureProducer,
+        partition: i32,
+        ns: std::ops::Range<i64>,
+    ) -> anyhow::Result<()> {
+        for n in ns {
+            let payload = format!("{{\"n\":{n}}}");
+            producer
+                .send(
+                    FutureRecord::to("t")
+                        .partition(partition)
+                        .key("k")
+                        .payload(&payload),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(|(e, _)| e)?;
+        }
+        Ok(())
+    }
+
+    fn recv_lines(rx: &mpsc::Receiver<String>, n: usize) -> anyhow::Result<Vec<(i64, i64)>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .map_err(|e| anyhow::anyhow!("{} of {n} lines: {e}", got.len()))?;
+            let r: Value = serde_json::from_str(&line)?;
+            got.push((
+                r["partition"].as_i64().unwrap_or(-1),
+                r["offset"].as_i64().unwrap_or(-1),
+            ));
+        }
+        Ok(got)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resumes_by_offsets_across_a_gateway_restart() -> anyhow::Result<()> {
+        let cluster = MockCluster::new(1)?;
+        cluster.create_topic("t", 2, 1)?;
+        let brokers = cluster.bootstrap_servers();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()?;
+        // Before the subscription (`latest`): never printed, not even after the resume.
+        produce(&producer, 0, 0..5).await?;
+        produce(&producer, 1, 0..5).await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let gw = gateway(&brokers, port).await?;
+        let mut child = Command::new(super::BIN)
+            .args(["tail", "--url", &format!("ws://127.0.0.1:{port}"), "t"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gw.services.metrics.ws_subscriptions.get() < 1 {
+            anyhow::ensure!(Instant::now() < deadline, "tail did not subscribe");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Only partition 0 moves before the restart.
+        produce(&producer, 0, 5..15).await?;
+        let mut got = recv_lines(&rx, 10)?;
+
+        gw.stop().await;
+        produce(&producer, 0, 15..25).await?;
+        produce(&producer, 1, 5..15).await?;
+        let gw = gateway(&brokers, port).await?;
+        produce(&producer, 1, 15..18).await?;
+        got.extend(recv_lines(&rx, 23)?);
+        std::thread::sleep(Duration::from_millis(500));
+        while let Ok(extra) = rx.try_recv() {
+            got.push((-1, -1));
+            eprintln!("extra line: {extra}");
+        }
+        let mut want: Vec<(i64, i64)> = (5..25).map(|o| (0, o)).collect();
+        want.extend((5..18).map(|o| (1, o)));
+        got.sort_unstable();
+        assert_eq!(got, want, "no record missing, none repeated");
+
+        super::signal(child.id(), "INT")?;
+        assert_eq!(super::wait_exit(&mut child, Duration::from_secs(10))?, 0);
+        gw.stop().await;
+        Ok(())
+    }
+}
