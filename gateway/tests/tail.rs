@@ -2,16 +2,27 @@
 //! synthetic Avro producer), both run as the binary a user runs.
 
 use std::io::{BufRead as _, BufReader, Read as _};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lakewire");
 
+/// A child process killed when the test ends, whichever way it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `lakewire demo` on a free port; stopped (SIGTERM) on drop.
 struct Demo {
-    child: Child,
+    proc: Proc,
     ws: String,
 }
 
@@ -24,29 +35,52 @@ impl Demo {
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LAKEWIRE_")) {
             cmd.env_remove(k);
         }
-        let mut child = cmd.spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
+        let mut proc = Proc(cmd.spawn()?);
+        // Its stdout is read to the end: a demo printing into a closed pipe would fail.
+        let lines = lines_of(take_stdout(&mut proc.0)?);
         let ws = loop {
-            let line = lines
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("demo ended before printing its URLs"))??;
+            let line = next_line(&lines, T)?;
             if let Some(url) = line.trim().strip_prefix("WebSocket:") {
                 break url.trim().trim_end_matches("/ws").to_string();
             }
         };
-        Ok(Self { child, ws })
+        std::thread::spawn(move || while lines.recv().is_ok() {});
+        Ok(Self { proc, ws })
     }
 }
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        let _ = signal(self.child.id(), "TERM");
-        let _ = self.child.wait();
+        let _ = signal(self.proc.0.id(), "TERM");
+        let _ = wait_exit(&mut self.proc.0, Duration::from_secs(10));
     }
+}
+
+fn take_stdout(child: &mut Child) -> anyhow::Result<ChildStdout> {
+    child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))
+}
+
+/// The lines of `out`, read by a thread. Dropping the receiver closes the pipe at the next line
+/// (as `head` does once it has what it wants).
+fn lines_of(out: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn next_line(lines: &mpsc::Receiver<String>, within: Duration) -> anyhow::Result<String> {
+    lines
+        .recv_timeout(within)
+        .map_err(|e| anyhow::anyhow!("no line within {within:?}: {e}"))
 }
 
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
@@ -58,14 +92,16 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tail(demo: &Demo, args: &[&str]) -> anyhow::Result<Child> {
-    Ok(Command::new(BIN)
-        .arg("tail")
-        .args(["--url", &demo.ws])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?)
+fn tail(demo: &Demo, args: &[&str]) -> anyhow::Result<Proc> {
+    Ok(Proc(
+        Command::new(BIN)
+            .arg("tail")
+            .args(["--url", &demo.ws])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    ))
 }
 
 /// Waits at most `within` for the process to exit; kills it and fails when it does not.
@@ -83,6 +119,9 @@ fn wait_exit(child: &mut Child, within: Duration) -> anyhow::Result<i32> {
     }
 }
 
+/// How long a test waits for a line.
+const T: Duration = Duration::from_secs(30);
+
 #[test]
 fn json_lines_with_filter_and_fields_and_head_closing_the_pipe() -> anyhow::Result<()> {
     let demo = Demo::start()?;
@@ -98,16 +137,10 @@ fn json_lines_with_filter_and_fields_and_head_closing_the_pipe() -> anyhow::Resu
             "value.symbol,value.side",
         ],
     )?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
+    let lines = lines_of(take_stdout(&mut child.0)?);
     // Like `| head -n 20`: read 20 lines, then close the pipe.
     for _ in 0..20 {
-        let line = lines
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("tail ended early"))??;
+        let line = next_line(&lines, T)?;
         let r: Value = serde_json::from_str(&line)?;
         assert_eq!(r["value"]["side"], "buy", "{line}");
         assert!(r["value"]["symbol"].is_string(), "{line}");
@@ -119,9 +152,9 @@ fn json_lines_with_filter_and_fields_and_head_closing_the_pipe() -> anyhow::Resu
         assert!(r["offset"].is_i64() && r["partition"].is_i64(), "{line}");
     }
     drop(lines);
-    let code = wait_exit(&mut child, Duration::from_secs(10))?;
+    let code = wait_exit(&mut child.0, Duration::from_secs(10))?;
     let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
+    if let Some(mut e) = child.0.stderr.take() {
         e.read_to_string(&mut err)?;
     }
     assert_eq!(code, 0, "a closed stdout is a clean exit: {err}");
@@ -141,16 +174,12 @@ fn table_output_has_a_header_and_aligned_rows() -> anyhow::Result<()> {
             "value.site,value.location",
         ],
     )?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let lines: Vec<String> = BufReader::new(stdout)
-        .lines()
-        .take(4)
+    let rx = lines_of(take_stdout(&mut child.0)?);
+    let lines: Vec<String> = (0..4)
+        .map(|_| next_line(&rx, T))
         .collect::<Result<_, _>>()?;
-    let _ = signal(child.id(), "INT");
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(10))?, 0);
+    signal(child.0.id(), "INT")?;
+    assert_eq!(wait_exit(&mut child.0, Duration::from_secs(10))?, 0);
     assert!(
         lines[0].starts_with("partition  offset    timestamp"),
         "{lines:#?}"
@@ -174,17 +203,11 @@ fn table_output_has_a_header_and_aligned_rows() -> anyhow::Result<()> {
 fn ctrl_c_exits_cleanly_and_a_bad_filter_exits_1_with_the_servers_message() -> anyhow::Result<()> {
     let demo = Demo::start()?;
     let mut child = tail(&demo, &["trades"])?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let first = BufReader::new(stdout)
-        .lines()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no record"))??;
+    let lines = lines_of(take_stdout(&mut child.0)?);
+    let first = next_line(&lines, T)?;
     assert!(serde_json::from_str::<Value>(&first)?["value"]["price"].is_number());
-    signal(child.id(), "INT")?;
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(10))?, 0);
+    signal(child.0.id(), "INT")?;
+    assert_eq!(wait_exit(&mut child.0, Duration::from_secs(10))?, 0);
 
     let out = Command::new(BIN)
         .args([
@@ -211,7 +234,6 @@ fn ctrl_c_exits_cleanly_and_a_bad_filter_exits_1_with_the_servers_message() -> a
 /// The gateway in this process on librdkafka's mock cluster, so it can be stopped and started
 /// again on the same port while the records stay in "Kafka".
 mod restart {
-    use std::io::{BufRead as _, BufReader};
     use std::process::{Command, Stdio};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
@@ -293,23 +315,14 @@ mod restart {
             .local_addr()?
             .port();
         let gw = gateway(&brokers, port).await?;
-        let mut child = Command::new(super::BIN)
-            .args(["tail", "--url", &format!("ws://127.0.0.1:{port}"), "t"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let mut child = super::Proc(
+            Command::new(super::BIN)
+                .args(["tail", "--url", &format!("ws://127.0.0.1:{port}"), "t"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        let rx = super::lines_of(super::take_stdout(&mut child.0)?);
         let deadline = Instant::now() + Duration::from_secs(10);
         while gw.services.metrics.ws_subscriptions.get() < 1 {
             anyhow::ensure!(Instant::now() < deadline, "tail did not subscribe");
@@ -335,8 +348,8 @@ mod restart {
         got.sort_unstable();
         assert_eq!(got, want, "no record missing, none repeated");
 
-        super::signal(child.id(), "INT")?;
-        assert_eq!(super::wait_exit(&mut child, Duration::from_secs(10))?, 0);
+        super::signal(child.0.id(), "INT")?;
+        assert_eq!(super::wait_exit(&mut child.0, Duration::from_secs(10))?, 0);
         gw.stop().await;
         Ok(())
     }
