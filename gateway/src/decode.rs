@@ -419,6 +419,9 @@ pub struct Decoder {
     value: Format,
     key: Option<Format>,
     dead_letter_topic: Option<(Arc<DeadLetters>, String)>,
+    /// The value schema clients see (the reader schema, else the topic's `schema` file), for
+    /// `/api/topics`.
+    client_schema: Option<Arc<ParsedSchema>>,
 }
 
 impl Decoder {
@@ -471,9 +474,26 @@ impl Decoder {
             };
             Ok(Format::Avro { framing, reader })
         };
+        let value = format(topic.format, &topic.schema, &topic.reader_schema, "schema")?;
+        let client_schema = match &value {
+            Format::Avro {
+                reader: Some(r), ..
+            } => Some(r.clone()),
+            Format::Avro {
+                framing: Framing::Raw(s),
+                ..
+            } => Some(s.clone()),
+            Format::Avro { .. } => match &topic.schema {
+                // Already loaded and checked above; parsed again only to keep it.
+                Some(p) => ParsedSchema::from_file(p).ok().map(Arc::new),
+                None => None,
+            },
+            Format::Json => None,
+        };
         Ok(Self {
             topic: Arc::from(topic.name.as_str()),
-            value: format(topic.format, &topic.schema, &topic.reader_schema, "schema")?,
+            value,
+            client_schema,
             key: match topic.key_format {
                 Some(f) => Some(format(f, &topic.key_schema, &None, "key_schema")?),
                 None => None,
@@ -492,7 +512,16 @@ impl Decoder {
             value: Format::Json,
             key: None,
             dead_letter_topic: None,
+            client_schema: None,
         }
+    }
+
+    /// The value's fields as clients see them (dotted paths from `value`, with their Avro
+    /// types), when the topic has a fixed schema: a `reader_schema`, or a `schema` file.
+    pub fn value_fields(&self) -> Option<Vec<schema::FieldInfo>> {
+        self.client_schema
+            .as_ref()
+            .map(|s| schema::field_paths(&s.canonical))
     }
 
     /// The topic this decoder is for.

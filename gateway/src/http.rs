@@ -1,5 +1,5 @@
 //! HTTP stage: the routes of the gateway's listener. Input: HTTP requests; output: the dashboard
-//! placeholder at `/`, WebSocket sessions at `/ws`, server-sent events at `/sse`, `/api/topics`, `/metrics`, `/healthz` and
+//! at `/` (and `/client.js`, its assets), WebSocket sessions at `/ws`, server-sent events at `/sse`, `/api/topics`, `/metrics`, `/healthz` and
 //! `/readyz`.
 
 use std::collections::HashMap;
@@ -15,23 +15,46 @@ use crate::app::{ConnGuard, Refused, Services};
 use crate::auth::Access;
 use crate::session;
 
-const INDEX: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Lakewire</title></head>
-<body>
-<h1>Lakewire</h1>
-<p>This gateway streams Kafka topics over WebSocket at <code>/ws</code> (protocol v1; see the README).
-Topics: <a href="/api/topics">/api/topics</a>. Metrics: <a href="/metrics">/metrics</a>.</p>
-</body></html>
-"#;
+/// The dashboard and the JavaScript client, embedded in the binary: path, content type, body.
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("client.js", JS, include_str!("../web/lakewire-client.js")),
+    ("dashboard.js", JS, include_str!("../web/dashboard.js")),
+    (
+        "dashboard.css",
+        "text/css; charset=utf-8",
+        include_str!("../web/dashboard.css"),
+    ),
+];
+const JS: &str = "text/javascript; charset=utf-8";
+const INDEX: &str = include_str!("../web/index.html");
+
+/// `/` and the assets; the dashboard's scripts are all same-origin, so a strict policy fits.
+fn dashboard() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let index = warp::path::end().and(warp::get()).map(|| {
+        warp::reply::with_header(
+            warp::reply::html(INDEX),
+            "content-security-policy",
+            "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:",
+        )
+    });
+    let asset = warp::path::param::<String>()
+        .and(warp::path::end())
+        .and(warp::get())
+        .and_then(|name: String| async move {
+            match ASSETS.iter().find(|(n, _, _)| *n == name) {
+                Some((_, ty, body)) => Ok(warp::reply::with_header(*body, "content-type", *ty)),
+                None => Err(warp::reject::not_found()),
+            }
+        });
+    index.or(asset)
+}
 
 /// All routes of the listener.
 pub fn routes(
     services: Arc<Services>,
     shutdown: CancellationToken,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
-    let index = warp::path::end()
-        .and(warp::get())
-        .map(|| warp::reply::html(INDEX));
+    let index = dashboard();
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
     let readyz = warp::path!("readyz").and(warp::get()).then({
         let services = services.clone();
@@ -226,6 +249,9 @@ struct TopicInfo<'a> {
     name: &'a str,
     format: String,
     partitions: Option<Vec<i32>>,
+    /// The value's fields when the topic has a fixed Avro schema; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<Vec<crate::decode::schema::FieldInfo>>,
 }
 
 fn topic_list<'a>(services: &'a Services, access: &Access) -> Vec<TopicInfo<'a>> {
@@ -238,6 +264,10 @@ fn topic_list<'a>(services: &'a Services, access: &Access) -> Vec<TopicInfo<'a>>
             name: &t.name,
             format: t.format.to_string(),
             partitions: services.hub.topic(&t.name).and_then(|h| h.assigned()),
+            fields: services
+                .decoders
+                .get(&t.name)
+                .and_then(|d| d.value_fields()),
         })
         .collect()
 }

@@ -18,7 +18,8 @@
 //!
 //! Around them: [`auth`] (JWT and origin checks before any WebSocket), [`config`] (TOML + `LAKEWIRE_*` environment), [`metrics`] (every metric, declared
 //! once), [`app`] (wires the stages, owns shutdown) and [`demo`] (an in-process broker and a
-//! synthetic producer for `lakewire demo`).
+//! synthetic producer for `lakewire demo`). [`tail`] is the other side: `lakewire tail`, a
+//! terminal client of the protocol.
 
 pub mod app;
 pub mod auth;
@@ -34,4 +35,5 @@ pub mod protocol;
 pub mod session;
 pub mod source;
 pub mod sse;
+pub mod tail;
 pub mod tls;

@@ -1,4 +1,4 @@
-//! The `lakewire` command: `run`, `check`, `demo`.
+//! The `lakewire` command: `run`, `check`, `demo`, `tail`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +9,8 @@ use lakewire::config::Config;
 
 /// Exit status for a configuration that cannot be used (BSD `EX_USAGE`).
 const EXIT_CONFIG: u8 = 64;
+/// Exit status for bad command-line arguments (BSD `EX_USAGE`, as for a bad configuration).
+const EXIT_USAGE: u8 = 64;
 /// Exit status for a failure at run time.
 const EXIT_FAILURE: u8 = 1;
 
@@ -39,6 +41,31 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Print a topic's records as they arrive: one JSON line each (or a table), resuming by
+    /// offsets when the connection drops.
+    Tail {
+        /// The gateway: ws://host:port (the /ws path is added) or a full WebSocket URL.
+        #[arg(long, default_value = "ws://127.0.0.1:8080")]
+        url: String,
+        /// The topic.
+        topic: String,
+        /// A CEL filter, e.g. "value.price > 100.0".
+        #[arg(long)]
+        filter: Option<String>,
+        /// Only these fields, comma-separated dotted paths (value.symbol,value.price).
+        #[arg(long, value_delimiter = ',')]
+        fields: Vec<String>,
+        /// latest | earliest | PARTITION:OFFSET[,...] | ms since the epoch | RFC 3339 UTC time |
+        /// -N(s|m|h|d) ago.
+        #[arg(long, default_value = "latest")]
+        from: String,
+        /// A JWT, sent as `Authorization: Bearer`.
+        #[arg(long)]
+        token: Option<String>,
+        /// An aligned table instead of JSON lines.
+        #[arg(long)]
+        table: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +95,40 @@ fn main() -> ExitCode {
                 let running = lakewire::app::start(config).await?;
                 stop.await;
                 running.stop().await;
+                Ok::<_, anyhow::Error>(())
+            })
+        }
+        Command::Tail {
+            url,
+            topic,
+            filter,
+            fields,
+            from,
+            token,
+            table,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let from = match lakewire::tail::parse_from(&from, now) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("lakewire tail: --from {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let args = lakewire::tail::TailArgs {
+                url,
+                topic,
+                filter,
+                fields,
+                from,
+                token,
+                table,
+                colour: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            };
+            runtime_then(|| async move {
+                lakewire::tail::run(args, lakewire::app::shutdown_signal()).await?;
                 Ok::<_, anyhow::Error>(())
             })
         }

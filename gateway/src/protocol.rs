@@ -180,6 +180,9 @@ pub enum ServerMessage<'a> {
         id: &'a str,
         topic: &'a str,
         partitions: &'a [i32],
+        /// Per partition, the first offset the subscription can deliver (what a resume names
+        /// for a partition it has seen no record of).
+        start: &'a std::collections::BTreeMap<i32, i64>,
     },
     Unsubscribed {
         id: &'a str,
@@ -311,10 +314,11 @@ mod tests {
             ServerMessage::Subscribed {
                 id: "s1",
                 topic: "orders",
-                partitions: &[0, 1, 2]
+                partitions: &[0, 1, 2],
+                start: &std::collections::BTreeMap::from([(0, 42), (1, 0), (2, 7)]),
             }
             .to_json(),
-            r#"{"type":"subscribed","id":"s1","topic":"orders","partitions":[0,1,2]}"#
+            r#"{"type":"subscribed","id":"s1","topic":"orders","partitions":[0,1,2],"start":{"0":42,"1":0,"2":7}}"#
         );
         assert_eq!(
             ServerMessage::Lagged {

@@ -558,6 +558,7 @@ pub async fn start(
             id,
             topic: &req.topic,
             partitions: &partitions,
+            start: &start,
         }
         .to_json(),
     ];
@@ -767,7 +768,7 @@ mod tests {
         c.send(json!({"op":"subscribe","id":"a","topic":"t","filter":"value.n > 1","fields":["value.n"]}))?;
         assert_eq!(
             c.json().await?,
-            json!({"type":"subscribed","id":"a","topic":"t","partitions":[]})
+            json!({"type":"subscribed","id":"a","topic":"t","partitions":[],"start":{}})
         );
         for n in 0..4 {
             c.publish(n, json!({"n": n, "pad": "x"}))?;
@@ -793,6 +794,25 @@ mod tests {
             c.json().await?,
             json!({"type":"pong"}),
             "nothing after unsubscribe"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn subscribed_names_the_start_offset_of_every_partition() -> anyhow::Result<()> {
+        let mut c = Client::new("").await?;
+        let hub = c
+            .services
+            .hub
+            .topic("t")
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no hub"))?;
+        hub.set_assigned(Some(BTreeMap::from([(0, 5), (1, 0)])));
+        c.publish(5, json!({"n": 5}))?;
+        c.send(json!({"op":"subscribe","id":"a","topic":"t"}))?;
+        assert_eq!(
+            c.json().await?,
+            json!({"type":"subscribed","id":"a","topic":"t","partitions":[0,1],"start":{"0":6,"1":0}})
         );
         Ok(())
     }

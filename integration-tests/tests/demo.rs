@@ -40,6 +40,45 @@ async fn demo_streams_records_within_five_seconds_of_start() -> anyhow::Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_demo_topic_streams_decoded_avro_records() -> anyhow::Result<()> {
+    let demo = demo().await?;
+    let mut ws = WsClient::connect(demo.running.addr).await?;
+    for (id, topic) in [("o", "orders"), ("s", "sensors")] {
+        ws.subscribe(json!({"op":"subscribe","id":id,"topic":topic,"from":"earliest"}))
+            .await?;
+    }
+    let (orders, _) = ws.records("o", 3, Duration::from_secs(10)).await?;
+    for r in &orders {
+        let v = &r["value"];
+        let amount = v["amount"].as_str().unwrap_or_default();
+        assert!(
+            amount
+                .split_once('.')
+                .is_some_and(|(_, cents)| cents.len() == 2),
+            "decimal(12,2) as a string: {r}"
+        );
+        assert!(
+            ["NEW", "PAID", "SHIPPED", "CANCELLED"].contains(&v["status"].as_str().unwrap_or("")),
+            "{r}"
+        );
+        assert!(v["ship_to"]["city"].is_string(), "{r}");
+        assert_eq!(r["key"], v["customer"], "{r}");
+    }
+    let (sensors, _) = ws.records("s", 3, Duration::from_secs(10)).await?;
+    for r in &sensors {
+        let v = &r["value"];
+        assert!(
+            v["temperature_c"].is_f64() && v["battery_ok"].is_boolean(),
+            "{r}"
+        );
+        assert!(v["location"]["lat"].is_f64(), "{r}");
+        assert_eq!(r["key"], v["sensor_id"], "{r}");
+    }
+    demo.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_health_readiness_metrics_and_topics() -> anyhow::Result<()> {
     let demo = demo().await?;
     let addr = demo.running.addr;
@@ -50,6 +89,34 @@ async fn demo_health_readiness_metrics_and_topics() -> anyhow::Result<()> {
     let topics: serde_json::Value = serde_json::from_str(&topics)?;
     assert_eq!(topics[0]["name"], "trades", "{topics}");
     assert_eq!(topics[1]["name"], "sensors", "{topics}");
+    assert_eq!(topics[2]["name"], "orders", "{topics}");
+    // Avro topics list their schema's fields, nested records as dotted paths.
+    let fields = |i: usize| -> Vec<String> {
+        topics[i]["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                format!(
+                    "{}:{}",
+                    f["path"].as_str().unwrap_or(""),
+                    f["type"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    assert!(
+        fields(0).contains(&"value.price:double".to_string()),
+        "{topics}"
+    );
+    assert!(
+        fields(1).contains(&"value.location.lat:double".to_string()),
+        "{topics}"
+    );
+    assert!(
+        fields(2).contains(&"value.ship_to.city:string".to_string()),
+        "{topics}"
+    );
     // The live consumers read whether or not anyone listens.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

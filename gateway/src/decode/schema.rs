@@ -65,6 +65,57 @@ pub struct Plan {
     pub root: usize,
 }
 
+/// One field of a record schema as a client names it: a dotted path from `value` and a short
+/// type (`"long"`, `"string"`, `"enum"`, `"null|double"`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldInfo {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+}
+
+/// The fields of a schema in Parsing Canonical Form, nested records flattened into dotted paths
+/// (`value.ship_to.city`). Empty when the root is not a record.
+pub fn field_paths(canonical: &str) -> Vec<FieldInfo> {
+    fn short(t: &Value) -> String {
+        match t {
+            Value::String(s) => s.rsplit('.').next().unwrap_or(s).to_string(),
+            Value::Array(branches) => branches.iter().map(short).collect::<Vec<_>>().join("|"),
+            Value::Object(o) => o
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string(),
+            _ => "?".into(),
+        }
+    }
+    fn walk(prefix: &str, record: &Value, out: &mut Vec<FieldInfo>) {
+        let Some(fields) = record.get("fields").and_then(Value::as_array) else {
+            return;
+        };
+        for f in fields {
+            let Some(name) = f.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let path = format!("{prefix}.{name}");
+            let ty = f.get("type").unwrap_or(&Value::Null);
+            if ty.get("type").and_then(Value::as_str) == Some("record") {
+                walk(&path, ty, out);
+            } else {
+                out.push(FieldInfo {
+                    path,
+                    ty: short(ty),
+                });
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(json) = serde_json::from_str::<Value>(canonical) {
+        walk("value", &json, &mut out);
+    }
+    out
+}
+
 /// A schema, parsed every way the decoder needs it.
 #[derive(Debug)]
 pub struct ParsedSchema {
@@ -509,6 +560,27 @@ pub fn rabin(data: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_paths_flatten_nested_records() -> Result<(), SchemaError> {
+        let s = ParsedSchema::from_file(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../schemas/order.avsc"
+        )))?;
+        let fields = field_paths(&s.canonical);
+        let find = |p: &str| fields.iter().find(|f| f.path == p).map(|f| f.ty.as_str());
+        assert_eq!(find("value.id"), Some("long"));
+        assert_eq!(find("value.status"), Some("enum"));
+        assert_eq!(find("value.discount"), Some("null|float"));
+        assert_eq!(find("value.ship_to.city"), Some("string"));
+        assert_eq!(
+            find("value.ship_to"),
+            None,
+            "a record is flattened, not listed"
+        );
+        assert_eq!(fields.len(), 18);
+        Ok(())
+    }
 
     #[test]
     fn canonical_form_follows_the_spec() -> anyhow::Result<()> {
