@@ -414,15 +414,16 @@ async fn bad_filter_is_refused_with_the_problem_named() -> anyhow::Result<()> {
 async fn slow_client_gets_lagged_while_a_fast_client_gets_everything() -> anyhow::Result<()> {
     let topic = unique_topic("slow");
     create_topic(&topic, 1).await?;
-    let gw = gateway(&[&topic], "queue_size = 16\nslow_client = \"drop\"").await?;
+    let gw = gateway(&[&topic], "queue_size = 256\nslow_client = \"drop\"").await?;
     let mut slow = WsClient::connect(gw.addr).await?;
     slow.subscribe(json!({"op":"subscribe","id":"slow","topic":topic}))
         .await?;
     let mut fast = WsClient::connect(gw.addr).await?;
     fast.subscribe(json!({"op":"subscribe","id":"fast","topic":topic}))
         .await?;
-    // Big records so the slow client's socket buffers fill and its queue overflows.
-    let pad = "x".repeat(4000);
+    // Big records (24 MB in all) so the slow client's socket buffers fill and its queue (at most
+    // 1 MiB) overflows, while the fast client has room for scheduling hiccups on a busy machine.
+    let pad = "x".repeat(8000);
     let batch: Vec<String> = (0..3000)
         .map(|n| json!({"n": n, "pad": pad}).to_string())
         .collect();
@@ -470,14 +471,14 @@ async fn slow_client_gets_lagged_while_a_fast_client_gets_everything() -> anyhow
 async fn slow_client_is_disconnected_with_4008_under_the_disconnect_policy() -> anyhow::Result<()> {
     let topic = unique_topic("slowdc");
     create_topic(&topic, 1).await?;
-    let gw = gateway(&[&topic], "queue_size = 16\nslow_client = \"disconnect\"").await?;
+    let gw = gateway(&[&topic], "queue_size = 256\nslow_client = \"disconnect\"").await?;
     let mut slow = WsClient::connect(gw.addr).await?;
     slow.subscribe(json!({"op":"subscribe","id":"slow","topic":topic}))
         .await?;
     let mut fast = WsClient::connect(gw.addr).await?;
     fast.subscribe(json!({"op":"subscribe","id":"fast","topic":topic}))
         .await?;
-    let pad = "x".repeat(4000);
+    let pad = "x".repeat(8000);
     let batch: Vec<String> = (0..3000)
         .map(|n| json!({"n": n, "pad": pad}).to_string())
         .collect();
