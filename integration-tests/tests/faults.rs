@@ -1,4 +1,4 @@
-//! Fault tests on a real broker of their own (ports 39092/39093, its own run dir), so stopping it
+//! Fault tests on a real broker of their own (ports 29192/29193, its own run dir), so stopping it
 //! disturbs no other test: the gateway reports not-ready during a broker outage, keeps its
 //! WebSocket clients, and delivers what is produced after the broker is back, with no loss.
 #![cfg(feature = "real-kafka")]
@@ -13,7 +13,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
-const PORT: &str = "39092";
+// Below the ephemeral port range (32768 and up), so no outgoing connection can hold it.
+const PORT: &str = "29192";
 
 /// The second broker; the owner takes it `down` when dropped, whatever the test's outcome.
 struct Broker {
@@ -26,7 +27,7 @@ impl Broker {
         let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/bin/kafka"))
             .arg(cmd)
             .env("KAFKA_PORT", PORT)
-            .env("KAFKA_CONTROLLER_PORT", "39093")
+            .env("KAFKA_CONTROLLER_PORT", "29193")
             .env("KAFKA_RUN_DIR", &self.run_dir)
             .env("KAFKA_RESTART_PAUSE", pause)
             .status()?;
