@@ -54,21 +54,11 @@ pub fn parse_from(s: &str, now_ms: i64) -> Result<Value, String> {
         _ => {}
     }
     if s.contains(':') && !s.contains('T') {
-        let mut offsets = serde_json::Map::new();
-        for part in s.split(',') {
-            let (p, o) = part
-                .split_once(':')
-                .ok_or_else(|| format!("{part:?}: expected PARTITION:OFFSET"))?;
-            let p: i32 = p
-                .trim()
-                .parse()
-                .map_err(|_| format!("{p:?}: not a partition"))?;
-            let o: i64 = o
-                .trim()
-                .parse()
-                .map_err(|_| format!("{o:?}: not an offset"))?;
-            offsets.insert(p.to_string(), json!(o));
-        }
+        // The same `partition:offset,...` form as an SSE position (Last-Event-ID).
+        let offsets: serde_json::Map<String, serde_json::Value> = crate::sse::parse_position(s)?
+            .into_iter()
+            .map(|(p, o)| (p.to_string(), json!(o)))
+            .collect();
         return Ok(json!({ "offsets": offsets }));
     }
     if let Some(ago) = s.strip_prefix('-') {

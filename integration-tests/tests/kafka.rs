@@ -410,19 +410,25 @@ async fn bad_filter_is_refused_with_the_problem_named() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_client_gets_lagged_while_a_fast_client_gets_everything() -> anyhow::Result<()> {
+/// A gateway whose clients' queues hold 256 records (1 MiB) under the slow-client `policy`, a
+/// client that subscribes and never reads, and one that reads everything; a 24 MB burst is
+/// produced so the never-reading client's socket buffers fill and its queue overflows, while the
+/// fast one has room for scheduling hiccups on a busy machine. Returns once the fast client has
+/// received every record, in order.
+async fn slow_and_fast(policy: &str) -> anyhow::Result<(lakewire::app::Running, WsClient)> {
     let topic = unique_topic("slow");
     create_topic(&topic, 1).await?;
-    let gw = gateway(&[&topic], "queue_size = 256\nslow_client = \"drop\"").await?;
+    let gw = gateway(
+        &[&topic],
+        &format!("queue_size = 256\nslow_client = \"{policy}\""),
+    )
+    .await?;
     let mut slow = WsClient::connect(gw.addr).await?;
     slow.subscribe(json!({"op":"subscribe","id":"slow","topic":topic}))
         .await?;
     let mut fast = WsClient::connect(gw.addr).await?;
     fast.subscribe(json!({"op":"subscribe","id":"fast","topic":topic}))
         .await?;
-    // Big records (24 MB in all) so the slow client's socket buffers fill and its queue (at most
-    // 1 MiB) overflows, while the fast client has room for scheduling hiccups on a busy machine.
     let pad = "x".repeat(8000);
     let batch: Vec<String> = (0..3000)
         .map(|n| json!({"n": n, "pad": pad}).to_string())
@@ -436,6 +442,12 @@ async fn slow_client_gets_lagged_while_a_fast_client_gets_everything() -> anyhow
         "the fast client lost nothing"
     );
     producing.await??;
+    Ok((gw, slow))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_gets_lagged_while_a_fast_client_gets_everything() -> anyhow::Result<()> {
+    let (gw, mut slow) = slow_and_fast("drop").await?;
     // Now the slow one reads: it must be told it lost records.
     let schema = lakewire_integration_tests::ProtocolSchema::load()?;
     let mut lagged = 0;
@@ -469,24 +481,7 @@ async fn slow_client_gets_lagged_while_a_fast_client_gets_everything() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_is_disconnected_with_4008_under_the_disconnect_policy() -> anyhow::Result<()> {
-    let topic = unique_topic("slowdc");
-    create_topic(&topic, 1).await?;
-    let gw = gateway(&[&topic], "queue_size = 256\nslow_client = \"disconnect\"").await?;
-    let mut slow = WsClient::connect(gw.addr).await?;
-    slow.subscribe(json!({"op":"subscribe","id":"slow","topic":topic}))
-        .await?;
-    let mut fast = WsClient::connect(gw.addr).await?;
-    fast.subscribe(json!({"op":"subscribe","id":"fast","topic":topic}))
-        .await?;
-    let pad = "x".repeat(8000);
-    let batch: Vec<String> = (0..3000)
-        .map(|n| json!({"n": n, "pad": pad}).to_string())
-        .collect();
-    let p = producer()?;
-    let producing = tokio::spawn(async move { produce(&p, &topic, 1, &batch).await });
-    let (records, _) = fast.records("fast", 3000, Duration::from_secs(60)).await?;
-    assert_eq!(records.len(), 3000);
-    producing.await??;
+    let (gw, mut slow) = slow_and_fast("disconnect").await?;
     let code = loop {
         match slow.next(T).await? {
             lakewire_integration_tests::Frame::Json(_) => continue,
