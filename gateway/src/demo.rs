@@ -4,6 +4,10 @@
 //! address; output: a running gateway with data moving, and its dashboard at `/`.
 //!
 //! The mock cluster keeps a limited history per partition, so `earliest` starts at its log start.
+//!
+//! [`produce_to`] is the same producer against a real broker (`lakewire produce-demo`, the
+//! demo producer of `docker-compose.yml`): it creates the topics, and with a schema registry
+//! registers the schemas and writes the Confluent framing instead of single-object.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -37,6 +41,10 @@ pub enum DemoError {
     },
     #[error("a demo schema is invalid: {0}")]
     Schema(String),
+    #[error("cannot create the demo topics: {0}")]
+    Topics(String),
+    #[error("schema registry: {0}")]
+    Registry(String),
     #[error("bad configuration: {0}")]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -167,7 +175,12 @@ pub async fn start(listen: SocketAddr, env: &[(String, String)]) -> Result<Demo,
         .create()
         .map_err(DemoError::Producer)?;
     let cancel = CancellationToken::new();
-    let producing = tokio::spawn(produce(producer, schemas, cancel.clone()));
+    let outputs = TOPICS
+        .iter()
+        .zip(&schemas)
+        .map(|((name, ..), fp)| (name.to_string(), single_object_prefix(*fp)))
+        .collect();
+    let producing = tokio::spawn(produce(producer, outputs, cancel.clone()));
     Ok(Demo {
         running,
         brokers,
@@ -222,8 +235,163 @@ pub async fn run(
     Ok(())
 }
 
-/// Writes synthetic trades, sensor readings and orders until `cancel`, each topic at its rate.
-async fn produce(producer: FutureProducer, fingerprints: Vec<u64>, cancel: CancellationToken) {
+/// The single-object framing of a record whose schema has fingerprint `fp`.
+fn single_object_prefix(fp: u64) -> Vec<u8> {
+    let mut p = vec![0xC3, 0x01];
+    p.extend_from_slice(&fp.to_le_bytes());
+    p
+}
+
+/// The Confluent framing of a record whose schema has registry id `id`.
+fn confluent_prefix(id: u32) -> Vec<u8> {
+    let mut p = vec![0x00];
+    p.extend_from_slice(&id.to_be_bytes());
+    p
+}
+
+/// How long `produce_to` keeps retrying the broker or the registry at start-up (they may still
+/// be starting, as in `docker compose up`).
+const START_RETRY: Duration = Duration::from_secs(120);
+
+/// `lakewire produce-demo`: creates the demo topics on `brokers`, each name after
+/// `topic_prefix` (an existing topic is kept), then writes the demo's synthetic records to them
+/// until `stop` resolves. With `registry` the schemas are registered under `<topic>-value` and
+/// records carry the Confluent framing (gateway topics with `format = "confluent"`); without,
+/// the single-object framing.
+pub async fn produce_to(
+    brokers: &str,
+    registry: Option<&str>,
+    topic_prefix: &str,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), DemoError> {
+    let names: Vec<String> = TOPICS
+        .iter()
+        .map(|(name, ..)| format!("{topic_prefix}{name}"))
+        .collect();
+    create_topics(brokers, &names).await?;
+    let mut outputs = Vec::new();
+    for ((_, _, _, _, text), topic) in TOPICS.iter().zip(names) {
+        let prefix = match registry {
+            Some(url) => confluent_prefix(register(url, &format!("{topic}-value"), text).await?),
+            None => single_object_prefix(
+                ParsedSchema::parse(text)
+                    .map_err(|e| DemoError::Schema(e.to_string()))?
+                    .fingerprint,
+            ),
+        };
+        outputs.push((topic, prefix));
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .create()
+        .map_err(DemoError::Producer)?;
+    let cancel = CancellationToken::new();
+    tracing::info!(
+        brokers,
+        registry,
+        topics = %outputs.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(", "),
+        "producing the demo topics"
+    );
+    let producing = tokio::spawn(produce(producer, outputs, cancel.clone()));
+    stop.await;
+    cancel.cancel();
+    if let Err(e) = producing.await {
+        tracing::warn!(error = %e, "demo producer task failed");
+    }
+    Ok(())
+}
+
+/// Creates the demo topics (`names`, in [`TOPICS`] order) with their partition counts, retrying
+/// while the broker starts.
+async fn create_topics(brokers: &str, names: &[String]) -> Result<(), DemoError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| DemoError::Topics(e.to_string()))?;
+    let topics: Vec<NewTopic<'_>> = TOPICS
+        .iter()
+        .zip(names)
+        .map(|((_, partitions, ..), name)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(1))
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let deadline = tokio::time::Instant::now() + START_RETRY;
+    loop {
+        let failed = match admin.create_topics(&topics, &opts).await {
+            Ok(results) => results
+                .into_iter()
+                .filter_map(|r| match r {
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) | Ok(_) => None,
+                    Err((topic, code)) => Some(format!("{topic}: {code}")),
+                })
+                .collect::<Vec<_>>(),
+            Err(e) => vec![e.to_string()],
+        };
+        if failed.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(DemoError::Topics(failed.join(", ")));
+        }
+        tracing::warn!(errors = %failed.join(", "), "cannot create the demo topics yet; retrying");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Registers `schema` under `subject` in the Confluent-compatible registry at `url` and returns
+/// its id, retrying while the registry starts.
+async fn register(url: &str, subject: &str, schema: &str) -> Result<u32, DemoError> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| DemoError::Registry(e.to_string()))?;
+    let endpoint = format!("{}/subjects/{subject}/versions", url.trim_end_matches('/'));
+    let body = serde_json::json!({ "schema": schema }).to_string();
+    let deadline = tokio::time::Instant::now() + START_RETRY;
+    loop {
+        let attempt = async {
+            let resp = client
+                .post(&endpoint)
+                .header("content-type", "application/vnd.schemaregistry.v1+json")
+                .body(body.clone())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let text = resp.text().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("POST {endpoint}: {status} {text}"));
+            }
+            serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["id"].as_u64())
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| format!("POST {endpoint}: no id in {text}"))
+        };
+        match attempt.await {
+            Ok(id) => return Ok(id),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(DemoError::Registry(e));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register the demo schema yet; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// Writes synthetic trades, sensor readings and orders until `cancel`, each topic at its rate:
+/// `outputs[i]` is the Kafka topic of `TOPICS[i]` and the framing before each Avro body.
+async fn produce(
+    producer: FutureProducer,
+    outputs: Vec<(String, Vec<u8>)>,
+    cancel: CancellationToken,
+) {
     let mut synth = Synthetic::new();
     let tick = Duration::from_millis(100);
     let mut interval = tokio::time::interval(tick);
@@ -234,18 +402,17 @@ async fn produce(producer: FutureProducer, fingerprints: Vec<u64>, cancel: Cance
             _ = interval.tick() => {}
         }
         ticks += 1;
-        for ((topic, _, per_second, ..), fp) in TOPICS.iter().zip(&fingerprints) {
+        for ((topic, _, per_second, ..), (to, prefix)) in TOPICS.iter().zip(&outputs) {
             // Records due by this tick, so slow rates (4/s) come out evenly too.
             let due =
                 (ticks * u64::from(*per_second)) / 10 - ((ticks - 1) * u64::from(*per_second)) / 10;
             for _ in 0..due {
                 let now = now_ms();
                 let (key, body) = synth.record(topic, now);
-                let mut payload = Vec::with_capacity(body.len() + 10);
-                payload.extend_from_slice(&[0xC3, 0x01]);
-                payload.extend_from_slice(&fp.to_le_bytes());
+                let mut payload = Vec::with_capacity(body.len() + prefix.len());
+                payload.extend_from_slice(prefix);
                 payload.extend_from_slice(&body);
-                let record = FutureRecord::to(topic)
+                let record = FutureRecord::to(to)
                     .key(&key)
                     .payload(&payload)
                     .timestamp(now);

@@ -1,4 +1,4 @@
-//! The `lakewire` command: `run`, `check`, `demo`, `tail`.
+//! The `lakewire` command: `run`, `check`, `demo`, `tail`, `produce-demo`, `health`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +40,33 @@ enum Command {
         /// Address for the dashboard and WebSocket endpoint.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+    },
+    /// Write the demo's synthetic Avro records to a real Kafka (creating the topics) until
+    /// stopped: Confluent framing with --registry, else single-object.
+    ProduceDemo {
+        /// Bootstrap brokers, comma-separated host:port.
+        #[arg(long)]
+        brokers: String,
+        /// A Confluent-compatible schema registry to register the schemas in
+        /// (subjects `<topic>-value`).
+        #[arg(long)]
+        registry: Option<String>,
+        /// Put this before each topic name (trades, sensors, orders).
+        #[arg(long, default_value = "")]
+        topic_prefix: String,
+    },
+    /// Exit 0 if the URL answers 2xx within the timeout, 1 otherwise (the container health
+    /// check: no curl needed in the image).
+    Health {
+        /// The URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+        /// How long the whole request may take.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+        /// For https:// URLs: accept any certificate (a self-signed listener probed locally).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Print a topic's records as they arrive: one JSON line each (or a table), resuming by
     /// offsets when the connection drops.
@@ -132,6 +159,35 @@ fn main() -> ExitCode {
                 Ok::<_, anyhow::Error>(())
             })
         }
+        Command::ProduceDemo {
+            brokers,
+            registry,
+            topic_prefix,
+        } => runtime_then(|| async move {
+            lakewire::demo::produce_to(
+                &brokers,
+                registry.as_deref(),
+                &topic_prefix,
+                lakewire::app::shutdown_signal(),
+            )
+            .await?;
+            Ok::<_, anyhow::Error>(())
+        }),
+        Command::Health {
+            url,
+            timeout_ms,
+            insecure,
+        } => runtime_then(|| async move {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_millis(timeout_ms))
+                .danger_accept_invalid_certs(insecure)
+                .build()?;
+            let status = client.get(&url).send().await?.status();
+            if !status.is_success() {
+                anyhow::bail!("{url} answered {status}");
+            }
+            Ok::<_, anyhow::Error>(())
+        }),
         Command::Demo { listen } => runtime_then(|| async move {
             let stop = lakewire::app::shutdown_signal();
             lakewire::demo::run(listen, &env, stop).await?;
