@@ -1,9 +1,11 @@
 //! Helpers for Lakewire's cross-process tests: a WebSocket client that speaks protocol v1, a raw
-//! HTTP GET, unique topic names, and a gateway configuration for a given broker.
+//! HTTP GET, unique topic names, a gateway configuration for a given broker, and `lakewire` run
+//! as a process ([`process`]).
 //!
 //! The tests themselves are in `tests/`; those that need the real broker are behind the
 //! `real-kafka` feature (see `integration-tests/run-all`).
 
+pub mod process;
 pub mod registry;
 
 use std::net::SocketAddr;
