@@ -5,6 +5,7 @@
 //! The tests themselves are in `tests/`; those that need the real broker are behind the
 //! `real-kafka` feature (see `integration-tests/run-all`).
 
+pub mod monitoring;
 pub mod process;
 pub mod registry;
 

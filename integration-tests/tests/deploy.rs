@@ -1084,3 +1084,38 @@ mod helm {
         Ok(())
     }
 }
+
+#[test]
+fn dashboard_and_alert_queries_are_valid_promql() -> anyhow::Result<()> {
+    let (dashboard, alerts) = lakewire_integration_tests::monitoring::monitoring_queries()?;
+    for expr in dashboard.iter().chain(&alerts) {
+        // Grafana fills in its variables before Prometheus sees the query.
+        let q = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$instance", ".*");
+        if let Err(e) = promql_parser::parser::parse(&q) {
+            anyhow::bail!("not PromQL: {expr}: {e}");
+        }
+    }
+    // Alerts must compare or select something that can become empty; a bare metric would fire
+    // for every series.
+    for expr in &alerts {
+        assert!(
+            [">", "<", "==", "!="].iter().any(|op| expr.contains(op)),
+            "alert `{expr}` has no condition"
+        );
+    }
+    // The dashboard's instance variable is one the gateway's metrics carry.
+    let d: Value = serde_json::from_str(&read("deploy/grafana/lakewire.json"))?;
+    let vars = str_list(&Value::Array(
+        d["templating"]["list"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|v| v["name"].clone())
+            .collect(),
+    ));
+    assert_eq!(vars, ["datasource", "instance"]);
+    Ok(())
+}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use lakewire_integration_tests::monitoring::{monitoring_queries, referenced_names};
 use lakewire_integration_tests::process::{GatewayProcess, lakewire_command};
 use lakewire_integration_tests::{
     WsClient, brokers, config_toml, http_get, unique_topic, wait_ready,
@@ -284,21 +285,6 @@ fn exported_names(body: &str) -> BTreeSet<String> {
     names
 }
 
-/// Every `lakewire_*` metric name in `text`.
-fn referenced_names(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("lakewire_") {
-        let tail = &rest[i..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        names.insert(tail[..end].to_string());
-        rest = &tail[end..];
-    }
-    names
-}
-
 /// Referenced metrics this test does not make a real gateway export, each with why: they must
 /// at least be registered in gateway/src/metrics.rs.
 const NOT_PROVOKED: &[(&str, &str)] = &[(
@@ -306,80 +292,10 @@ const NOT_PROVOKED: &[(&str, &str)] = &[(
     "needs the broker to refuse a dead-letter write, which a healthy test broker does not",
 )];
 
-/// The `lakewire_*` names in the dashboard's queries and the alert rules (checked for the
-/// fields Prometheus needs on the way).
-fn dashboard_and_alert_exprs(root: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(format!(
-        "{root}/deploy/grafana/lakewire.json"
-    ))?)?;
-    let exprs: Vec<String> = dashboard["panels"]
-        .as_array()
-        .map(|ps| {
-            ps.iter()
-                .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-                .filter_map(|t| t["expr"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    anyhow::ensure!(exprs.len() >= 10, "dashboard has {} queries", exprs.len());
-    let alerts: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(format!(
-        "{root}/deploy/prometheus/alerts.yml"
-    ))?)?;
-    let mut alert_exprs = Vec::new();
-    for g in alerts["groups"].as_array().cloned().unwrap_or_default() {
-        anyhow::ensure!(g["name"].is_string(), "a rule group without a name");
-        for r in g["rules"].as_array().cloned().unwrap_or_default() {
-            let name = r["alert"].as_str().unwrap_or("<no name>");
-            let expr = r["expr"].as_str().unwrap_or("");
-            anyhow::ensure!(!expr.is_empty(), "alert {name} has no expr");
-            anyhow::ensure!(
-                balanced(expr),
-                "alert {name}: unbalanced brackets in {expr}"
-            );
-            anyhow::ensure!(r["for"].is_string(), "alert {name} has no `for`");
-            anyhow::ensure!(
-                ["warning", "critical"].contains(&r["labels"]["severity"].as_str().unwrap_or("")),
-                "alert {name}: severity"
-            );
-            anyhow::ensure!(
-                r["annotations"]["summary"].is_string(),
-                "alert {name}: summary"
-            );
-            alert_exprs.push(expr.to_string());
-        }
-    }
-    Ok((exprs, alert_exprs))
-}
-
-/// Brackets, braces and parentheses pair up (outside quoted strings).
-fn balanced(expr: &str) -> bool {
-    let mut stack = Vec::new();
-    let mut quoted = false;
-    for c in expr.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            _ if quoted => {}
-            '(' | '[' | '{' => stack.push(c),
-            ')' | ']' | '}' => {
-                let open = match c {
-                    ')' => '(',
-                    ']' => '[',
-                    _ => '{',
-                };
-                if stack.pop() != Some(open) {
-                    return false;
-                }
-            }
-            _ => {}
-        }
-    }
-    stack.is_empty() && !quoted
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alerts_name_only_metrics_a_real_gateway_exports() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let (exprs, alert_exprs) = dashboard_and_alert_exprs(root)?;
+    let (exprs, alert_exprs) = monitoring_queries()?;
     // What the issue asks the alerts to cover.
     for must in [
         "lakewire_consumer_lag",
