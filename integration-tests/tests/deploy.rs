@@ -288,6 +288,32 @@ fn compose_file_runs_what_the_gateway_needs() -> anyhow::Result<()> {
             "{service}:{port} is used, but {service} does not expose {port}"
         );
     }
+    // The sink worker and the metastore sign S3 requests with the store's credentials.
+    let s3: BTreeMap<_, _> = compose_env(&services["s3"]).into_iter().collect();
+    let sink_toml = read(&sink_source);
+    let metastore_opts = compose_env(&services["hive-metastore"])
+        .into_iter()
+        .find(|(k, _)| k == "SERVICE_OPTS")
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    for (var, key, hadoop) in [
+        ("S3PROXY_IDENTITY", "access_key_id", "fs.s3a.access.key"),
+        (
+            "S3PROXY_CREDENTIAL",
+            "secret_access_key",
+            "fs.s3a.secret.key",
+        ),
+    ] {
+        let value = s3.get(var).with_context(|| format!("s3: {var}"))?;
+        assert!(
+            sink_toml.contains(&format!("{key} = \"{value}\"")),
+            "sink {key} is not {var}"
+        );
+        assert!(
+            metastore_opts.contains(&format!("-D{hadoop}={value}")),
+            "metastore {hadoop} is not {var}"
+        );
+    }
     // The producer registers its schemas where the gateway looks them up.
     let producer = str_list(&services["demo-producer"]["command"]);
     assert_eq!(producer[0], "produce-demo");
@@ -714,16 +740,23 @@ mod helm {
 
     /// `helm template` with `--set` values; every rendered document.
     fn render(sets: &[&str]) -> Vec<Value> {
-        let chart = chart();
-        let mut args = vec!["template", "lw", chart.to_str().unwrap_or(".")];
+        let mut args = Vec::new();
         for s in sets {
             args.push("--set");
             args.push(s);
         }
+        render_args(&args)
+    }
+
+    /// `helm template lw <chart> <args>`; every rendered document.
+    fn render_args(extra: &[&str]) -> Vec<Value> {
+        let chart = chart();
+        let mut args = vec!["template", "lw", chart.to_str().unwrap_or(".")];
+        args.extend_from_slice(extra);
         let out = run_helm(&args);
         assert!(
             out.status.success(),
-            "helm template {sets:?}: {}",
+            "helm template {extra:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -1056,6 +1089,75 @@ mod helm {
                 sm["spec"]["endpoints"][0]["port"]
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn chart_with_an_rs256_key_mounts_it_where_the_gateway_reads_it() -> anyhow::Result<()> {
+        let fixture = root().join("integration-tests/fixtures/auth/rsa-public.pem");
+        let pem = std::fs::read_to_string(&fixture)?;
+        let docs = render_args(&[
+            "--set",
+            "jwt.enabled=true,jwt.algorithm=rs256",
+            "--set-file",
+            &format!("jwt.publicKeyPem={}", fixture.display()),
+        ]);
+        let pod = &find(&docs, "Deployment", "lw-lakewire")["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        let env: BTreeMap<_, _> = container_env(&docs, c).into_iter().collect();
+        assert_eq!(
+            env.get("LAKEWIRE_AUTH__MODE").map(String::as_str),
+            Some("jwt")
+        );
+        let file = env
+            .get("LAKEWIRE_AUTH__RS256_PUBLIC_KEY_FILE")
+            .context("no RS256 key file variable")?;
+        // The file is in a directory mounted from the Secret that holds the key.
+        let mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
+        let mount = mounts
+            .iter()
+            .find(|m| {
+                m["mountPath"]
+                    .as_str()
+                    .is_some_and(|p| file.starts_with(&format!("{p}/")))
+            })
+            .context("the key file's directory is not mounted")?;
+        let volume = pod["volumes"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == mount["name"]))
+            .context("no volume for the key mount")?;
+        let secret = find(
+            &docs,
+            "Secret",
+            volume["secret"]["secretName"].as_str().unwrap_or(""),
+        );
+        let key = file.rsplit('/').next().unwrap_or("");
+        let data = secret["data"][key]
+            .as_str()
+            .context("the Secret lacks the key file")?;
+        assert_eq!(base64_decode(data), pem);
+        // The gateway starts with that key (the file written here instead of in the pod).
+        let here = lakewire_integration_tests::process::temp_path("rs256.pem");
+        std::fs::write(&here, base64_decode(data))?;
+        let toml = find(&docs, "ConfigMap", "lw-lakewire")["data"]["lakewire.toml"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let vars: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("LAKEWIRE_"))
+            .map(|(k, v)| {
+                let v = if v == file {
+                    here.display().to_string()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        let checked = lakewire_check(&toml, &vars);
+        let _ = std::fs::remove_file(&here);
+        checked?;
         Ok(())
     }
 
