@@ -128,7 +128,12 @@ async fn start_replica(config: &str) -> anyhow::Result<GatewayProcess> {
 async fn a_client_moved_to_another_replica_resumes_by_offsets_exactly_once() -> anyhow::Result<()> {
     let topic = unique_topic("scaleout");
     create_topic(&topic, PARTITIONS).await?;
-    let config = config_toml(&brokers(), &[&topic], "shutdown_grace_ms = 2000");
+    // Queues big enough that the watcher, read only at the end, is never `lagged`.
+    let config = config_toml(
+        &brokers(),
+        &[&topic],
+        "shutdown_grace_ms = 2000\nqueue_size = 100000\nqueue_bytes = 67108864",
+    );
     let mut a = start_replica(&config).await?;
     let b = start_replica(&config).await?;
     let c = start_replica(&config).await?;
