@@ -171,6 +171,28 @@ fn listening_ports(service: &Value) -> BTreeSet<String> {
 }
 
 #[test]
+fn compose_file_is_valid_for_docker_compose() -> anyhow::Result<()> {
+    // The schema Docker Compose itself validates with (integration-tests/fixtures/README.md).
+    let schema: Value =
+        serde_json::from_str(&read("integration-tests/fixtures/compose-spec.json"))?;
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&schema)
+        .map_err(|e| anyhow::anyhow!("compose-spec.json: {e}"))?;
+    let compose = yaml("docker-compose.yml");
+    let errors: Vec<String> = validator
+        .iter_errors(&compose)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "docker-compose.yml: {errors:#?}");
+    // ... and a file with a mistake is refused (the schema does check).
+    let mut bad = compose.clone();
+    bad["services"]["lakewire"]["ports"] = serde_json::json!({"8080": 8080});
+    assert!(!validator.is_valid(&bad));
+    Ok(())
+}
+
+#[test]
 fn compose_file_runs_what_the_gateway_needs() -> anyhow::Result<()> {
     let compose = yaml("docker-compose.yml");
     let services = compose["services"].as_object().context("services")?;
