@@ -257,7 +257,31 @@ async fn a_client_moved_to_another_replica_resumes_by_offsets_exactly_once() -> 
         from_b.len(),
         watched.len()
     );
-    drop((b, c));
+
+    // A rolling update's SIGTERM: B closes its client with 1001 and exits well within
+    // websocket.shutdown_grace_ms (2000 here) plus a margin, which is what the chart's
+    // terminationGracePeriodSeconds is sized on.
+    let sent = Instant::now();
+    let stopping = tokio::task::spawn_blocking(move || {
+        let mut b = b;
+        b.terminate(Duration::from_secs(10))
+    });
+    let closed = loop {
+        match on_b.next(T).await? {
+            lakewire_integration_tests::Frame::Closed(c) => break c,
+            lakewire_integration_tests::Frame::Json(_) => {}
+        }
+    };
+    assert_eq!(closed.map(|c| c.0), Some(1001), "close code on SIGTERM");
+    let status = stopping.await??;
+    let took = sent.elapsed();
+    assert!(status.success(), "exit status on SIGTERM: {status}");
+    assert!(
+        took < Duration::from_millis(2000 + 2000),
+        "SIGTERM to exit took {took:?}"
+    );
+    eprintln!("scale-out: replica B closed its client with 1001 and exited {took:?} after SIGTERM");
+    drop(c);
     Ok(())
 }
 
