@@ -874,4 +874,39 @@ mod tests {
         }
         Ok(())
     }
+
+    #[tokio::test]
+    async fn a_metastore_that_never_answers_times_out() -> Result<(), Box<dyn std::error::Error>> {
+        // Accepts connections and reads requests, never replies.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let timeouts = Timeouts {
+            connect: Duration::from_millis(500),
+            call: Duration::from_millis(800),
+        };
+        let ms = Metastore::connect_with(&format!("thrift://127.0.0.1:{port}"), timeouts).await?;
+        let schema = Schema::new(vec![f("a", DataType::Int32)]);
+        let started = Instant::now();
+        let res = ms
+            .ensure_table("db", "t", "file:/tmp/t", &schema, &[])
+            .await;
+        let took = started.elapsed();
+        server.abort();
+        match res {
+            Err(err) => assert!(err.is_retryable(), "{err}"),
+            Ok(()) => panic!("a silent server answered"),
+        }
+        assert!(
+            took >= Duration::from_millis(700),
+            "gave up early: {took:?}"
+        );
+        assert!(took < Duration::from_millis(2000), "not bounded: {took:?}");
+        Ok(())
+    }
 }
