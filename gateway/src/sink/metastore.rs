@@ -565,6 +565,22 @@ impl Metastore {
     }
 }
 
+// The sink shares one client between tasks and spawns its calls: keep it so.
+const _: () = {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    fn spawnable<F: Future + Send>(_: F) {}
+    #[allow(dead_code)]
+    fn check(ms: Metastore, schema: Schema) {
+        shareable::<Metastore>();
+        spawnable(async move {
+            let _ = ms.ensure_table("d", "t", "l", &schema, &[]).await;
+            let _ = ms.add_partition("d", "t", &[], "l").await;
+            let _ = ms.get_partitions("d", "t").await;
+        });
+        spawnable(Metastore::connect("thrift://h:1"));
+    }
+};
+
 /// `host:port` of a `thrift://host:port` URI.
 fn parse_uri(uri: &str) -> Result<String, MetastoreError> {
     let bad = |reason: &str| MetastoreError::InvalidUri {
