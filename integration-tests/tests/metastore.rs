@@ -116,6 +116,30 @@ fn trade_schema() -> Schema {
     ])
 }
 
+/// The Hive columns of `trade_schema()`, as (name, type).
+fn value_columns() -> Vec<(String, String)> {
+    [
+        ("_topic", "string"),
+        ("_partition", "int"),
+        ("_offset", "bigint"),
+        ("_timestamp", "timestamp"),
+        ("id", "bigint"),
+        ("venue", "string"),
+        ("px", "decimal(10,3)"),
+        ("ts", "timestamp"),
+        ("flag", "boolean"),
+        ("score", "double"),
+        ("qty", "int"),
+        ("day", "date"),
+        ("tags", "array<string>"),
+        ("attrs", "map<string,bigint>"),
+        ("leg", "struct<side:string,n:int>"),
+    ]
+    .iter()
+    .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+    .collect()
+}
+
 fn keys() -> Vec<String> {
     vec!["dt".into(), "hr".into()]
 }
@@ -168,27 +192,7 @@ async fn tables_and_partitions_are_registered_once() -> anyhow::Result<()> {
         Some(PARQUET_SERDE)
     );
     let cols = col_types(&t);
-    let expected = [
-        ("_topic", "string"),
-        ("_partition", "int"),
-        ("_offset", "bigint"),
-        ("_timestamp", "timestamp"),
-        ("id", "bigint"),
-        ("venue", "string"),
-        ("px", "decimal(10,3)"),
-        ("ts", "timestamp"),
-        ("flag", "boolean"),
-        ("score", "double"),
-        ("qty", "int"),
-        ("day", "date"),
-        ("tags", "array<string>"),
-        ("attrs", "map<string,bigint>"),
-        ("leg", "struct<side:string,n:int>"),
-    ];
-    let expected: Vec<(String, String)> = expected
-        .iter()
-        .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
-        .collect();
+    let expected = value_columns();
     assert_eq!(cols, expected);
     let pkeys: Vec<(String, String)> = t
         .partition_keys
@@ -349,29 +353,12 @@ async fn spark_reads_the_registered_table() -> anyhow::Result<()> {
             )
         })
         .collect();
-    let expected = [
-        ("_topic", "string"),
-        ("_partition", "int"),
-        ("_offset", "bigint"),
-        ("_timestamp", "timestamp"),
-        ("id", "bigint"),
-        ("venue", "string"),
-        ("px", "decimal(10,3)"),
-        ("ts", "timestamp"),
-        ("flag", "boolean"),
-        ("score", "double"),
-        ("qty", "int"),
-        ("day", "date"),
-        ("tags", "array<string>"),
-        ("attrs", "map<string,bigint>"),
-        ("leg", "struct<side:string,n:int>"),
-        ("dt", "string"),
-        ("hr", "string"),
-    ];
-    let expected: Vec<(String, String)> = expected
-        .iter()
-        .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
-        .collect();
+    // Spark shows the partition columns last.
+    let mut expected = value_columns();
+    expected.extend([
+        ("dt".into(), "string".into()),
+        ("hr".into(), "string".into()),
+    ]);
     assert_eq!(columns, expected, "{got}");
 
     // Values through the metastore's types: decimal, UTC timestamp, date, list, map, struct.

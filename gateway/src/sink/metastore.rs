@@ -180,7 +180,9 @@ impl Metastore {
             .make_codec(volo_thrift::codec::default::DefaultMakeCodec::buffered())
             .connect_timeout(Some(timeouts.connect))
             .read_write_timeout(Some(timeouts.call))
-            .rpc_timeout(Some(timeouts.call))
+            // The call's time bound is `Metastore::call`'s: volo's own rpc timeout reports
+            // itself as an application exception, indistinguishable from a refusal.
+            .rpc_timeout(None)
             .build();
         Ok(Self {
             client,
@@ -209,19 +211,10 @@ impl Metastore {
     ) -> Result<(), MetastoreError> {
         let cols = hive_columns(schema, partition_keys)?;
         let deadline = Instant::now() + self.timeouts.call;
-        let (db, tbl) = (fs(database), fs(table));
-
-        let existing = self
-            .call(deadline, "get_table", |c| {
-                let (db, tbl) = (db.clone(), tbl.clone());
-                async move { c.get_table(db, tbl).await }
-            })
-            .await?;
-        match existing {
-            MaybeException::Ok(found) => return self.evolve(deadline, found, cols).await,
-            MaybeException::Exception(ThriftHiveMetastoreGetTableException::O2(_)) => {}
-            MaybeException::Exception(e) => return Err(self.refused("get_table", e)),
+        if let Some(found) = self.fetch_table(deadline, database, table).await? {
+            return self.evolve(deadline, found, cols).await;
         }
+        let (db, tbl) = (fs(database), fs(table));
 
         let db_found = self
             .call(deadline, "get_database", |c| {
@@ -394,6 +387,16 @@ impl Metastore {
         table: &str,
     ) -> Result<Option<HiveTable>, MetastoreError> {
         let deadline = Instant::now() + self.timeouts.call;
+        self.fetch_table(deadline, database, table).await
+    }
+
+    /// The table, or `None` when it does not exist.
+    async fn fetch_table(
+        &self,
+        deadline: Instant,
+        database: &str,
+        table: &str,
+    ) -> Result<Option<Table>, MetastoreError> {
         let (db, tbl) = (fs(database), fs(table));
         let got = self
             .call(deadline, "get_table", |c| {
@@ -464,30 +467,19 @@ impl Metastore {
         if let Some(hit) = self.lock_tables().get(&key) {
             return Ok(hit.clone());
         }
-        let (db, tbl) = (fs(database), fs(table));
-        let got = self
-            .call(deadline, "get_table", |c| {
-                let (db, tbl) = (db.clone(), tbl.clone());
-                async move { c.get_table(db, tbl).await }
-            })
-            .await?;
-        match got {
-            MaybeException::Ok(t) => {
-                let layout = (
-                    t.sd.unwrap_or_default(),
-                    t.partition_keys.as_ref().map_or(0, Vec::len),
-                );
-                self.lock_tables().insert(key, layout.clone());
-                Ok(layout)
-            }
-            MaybeException::Exception(ThriftHiveMetastoreGetTableException::O2(_)) => {
-                Err(MetastoreError::NoSuchTable {
-                    database: database.into(),
-                    table: table.into(),
-                })
-            }
-            MaybeException::Exception(e) => Err(self.refused("get_table", e)),
-        }
+        let t = self
+            .fetch_table(deadline, database, table)
+            .await?
+            .ok_or_else(|| MetastoreError::NoSuchTable {
+                database: database.into(),
+                table: table.into(),
+            })?;
+        let layout = (
+            t.sd.unwrap_or_default(),
+            t.partition_keys.as_ref().map_or(0, Vec::len),
+        );
+        self.lock_tables().insert(key, layout.clone());
+        Ok(layout)
     }
 
     fn lock_tables(&self) -> std::sync::MutexGuard<'_, TableCache> {
