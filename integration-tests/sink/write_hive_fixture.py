@@ -2,7 +2,10 @@
 """Writes a small Hive-partitioned Parquet table with pyarrow, the way Lakewire's sink lays it out,
 for the metastore tests (integration-tests/tests/metastore.rs).
 
-Usage: write_hive_fixture.py TABLE_DIR
+Usage: write_hive_fixture.py TABLE_DIR            the table below
+       write_hive_fixture.py --evolved TABLE_DIR  one more partition, dt=2024-05-03/hr=00, of
+                                                  ids 12-13 written with a schema evolved by an
+                                                  optional field: note string = "n<id>"
 
 Layout: TABLE_DIR/dt=YYYY-MM-DD/hr=HH/<topic>+<partition>+<start>+<end>.parquet, partition
 columns not stored in the files. Three partitions, 12 rows (ids 0..11, offsets 100..111):
@@ -71,7 +74,19 @@ def row(i):
     }
 
 
+def write_evolved(table_dir):
+    schema = SCHEMA.append(pa.field("note", pa.string()))
+    ids = range(12, 14)
+    d = os.path.join(table_dir, "dt=2024-05-03", "hr=00")
+    os.makedirs(d, exist_ok=True)
+    batch = pa.Table.from_pylist([dict(row(i), note=f"n{i}") for i in ids], schema=schema)
+    pq.write_table(batch, os.path.join(d, f"{TOPIC}+0+{100 + ids[0]}+{100 + ids[-1]}.parquet"))
+    print(json.dumps({"rows": len(ids), "partitions": ["dt=2024-05-03/hr=00"]}))
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--evolved":
+        return write_evolved(sys.argv[2])
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     table_dir = sys.argv[1]

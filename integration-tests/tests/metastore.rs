@@ -379,6 +379,50 @@ async fn spark_reads_the_registered_table() -> anyhow::Result<()> {
         ]),
         "{got}"
     );
+
+    // Schema evolution after Spark has read (and saved what it inferred): files with a new
+    // optional field, the column added by ensure_table, read again: old rows null, new ones set.
+    run(Command::new(python())
+        .arg(it_dir().join("sink/write_hive_fixture.py"))
+        .arg("--evolved")
+        .arg(&table_dir))?;
+    let mut fields: Vec<Field> = trade_schema()
+        .fields()
+        .iter()
+        .map(|f| (**f).clone())
+        .collect();
+    fields.push(Field::new("note", DataType::Utf8, true));
+    ms.ensure_table(db, &table, &location, &Schema::new(fields), &keys())
+        .await?;
+    ms.add_partition(
+        db,
+        &table,
+        &["2024-05-03".into(), "00".into()],
+        &format!("{location}/dt=2024-05-03/hr=00"),
+    )
+    .await?;
+    let out = run(Command::new(python())
+        .arg(it_dir().join("sink/spark_read.py"))
+        .args(["--metastore", &uri, "--table", &format!("{db}.{table}")])
+        .arg("--query")
+        .arg(format!(
+            "SELECT count(*) AS n, count(note) AS notes, max(note) AS last FROM {db}.{table}"
+        )))?;
+    let got: Value = serde_json::from_str(out.trim())?;
+    assert_eq!(got["rows"], 14, "{got}");
+    assert_eq!(got["distinct_keys"], 14, "{got}");
+    let names: Vec<&str> = got["columns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names[names.len() - 3..], ["note", "dt", "hr"], "{got}");
+    assert_eq!(
+        got["queries"][0],
+        serde_json::json!([{"n": 14, "notes": 2, "last": "n13"}]),
+        "{got}"
+    );
     Ok(())
 }
 
