@@ -26,6 +26,7 @@ import argparse
 import datetime
 import decimal
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -101,6 +102,7 @@ def main():
         print(json.dumps(out, default=to_json), flush=True)
     finally:
         spark.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -165,7 +165,9 @@ async fn tables_and_partitions_are_registered_once() -> anyhow::Result<()> {
     let ms = Metastore::connect(&metastore_uri()).await?;
     let db = "lakewire_it";
     let table = unique_table("reg");
-    let root = format!("file:/tmp/lakewire-it/{table}");
+    // The metastore makes the directories of the locations it is given: a temporary one.
+    let dir = tempfile::tempdir()?;
+    let root = format!("file:{}/{table}", dir.path().display());
     let schema = trade_schema();
 
     ms.ensure_table(db, &table, &root, &schema, &keys()).await?;
@@ -454,11 +456,12 @@ impl Drop for OwnMetastore {
     }
 }
 
-/// A free port below the kernel's ephemeral range (which starts at 32768).
+/// A free port below the kernel's ephemeral range (which starts at 32768) and apart from the
+/// fixed ports of the other tests (the faults test's broker: 29192/29193): 22000-28999.
 fn free_port() -> anyhow::Result<u16> {
-    let base = 21000 + (std::process::id() % 4000) as u16;
-    (0..2000u16)
-        .map(|i| base + i * 3 % 6000)
+    let base = 22000 + (std::process::id() % 3000) as u16;
+    (0..4000u16)
+        .map(|i| base + i)
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .ok_or_else(|| anyhow::anyhow!("no free port"))
 }
@@ -481,7 +484,9 @@ async fn an_outage_is_retryable_and_the_client_recovers() -> anyhow::Result<()> 
         call: Duration::from_secs(5),
     };
     let ms = Metastore::connect_with(&own.uri(), timeouts).await?;
-    let (db, table, root) = ("outage", "events", "file:/tmp/lakewire-it/outage/events");
+    let (db, table) = ("outage", "events");
+    let dir = tempfile::tempdir()?;
+    let root = &format!("file:{}/events", dir.path().display());
     ms.ensure_table(db, table, root, &trade_schema(), &keys())
         .await?;
     ms.add_partition(
