@@ -33,6 +33,7 @@ pub mod hub;
 pub mod metrics;
 pub mod protocol;
 pub mod session;
+pub mod sink;
 pub mod source;
 pub mod sse;
 pub mod tail;
