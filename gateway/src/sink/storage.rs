@@ -172,7 +172,9 @@ impl Storage {
         let target = join(name);
         let payload = PutPayload::from_bytes(bytes);
         if self.local {
-            let tmp = join(&format!("{TEMP_PREFIX}{}.{name}", std::process::id()));
+            // Hidden (`_`) for Hive, Spark and pyarrow, and not ending in `.parquet` for globs
+            // such as DuckDB's `**/*.parquet`.
+            let tmp = join(&format!("{TEMP_PREFIX}{name}.{}.tmp", std::process::id()));
             self.store.put(&tmp, payload).await?;
             self.store.rename(&tmp, &target).await
         } else {
