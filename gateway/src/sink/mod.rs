@@ -111,6 +111,13 @@ pub fn start(
                 .filter(|k| *k != "dt" && *k != "hr")
                 .cloned()
                 .collect(),
+            bucket_ms: if t.partition_by.iter().any(|k| k == "hr") {
+                Some(3_600_000)
+            } else if t.partition_by.iter().any(|k| k == "dt") {
+                Some(86_400_000)
+            } else {
+                None
+            },
             decoder,
             records: metrics.sink_records.get_or_create_owned(&labels),
             bytes: metrics.sink_bytes.get_or_create_owned(&labels),
@@ -224,6 +231,8 @@ struct TableRt {
     partition_by: Vec<String>,
     /// The partition columns that are value fields (not `dt`/`hr`): left out of the files.
     fields: Vec<String>,
+    /// The time span of one Hive partition: an hour with `hr`, a day with `dt` only.
+    bucket_ms: Option<i64>,
     decoder: Arc<Decoder>,
     records: Counter,
     bytes: Counter,
@@ -234,7 +243,10 @@ struct TableRt {
 struct Open {
     batch: BatchBuilder,
     fingerprint: u64,
+    /// The Hive partition's values, and for tables partitioned by `dt`/`hr` only, the UTC
+    /// hour or day they were made from: compared per record instead of the text.
     values: Vec<String>,
+    hour: Option<Option<i64>>,
     start: i64,
     end: i64,
     bytes: u64,
@@ -531,12 +543,25 @@ impl Worker {
                 return;
             }
         };
-        let values = partition_values(t, &raw);
+        // Tables partitioned by time only compare the record's hour (or day); field values need
+        // their text.
+        let hour = t.fields.is_empty().then(|| {
+            t.bucket_ms
+                .and_then(|ms| raw.timestamp.map(|ts| ts.div_euclid(ms)))
+        });
+        let values = match hour {
+            Some(_) => None,
+            None => Some(partition_values(t, &raw)),
+        };
         let roll = self
             .parts
             .get(&(ti, p))
             .and_then(|part| part.open.as_ref())
-            .is_some_and(|o| o.fingerprint != schema.fingerprint || o.values != values);
+            .is_some_and(|o| {
+                o.fingerprint != schema.fingerprint
+                    || o.hour != hour
+                    || values.as_ref().is_some_and(|v| *v != o.values)
+            });
         if roll && !self.flush(consumer, (ti, p)) {
             return;
         }
@@ -550,7 +575,8 @@ impl Worker {
                     part.open = Some(Open {
                         batch,
                         fingerprint: schema.fingerprint,
-                        values,
+                        values: values.unwrap_or_else(|| partition_values(t, &raw)),
+                        hour,
                         start: off,
                         end: off,
                         bytes: 0,
