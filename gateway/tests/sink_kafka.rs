@@ -3,7 +3,8 @@
 //! (integration-tests/sink/check.py in the venv of integration-tests/run-all, or
 //! `TEST_PYTHON`). N records in → exactly N rows out, with their types; a `kill -9` mid-stream
 //! and a restart still give exactly N rows and no visible temporary file; a topic whose schema
-//! gains an optional field still lands; an unreachable metastore delays registration only.
+//! gains an optional field still lands; an unreachable metastore delays registration only; two
+//! workers in one group, one killed: the survivor takes over with no file written twice.
 //! With `TEST_S3_ENDPOINT` (integration-tests/bin/s3: S3Proxy), the same through S3.
 #![cfg(feature = "real-kafka")]
 
@@ -124,7 +125,7 @@ impl Sink {
         let child = Command::new(BIN)
             .args(["run", "--role", "sink", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,lakewire::sink=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -276,6 +277,16 @@ fn order(i: i64, base: i64) -> AV {
 /// Produces `n` orders round-robin over `partitions`, record timestamps `step_ms` apart from
 /// [`base_ts`] (so they span Hive hours).
 async fn produce_orders(topic: &str, n: i64, partitions: i32, step_ms: i64) -> anyhow::Result<()> {
+    produce_order_range(topic, 0..n, partitions, step_ms).await
+}
+
+/// Like [`produce_orders`], for the orders with ids in `ids`.
+async fn produce_order_range(
+    topic: &str,
+    ids: std::ops::Range<i64>,
+    partitions: i32,
+    step_ms: i64,
+) -> anyhow::Result<()> {
     let base = base_ts();
     let schema = apache_avro::Schema::parse_str(ORDER)?;
     let p: FutureProducer = ClientConfig::new()
@@ -284,7 +295,7 @@ async fn produce_orders(topic: &str, n: i64, partitions: i32, step_ms: i64) -> a
         .set("linger.ms", "5")
         .create()?;
     let mut pending = Vec::new();
-    for i in 0..n {
+    for i in ids {
         let datum = apache_avro::to_avro_datum(&schema, order(i, base))?;
         let topic = topic.to_string();
         let part = (i % i64::from(partitions)) as i32;
@@ -484,6 +495,148 @@ async fn kill_9_mid_stream_then_restart_still_gives_exactly_n_rows() -> anyhow::
     Ok(())
 }
 
+/// The files a sink's log says it put in place: (partition, start, end).
+fn landed(log: &Path) -> Vec<(i64, i64, i64)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let field = |line: &str, k: &str| -> Option<i64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.parse().ok())
+    };
+    text.lines()
+        .filter(|l| l.contains("sink: file in place"))
+        .filter_map(|l| {
+            Some((
+                field(l, "partition=")?,
+                field(l, "start=")?,
+                field(l, "end=")?,
+            ))
+        })
+        .collect()
+}
+
+/// Two sink workers in one group on a 4-partition topic; one is killed with SIGKILL
+/// mid-stream and the other takes its partitions over: exactly N rows, and no file was
+/// written twice (by either worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_one_killed_the_survivor_takes_over() -> anyhow::Result<()> {
+    const N: u64 = 40_000;
+    let dir = tempfile::tempdir()?;
+    let topic = unique("sink-group");
+    create_topic(&topic, 4).await?;
+    let root = dir.path().join("lake");
+    let root_s = root.display().to_string();
+    let cfg_a = config(
+        dir.path(),
+        &topic,
+        "raw",
+        &root_s,
+        "roll_rows = 300\nroll_interval_ms = 1500",
+    )?;
+    // The same group and settings, another listen port.
+    let text = std::fs::read_to_string(&cfg_a)?;
+    let port_a = text
+        .split("listen = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .context("port")?
+        .to_string();
+    let cfg_b = dir.path().join("lakewire-b.toml");
+    std::fs::write(
+        &cfg_b,
+        text.replace(
+            &format!("127.0.0.1:{port_a}"),
+            &format!("127.0.0.1:{}", free_port()?),
+        ),
+    )?;
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let mut a = Sink::start(&cfg_a, &log_a)?;
+    let b = Sink::start(&cfg_b, &log_b)?;
+    // The records arrive over several seconds while both workers run.
+    let producer = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            for chunk in 0..20i64 {
+                let per = N as i64 / 20;
+                produce_order_range(&topic, chunk * per..(chunk + 1) * per, 4, 200).await?;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    // Both have put files in place: the partitions are split. Then A dies mid-stream.
+    let end = Instant::now() + Duration::from_secs(90);
+    while landed(&log_a).len() < 3 || landed(&log_b).len() < 3 {
+        if Instant::now() > end {
+            bail!(
+                "both workers did not write files in 90 s\nA:\n{}\nB:\n{}",
+                log_tail(&log_a),
+                log_tail(&log_b)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.child.kill()?;
+    a.child.wait()?;
+    let at_kill = check(&root_s, "orders", &[])?;
+    assert!(
+        at_kill["rows_pyarrow"].as_u64().unwrap_or(0) < N,
+        "A was killed too late: {at_kill}"
+    );
+    // Every file in place now, with its inode: a file written again would be a new inode.
+    let before = inodes(&root);
+    producer.await??;
+    drop(a);
+    let v = wait_rows(&root_s, "orders", N, Duration::from_secs(120), &[])
+        .with_context(|| log_tail(&log_b))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let v2 = check(&root_s, "orders", &[])?;
+    assert_exact(&v2, N);
+    assert_eq!(v["files"], v2["files"], "files were still being added");
+    // No file was written twice, and B wrote files for all four partitions after A died.
+    let mut all: Vec<(i64, i64, i64)> = landed(&log_a);
+    all.extend(landed(&log_b));
+    let mut names = all.clone();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), all.len(), "a file was written twice: {all:?}");
+    let b_parts: std::collections::BTreeSet<i64> = landed(&log_b).iter().map(|f| f.0).collect();
+    assert_eq!(
+        b_parts.len(),
+        4,
+        "the survivor did not take over: {b_parts:?}"
+    );
+    let after = inodes(&root);
+    for (path, ino) in &before {
+        assert_eq!(after.get(path), Some(ino), "{path} was written again");
+    }
+    drop(b);
+    Ok(())
+}
+
+/// Path → inode of every visible Parquet file under `dir`.
+fn inodes(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(inodes(&p));
+        } else if visible_parquet(&e.file_name().to_string_lossy()) {
+            if let Ok(m) = e.metadata() {
+                out.insert(p.display().to_string(), m.ino());
+            }
+        }
+    }
+    out
+}
+
+fn visible_parquet(name: &str) -> bool {
+    name.ends_with(".parquet") && !name.starts_with(['_', '.'])
+}
+
 fn count_files(dir: &Path, suffix: &str) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -496,7 +649,7 @@ fn count_files(dir: &Path, suffix: &str) -> usize {
                 count_files(&p, suffix)
             } else {
                 let name = e.file_name().to_string_lossy().into_owned();
-                usize::from(name.ends_with(suffix) && !name.starts_with(['_', '.']))
+                usize::from(name.ends_with(suffix) && visible_parquet(&name))
             }
         })
         .sum()

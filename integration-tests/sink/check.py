@@ -7,7 +7,7 @@
 Output keys: rows_pyarrow, rows_duckdb (local only), distinct (distinct (_partition, _offset)
 pairs), types (column -> pyarrow type text), duckdb_types, partitions (sorted Hive partition
 directories), files (visible .parquet files), hidden (files whose names start with '_' or '.',
-which readers skip), sample (the first row by _offset, as text), evolved (rows where the
+which readers skip), sample (the row with the smallest id, else _offset, as text), evolved (rows where the
 column "note" is not null, when it exists).
 """
 
@@ -73,7 +73,9 @@ def main():
     pairs = set(zip(t.column("_partition").to_pylist(), t.column("_offset").to_pylist()))
     out["distinct"] = len(pairs)
     out["types"] = {f.name: str(f.type) for f in t.schema}
-    first = t.sort_by([("_offset", "ascending"), ("_partition", "ascending")]).slice(0, 1).to_pylist()[0]
+    order = [("id", "ascending")] if "id" in t.column_names else []
+    order += [("_offset", "ascending"), ("_partition", "ascending")]
+    first = t.sort_by(order).slice(0, 1).to_pylist()[0]
     out["sample"] = {k: str(v) for k, v in first.items()}
     if "note" in t.column_names:
         out["evolved"] = t.filter(pa.compute.is_valid(t.column("note"))).num_rows

@@ -680,7 +680,9 @@ impl Worker {
                     // The file is in place; storage, not the commit, decides where to resume.
                     tracing::warn!(topic = %t.topic, partition = p, error = %e, "sink: offset commit failed");
                 }
-                tracing::debug!(topic = %t.topic, partition = p, start = open.start, end = open.end, bytes = file_bytes, "sink: file in place");
+                if file_bytes > 0 {
+                    tracing::debug!(topic = %t.topic, partition = p, start = open.start, end = open.end, bytes = file_bytes, "sink: file in place");
+                }
                 true
             }
             Err(why) => {
