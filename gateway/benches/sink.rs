@@ -6,7 +6,9 @@
 //! - `arrow`: Avro → Arrow builders → `RecordBatch` (`sink::arrow::BatchBuilder`), files of
 //!   100,000 rows;
 //! - `parquet zstd` / `parquet snappy`: the same, plus the Parquet encoding of each file
-//!   (`sink::encode`): everything the sink worker does per record except Kafka and storage I/O.
+//!   (`sink::encode`): everything the sink worker does per record except Kafka and storage I/O;
+//! - `arrow-avro`: the `arrow-avro` crate's decoder on the same records (Confluent framing, the
+//!   schema registered under an id), batches of 8192 rows, for comparison with `arrow`.
 //!
 //! Before timing, it checks that the Arrow rows hold the values the JSON path decodes. Each path
 //! runs alone for 3 s; the benchmark prints records/s, µs per record and the ratio to the
@@ -54,6 +56,30 @@ fn build(json: &Arc<serde_json::Value>, data: &[Vec<u8>]) -> Vec<arrow_array::Re
     b.finish().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The same rows through `arrow-avro` (records framed as Confluent messages, schema id 1).
+fn build_arrow_avro(text: &str, framed: &[Vec<u8>]) -> Vec<arrow_array::RecordBatch> {
+    use arrow_avro::reader::ReaderBuilder;
+    use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+    let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+    store
+        .set(Fingerprint::Id(1), AvroSchema::new(text.to_string()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut d = ReaderBuilder::new()
+        .with_writer_schema_store(store)
+        .with_batch_size(8192)
+        .build_decoder()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    for i in 0..FILE_ROWS {
+        d.decode(&framed[i % N]).unwrap_or_else(|e| panic!("{e}"));
+        if d.batch_is_full() {
+            out.extend(d.flush().unwrap_or_else(|e| panic!("{e}")));
+        }
+    }
+    out.extend(d.flush().unwrap_or_else(|e| panic!("{e}")));
+    out
+}
+
 /// Records per second of `f` (which handles `per_call` records), run for about `SECS`.
 fn rate(per_call: usize, mut f: impl FnMut() -> usize) -> f64 {
     black_box(f());
@@ -99,6 +125,36 @@ fn main() {
         let discount = batch.column_by_name("discount").map(|c| c.is_null(i));
         assert_eq!(discount, Some(v["discount"].is_null()), "discount {i}");
     }
+    let framed: Vec<Vec<u8>> = data
+        .iter()
+        .map(|d| [&[0u8, 0, 0, 0, 1][..], d].concat())
+        .collect();
+    let theirs = build_arrow_avro(&text, &framed);
+    assert_eq!(
+        theirs.iter().map(|b| b.num_rows()).sum::<usize>(),
+        FILE_ROWS,
+        "arrow-avro rows"
+    );
+    for name in ["id", "customer", "amount"] {
+        let ours = batch.column_by_name(name).map(|c| c.slice(0, 16));
+        let other = theirs[0].column_by_name(name).map(|c| c.slice(0, 16));
+        let same = match (&ours, &other) {
+            (Some(a), Some(b)) => a.to_data() == b.to_data(),
+            _ => false,
+        };
+        assert!(same, "arrow-avro reads {name} differently");
+    }
+    let ts_type = |b: &arrow_array::RecordBatch| {
+        b.schema()
+            .field_with_name("ts")
+            .map(|f| f.data_type().to_string())
+            .unwrap_or_default()
+    };
+    println!(
+        "ts column: ours {}, arrow-avro {}",
+        ts_type(batch),
+        ts_type(&theirs[0])
+    );
     let avro_bytes: usize = data.iter().map(Vec::len).sum::<usize>() / N;
     let schema_ref = batch.schema();
     let zstd = lakewire::sink::encode(&batches, &schema_ref, SinkCompression::Zstd)
@@ -117,6 +173,7 @@ fn main() {
         bytes
     });
     let arrow_rate = rate(FILE_ROWS, || build(&json, &data).len());
+    let arrow_avro_rate = rate(FILE_ROWS, || build_arrow_avro(&text, &framed).len());
     let zstd_rate = rate(FILE_ROWS, || {
         let b = build(&json, &data);
         lakewire::sink::encode(&b, &schema_ref, SinkCompression::Zstd).map_or(0, |v| v.len())
@@ -139,6 +196,10 @@ fn main() {
     for (name, r) in [
         ("json: Decoder::decode (baseline)", json_rate),
         ("arrow: Avro -> Arrow RecordBatch", arrow_rate),
+        (
+            "arrow-avro: Avro -> Arrow (arrow-avro crate)",
+            arrow_avro_rate,
+        ),
         ("parquet zstd: Avro -> Arrow -> Parquet", zstd_rate),
         ("parquet snappy: Avro -> Arrow -> Parquet", snappy_rate),
     ] {
