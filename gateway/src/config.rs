@@ -1039,4 +1039,83 @@ queue_size = 16
         assert_eq!(c.websocket.listen.port(), 9999);
         Ok(())
     }
+
+    const SINK: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+
+[[topics]]
+name = "or.ders-v1"
+format = "raw"
+schema = "../schemas/order.avsc"
+
+[[topics]]
+name = "trades"
+format = "json"
+
+[sink]
+root = "/tmp/lake"
+
+[[sink.tables]]
+topic = "or.ders-v1"
+"#;
+
+    #[test]
+    fn sink_section_loads_with_defaults() -> anyhow::Result<()> {
+        let c = Config::from_toml_and_env(SINK, &[], "test.toml")?;
+        let s = c.sink.as_ref().ok_or_else(|| anyhow::anyhow!("no sink"))?;
+        assert_eq!(s.group_id, "lakewire-sink");
+        assert_eq!(s.compression, SinkCompression::Zstd);
+        assert_eq!(
+            (s.roll_rows, s.roll_bytes, s.roll_interval_ms),
+            (1_000_000, 128 << 20, 0)
+        );
+        assert_eq!(s.database, "default");
+        assert_eq!(s.tables[0].table_name(), "or_ders_v1");
+        assert_eq!(s.tables[0].partition_by, ["dt", "hr"]);
+        let c = Config::from_toml_and_env(
+            SINK,
+            &env(&[("LAKEWIRE_SINK__COMPRESSION", "snappy")]),
+            "test.toml",
+        )?;
+        assert_eq!(c.sink.map(|s| s.compression), Some(SinkCompression::Snappy));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_sink_settings_name_the_key() {
+        let with = |extra: &str| SINK.replace("root = \"/tmp/lake\"", extra);
+        for (text, key) in [
+            (with("root = \"\""), "sink.root"),
+            (with("root = \"/tmp/l\"\nroll_rows = 0"), "sink.roll_rows"),
+            (
+                with("root = \"/tmp/l\"\ncompression = \"lz4\""),
+                "compression",
+            ),
+            (
+                with("root = \"/tmp/l\"\nmetastore_uri = \"http://hms\""),
+                "sink.metastore_uri",
+            ),
+            (
+                with("root = \"/tmp/l\"\n[sink.s3]\nregion = \"x\""),
+                "sink.s3",
+            ),
+            (
+                SINK.replace("topic = \"or.ders-v1\"", "topic = \"nope\""),
+                "sink.tables[0].topic",
+            ),
+            (
+                SINK.replace("topic = \"or.ders-v1\"", "topic = \"trades\""),
+                "sink.tables[0].topic",
+            ),
+            (
+                format!("{SINK}partition_by = [\"dt\", \"a/b\"]\n"),
+                "sink.tables[0].partition_by",
+            ),
+            (format!("{SINK}table = \"_x\"\n"), "sink.tables[0].table"),
+        ] {
+            let e = err(&text, &[]);
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
 }
