@@ -102,13 +102,17 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
+            let role = match role {
+                RoleArg::All => lakewire::app::Role::All,
+                RoleArg::Gateway => lakewire::app::Role::Gateway,
+                RoleArg::Sink => lakewire::app::Role::Sink,
+            };
+            if role == lakewire::app::Role::Sink && config.sink.is_none() {
+                eprintln!("lakewire: --role sink: the configuration has no [sink] section");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             runtime_then(|| async move {
                 let stop = lakewire::app::shutdown_signal();
-                let role = match role {
-                    RoleArg::All => lakewire::app::Role::All,
-                    RoleArg::Gateway => lakewire::app::Role::Gateway,
-                    RoleArg::Sink => lakewire::app::Role::Sink,
-                };
                 let running = lakewire::app::start_role(config, role).await?;
                 stop.await;
                 running.stop().await;
