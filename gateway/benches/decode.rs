@@ -11,114 +11,15 @@
 //! their ratio are printed.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use apache_avro::types::Value as AV;
 use criterion::{Criterion, Throughput};
-use lakewire::config::{Config, PayloadFormat, TopicConfig};
-use lakewire::decode::{DecodeContext, Decoder, RawRecord};
-use lakewire::metrics::Metrics;
+use lakewire::decode::{Decoder, RawRecord};
 
 const N: usize = 1024;
 
-fn schema_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas/order.avsc")
-}
-
-/// `N` encoded orders with varied contents.
-fn records(schema: &apache_avro::Schema) -> Vec<Vec<u8>> {
-    (0..N)
-        .map(|i| {
-            let s = |v: &str| AV::String(v.to_string());
-            let v = AV::Record(vec![
-                ("id".into(), AV::Long(1_000_000 + i as i64)),
-                (
-                    "ts".into(),
-                    AV::TimestampMillis(1_732_690_000_000 + i as i64),
-                ),
-                (
-                    "customer".into(),
-                    s(&format!("customer-{:05}", i * 7919 % 100_000)),
-                ),
-                (
-                    "status".into(),
-                    AV::Enum(
-                        (i % 4) as u32,
-                        ["NEW", "PAID", "SHIPPED", "CANCELLED"][i % 4].into(),
-                    ),
-                ),
-                (
-                    "amount".into(),
-                    AV::Decimal(apache_avro::Decimal::from(
-                        ((i as i64 * 1234 + 99) as i32).to_be_bytes(),
-                    )),
-                ),
-                ("currency".into(), s("EUR")),
-                ("quantity".into(), AV::Int((i % 17) as i32 + 1)),
-                ("price".into(), AV::Double(12.5 + i as f64 * 0.25)),
-                (
-                    "discount".into(),
-                    if i % 3 == 0 {
-                        AV::Union(0, Box::new(AV::Null))
-                    } else {
-                        AV::Union(1, Box::new(AV::Float(0.1)))
-                    },
-                ),
-                ("express".into(), AV::Boolean(i % 2 == 0)),
-                (
-                    "coupon".into(),
-                    if i % 5 == 0 {
-                        AV::Union(1, Box::new(s("WINTER-\"24\"")))
-                    } else {
-                        AV::Union(0, Box::new(AV::Null))
-                    },
-                ),
-                (
-                    "tags".into(),
-                    AV::Array(vec![s("web"), s("eu"), s("priority")]),
-                ),
-                (
-                    "attributes".into(),
-                    AV::Map(
-                        [
-                            ("channel".to_string(), s("app")),
-                            ("campaign".to_string(), s("autumn")),
-                        ]
-                        .into(),
-                    ),
-                ),
-                (
-                    "ship_to".into(),
-                    AV::Record(vec![
-                        ("street".into(), s("Königstraße 12")),
-                        ("city".into(), s("Stuttgart")),
-                        ("zip".into(), s("70173")),
-                        ("country".into(), s("DE")),
-                    ]),
-                ),
-                (
-                    "delivery_date".into(),
-                    AV::Union(1, Box::new(AV::Date(20_060 + (i % 30) as i32))),
-                ),
-            ]);
-            apache_avro::to_avro_datum(schema, v).unwrap_or_else(|e| panic!("encoding: {e}"))
-        })
-        .collect()
-}
-
-fn decoder() -> Decoder {
-    let mut topic = TopicConfig::new("orders", PayloadFormat::Raw);
-    topic.schema = Some(schema_path());
-    let config = Config::from_toml_and_env("[kafka]\nbrokers = \"127.0.0.1:1\"\n", &[], "bench")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let config = Config {
-        topics: vec![topic.clone()],
-        ..config
-    };
-    let cx = DecodeContext::new(&config, &Metrics::default()).unwrap_or_else(|e| panic!("{e}"));
-    Decoder::new(&topic, &cx).unwrap_or_else(|e| panic!("{e}"))
-}
+#[path = "common/orders.rs"]
+mod orders;
 
 fn raw(payload: &[u8]) -> RawRecord<'_> {
     RawRecord {
@@ -163,10 +64,10 @@ fn rate(secs: f64, mut f: impl FnMut() -> usize) -> f64 {
 }
 
 fn main() {
-    let text = std::fs::read_to_string(schema_path()).unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(orders::schema_path()).unwrap_or_else(|e| panic!("{e}"));
     let schema = apache_avro::Schema::parse_str(&text).unwrap_or_else(|e| panic!("{e}"));
-    let data = records(&schema);
-    let d = decoder();
+    let data = orders::records(&schema, N);
+    let d = orders::decoder();
     // The two paths must read the same records before their speed means anything.
     for p in data.iter().take(16) {
         let ours: serde_json::Value = serde_json::from_slice(

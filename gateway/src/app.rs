@@ -46,6 +46,24 @@ pub enum AppError {
     /// A topic's decoder could not be set up.
     #[error(transparent)]
     Decode(#[from] DecodeSetupError),
+    /// The sink could not start.
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+    /// `--role sink` without a `[sink]` section.
+    #[error("--role sink: the configuration has no [sink] section")]
+    NoSink,
+}
+
+/// What a `lakewire run` process does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// The WebSocket gateway, and the sink when `[sink]` is configured.
+    #[default]
+    All,
+    /// The WebSocket gateway only.
+    Gateway,
+    /// The sink only; the listener serves `/healthz`, `/readyz` and `/metrics`.
+    Sink,
 }
 
 /// Counts open connections, in all and per IP address, against the configured limits.
@@ -207,6 +225,14 @@ impl Running {
 
 /// Starts the sources and the HTTP server; returns once the listener is bound.
 pub async fn start(config: Config) -> Result<Running, AppError> {
+    start_role(config, Role::All).await
+}
+
+/// Starts what `role` runs (see [`Role`]); returns once the listener is bound.
+pub async fn start_role(config: Config, role: Role) -> Result<Running, AppError> {
+    if role == Role::Sink && config.sink.is_none() {
+        return Err(AppError::NoSink);
+    }
     let services = Services::new(config)?;
     let listen = services.config.websocket.listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -221,7 +247,23 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     })?;
     let shutdown = CancellationToken::new();
     let sources = TaskTracker::new();
-    for topic in services.hub.topics() {
+    let sink = if role == Role::Gateway {
+        None
+    } else {
+        crate::sink::start(
+            &services.config,
+            &services.decoders,
+            services.metrics.clone(),
+            shutdown.child_token(),
+            &sources,
+        )?
+    };
+    let gateway_topics = if role == Role::Sink {
+        Vec::new()
+    } else {
+        services.hub.topics().cloned().collect()
+    };
+    for topic in gateway_topics {
         let Some(decoder) = services.decoders.get(&**topic.name()).cloned() else {
             continue;
         };
@@ -240,7 +282,16 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     if let Some(jwks) = services.jwks.clone() {
         sources.spawn(jwks.run(shutdown.child_token()));
     }
-    let routes = crate::http::routes(services.clone(), shutdown.clone());
+    let routes = match (role, sink) {
+        (Role::Sink, Some(sink)) => warp::Filter::boxed(warp::Filter::map(
+            crate::http::sink_routes(services.clone(), sink),
+            |r| Box::new(r) as Box<dyn warp::Reply>,
+        )),
+        _ => warp::Filter::boxed(warp::Filter::map(
+            crate::http::routes(services.clone(), shutdown.clone()),
+            |r| Box::new(r) as Box<dyn warp::Reply>,
+        )),
+    };
     let ws = &services.config.websocket;
     let server: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
         match (&ws.tls_cert_file, &ws.tls_key_file) {

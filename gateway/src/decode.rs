@@ -581,6 +581,21 @@ impl Decoder {
         ))
     }
 
+    /// The writer schema of an Avro value and its datum (the bytes after the framing), for the
+    /// sink, which decodes the datum into Arrow itself. Confluent-framed values need
+    /// [`Decoder::prepare`] first. A JSON topic has no writer schema: an error.
+    pub fn value_writer<'b>(
+        &self,
+        payload: &'b [u8],
+    ) -> Result<(Arc<ParsedSchema>, &'b [u8]), DecodeError> {
+        match &self.value {
+            Format::Avro { framing, .. } => writer_schema(framing, payload),
+            Format::Json => Err(DecodeError::BadAvro(
+                "the topic's format is json, not Avro".into(),
+            )),
+        }
+    }
+
     /// Copies an undecodable record to the topic's dead-letter topic, if it has one.
     pub fn dead_letter(&self, raw: &RawRecord<'_>, error: &DecodeError) {
         if let Some((dl, to)) = &self.dead_letter_topic {
@@ -610,17 +625,12 @@ fn magic_error(format: PayloadFormat, expected: &'static str, b: &[u8]) -> Decod
     }
 }
 
-/// The JSON text of one value or key.
-fn to_json(format: &Format, bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    let (framing, reader) = match format {
-        Format::Json => {
-            // Validate without building a tree; the text itself is what clients get.
-            serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(DecodeError::BadJson)?;
-            return Ok(bytes.to_vec());
-        }
-        Format::Avro { framing, reader } => (framing, reader),
-    };
-    let (writer, data) = match framing {
+/// The writer schema of a framed Avro payload and the datum after the framing.
+fn writer_schema<'b>(
+    framing: &Framing,
+    bytes: &'b [u8],
+) -> Result<(Arc<ParsedSchema>, &'b [u8]), DecodeError> {
+    Ok(match framing {
         Framing::Raw(s) => (s.clone(), bytes),
         Framing::SingleObject(known) => {
             if bytes.len() >= 2 && bytes[..2] != [0xc3, 0x01] {
@@ -656,7 +666,20 @@ fn to_json(format: &Format, bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
                 }
             }
         }
+    })
+}
+
+/// The JSON text of one value or key.
+fn to_json(format: &Format, bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let (framing, reader) = match format {
+        Format::Json => {
+            // Validate without building a tree; the text itself is what clients get.
+            serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(DecodeError::BadJson)?;
+            return Ok(bytes.to_vec());
+        }
+        Format::Avro { framing, reader } => (framing, reader),
     };
+    let (writer, data) = writer_schema(framing, bytes)?;
     let mut out = Vec::with_capacity(data.len() * 2 + 16);
     match reader {
         None => avro::to_json(&writer.plan, data, &mut out)?,

@@ -120,6 +120,7 @@ pub fn config(brokers: String, listen: SocketAddr, schemas_dir: PathBuf) -> Conf
         auth: AuthConfig::default(),
         schema_registry: None,
         schemas_dir,
+        sink: None,
     }
 }
 

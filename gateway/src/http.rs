@@ -50,6 +50,30 @@ fn dashboard() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clon
 }
 
 /// All routes of the listener.
+/// The routes of a `--role sink` process: `/healthz`, `/readyz` (200 while the sink worker
+/// runs), `/metrics`.
+pub fn sink_routes(
+    services: Arc<Services>,
+    sink: crate::sink::SinkHandle,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
+    let readyz = warp::path!("readyz").and(warp::get()).map(move || {
+        if sink.alive.load(std::sync::atomic::Ordering::Relaxed) {
+            warp::reply::with_status("ok", warp::http::StatusCode::OK)
+        } else {
+            warp::reply::with_status("sink stopped", warp::http::StatusCode::SERVICE_UNAVAILABLE)
+        }
+    });
+    let metrics = warp::path!("metrics").and(warp::get()).map(move || {
+        warp::reply::with_header(
+            crate::metrics::render(&services.registry),
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    });
+    healthz.or(readyz).or(metrics)
+}
+
 pub fn routes(
     services: Arc<Services>,
     shutdown: CancellationToken,

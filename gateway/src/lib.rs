@@ -19,7 +19,8 @@
 //! Around them: [`auth`] (JWT and origin checks before any WebSocket), [`config`] (TOML + `LAKEWIRE_*` environment), [`metrics`] (every metric, declared
 //! once), [`app`] (wires the stages, owns shutdown) and [`demo`] (an in-process broker and a
 //! synthetic producer for `lakewire demo`). [`tail`] is the other side: `lakewire tail`, a
-//! terminal client of the protocol.
+//! terminal client of the protocol. [`sink`] is the other way out: the same topics as Parquet
+//! files in Hive partitions (a consumer group of its own; `lakewire run --role sink`).
 
 pub mod app;
 pub mod auth;

@@ -22,6 +22,14 @@ struct Cli {
     command: Command,
 }
 
+/// `--role` of `lakewire run`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    All,
+    Gateway,
+    Sink,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway with a configuration file.
@@ -29,6 +37,10 @@ enum Command {
         /// The TOML configuration file; `LAKEWIRE_*` variables override its keys.
         #[arg(long, short)]
         config: PathBuf,
+        /// all: the WebSocket gateway, plus the sink when [sink] is configured; gateway: never
+        /// the sink; sink: only the sink (serving /healthz, /readyz and /metrics).
+        #[arg(long, value_enum, default_value = "all")]
+        role: RoleArg,
     },
     /// Validate a configuration file and exit (status 64 when it is bad).
     Check {
@@ -112,14 +124,23 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(&e),
         },
-        Command::Run { config } => {
+        Command::Run { config, role } => {
             let config = match Config::load(&config, &env) {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
+            let role = match role {
+                RoleArg::All => lakewire::app::Role::All,
+                RoleArg::Gateway => lakewire::app::Role::Gateway,
+                RoleArg::Sink => lakewire::app::Role::Sink,
+            };
+            if role == lakewire::app::Role::Sink && config.sink.is_none() {
+                eprintln!("lakewire: --role sink: the configuration has no [sink] section");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             runtime_then(|| async move {
                 let stop = lakewire::app::shutdown_signal();
-                let running = lakewire::app::start(config).await?;
+                let running = lakewire::app::start_role(config, role).await?;
                 stop.await;
                 running.stop().await;
                 Ok::<_, anyhow::Error>(())

@@ -8,6 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Labels of per-topic series.
@@ -74,7 +75,7 @@ pub struct CloseLabels {
 }
 
 /// All of the gateway's metrics. Cheap to clone: every field is a shared handle.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Metrics {
     /// Records read from Kafka by the live consumers, per topic.
     pub kafka_records: Family<TopicLabels, Counter>,
@@ -124,6 +125,83 @@ pub struct Metrics {
     pub dead_letter_records: Family<TopicLabels, Counter>,
     /// Undecodable records that could not be copied to their dead-letter topic, per source topic.
     pub dead_letter_errors: Family<TopicLabels, Counter>,
+    /// Sink: rows written to Parquet files that are in place, per table.
+    pub sink_records: Family<TableLabels, Counter>,
+    /// Sink: bytes of Parquet files in place, per table.
+    pub sink_bytes: Family<TableLabels, Counter>,
+    /// Sink: Parquet files in place, per table.
+    pub sink_files: Family<TableLabels, Counter>,
+    /// Sink: size of each file in place, bytes.
+    pub sink_file_bytes: Histogram,
+    /// Sink: seconds from reading a file's first record to the file being in place (readable).
+    pub sink_visibility_seconds: Histogram,
+    /// Sink: Hive partitions with files that are not yet registered in the metastore.
+    pub sink_pending_partitions: Gauge,
+    /// Sink: failed metastore calls (they are retried).
+    pub sink_metastore_errors: Counter,
+    /// Sink: failed storage writes and listings (writes are retried).
+    pub sink_storage_errors: Counter,
+    /// Sink: per topic and partition, records in Kafka not yet in a file in place.
+    pub sink_lag: Family<PartitionLabels, Gauge>,
+    /// Sink: records read but not written, per topic and reason (tombstone, duplicate, ...).
+    pub sink_skipped_records: Family<DecodeErrorLabels, Counter>,
+}
+
+/// Labels of per-table series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
+/// Buckets of `lakewire_sink_file_bytes`: 64 KiB to 1 GiB.
+fn file_size_buckets() -> Histogram {
+    Histogram::new((0..9).map(|i| 65_536.0 * 4f64.powi(i)))
+}
+
+/// Buckets of `lakewire_sink_visibility_seconds`: 50 ms to about 14 min.
+fn visibility_buckets() -> Histogram {
+    Histogram::new((0..15).map(|i| 0.05 * 2f64.powi(i)))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            kafka_records: Family::default(),
+            kafka_replay_records: Family::default(),
+            decode_errors: Family::default(),
+            filter_errors: Family::default(),
+            ws_bytes_sent: Counter::default(),
+            consumer_lag: Family::default(),
+            auth_refused: Family::default(),
+            tls_reloads: Family::default(),
+            ws_refused: Family::default(),
+            kafka_errors: Family::default(),
+            source_ready: Family::default(),
+            ws_connections: Gauge::default(),
+            ws_subscriptions: Gauge::default(),
+            ws_queued_records: Gauge::default(),
+            ws_records_sent: Counter::default(),
+            ws_frames_sent: Counter::default(),
+            ws_dropped_records: Family::default(),
+            ws_request_errors: Family::default(),
+            ws_closed: Family::default(),
+            schema_registry_fetches: Family::default(),
+            schema_registry_failures: Counter::default(),
+            schema_registry_waiting: Gauge::default(),
+            dead_letter_records: Family::default(),
+            dead_letter_errors: Family::default(),
+            sink_records: Family::default(),
+            sink_bytes: Family::default(),
+            sink_files: Family::default(),
+            sink_file_bytes: file_size_buckets(),
+            sink_visibility_seconds: visibility_buckets(),
+            sink_pending_partitions: Gauge::default(),
+            sink_metastore_errors: Counter::default(),
+            sink_storage_errors: Counter::default(),
+            sink_lag: Family::default(),
+            sink_skipped_records: Family::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -249,6 +327,56 @@ impl Metrics {
             "dead_letter_errors",
             "Undecodable records that could not be copied to their dead-letter topic",
             self.dead_letter_errors.clone(),
+        );
+        r.register(
+            "sink_records",
+            "Rows in Parquet files the sink has put in place",
+            self.sink_records.clone(),
+        );
+        r.register(
+            "sink_bytes",
+            "Bytes of Parquet files the sink has put in place",
+            self.sink_bytes.clone(),
+        );
+        r.register(
+            "sink_files",
+            "Parquet files the sink has put in place",
+            self.sink_files.clone(),
+        );
+        r.register(
+            "sink_file_bytes",
+            "Size of each Parquet file put in place",
+            self.sink_file_bytes.clone(),
+        );
+        r.register(
+            "sink_visibility_seconds",
+            "Seconds from reading a file's first record to the file being readable",
+            self.sink_visibility_seconds.clone(),
+        );
+        r.register(
+            "sink_pending_partitions",
+            "Hive partitions with files not yet registered in the metastore",
+            self.sink_pending_partitions.clone(),
+        );
+        r.register(
+            "sink_metastore_errors",
+            "Failed Hive Metastore calls (retried)",
+            self.sink_metastore_errors.clone(),
+        );
+        r.register(
+            "sink_storage_errors",
+            "Failed sink storage writes and listings (writes are retried)",
+            self.sink_storage_errors.clone(),
+        );
+        r.register(
+            "sink_lag",
+            "Records in Kafka not yet in a sink file in place",
+            self.sink_lag.clone(),
+        );
+        r.register(
+            "sink_skipped_records",
+            "Records the sink read but did not write, per reason",
+            self.sink_skipped_records.clone(),
         );
     }
 

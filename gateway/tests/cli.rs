@@ -102,3 +102,19 @@ fn the_shipped_example_config_is_valid() -> anyhow::Result<()> {
     assert_eq!(code, 0, "{out}{err}");
     Ok(())
 }
+
+#[test]
+fn role_sink_without_a_sink_section_is_a_configuration_error() -> anyhow::Result<()> {
+    let f = write(GOOD)?;
+    let path = f.path().display().to_string();
+    let (code, _, stderr) = lakewire(&["run", "--role", "sink", "--config", &path], &[])?;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("[sink]"), "{stderr}");
+    let (code, _, stderr) = lakewire(&["run", "--role", "nope", "--config", &path], &[])?;
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("possible values: all, gateway, sink"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -38,14 +38,16 @@ pub fn to_json(plan: &Plan, data: &[u8], out: &mut Vec<u8>) -> Result<(), AvroEr
     }
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
+/// A cursor over one Avro datum; also used by the sink's Arrow decoder
+/// ([`crate::sink::arrow`]), which reads the same binary encoding into Arrow builders.
+pub(crate) struct Reader<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl<'a> Reader<'a> {
     #[inline]
-    fn long(&mut self) -> Result<i64, AvroError> {
+    pub(crate) fn long(&mut self) -> Result<i64, AvroError> {
         let mut value: u64 = 0;
         let mut shift = 0;
         loop {
@@ -65,12 +67,12 @@ impl<'a> Reader<'a> {
     }
 
     #[inline]
-    fn int(&mut self) -> Result<i32, AvroError> {
+    pub(crate) fn int(&mut self) -> Result<i32, AvroError> {
         i32::try_from(self.long()?).map_err(|_| AvroError::Invalid("int out of range"))
     }
 
     #[inline]
-    fn take(&mut self, n: usize) -> Result<&'a [u8], AvroError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], AvroError> {
         let end = self.pos.checked_add(n).ok_or(AvroError::Truncated)?;
         let s = self.data.get(self.pos..end).ok_or(AvroError::Truncated)?;
         self.pos = end;
@@ -78,20 +80,27 @@ impl<'a> Reader<'a> {
     }
 
     #[inline]
-    fn len_prefixed(&mut self) -> Result<&'a [u8], AvroError> {
+    pub(crate) fn len_prefixed(&mut self) -> Result<&'a [u8], AvroError> {
         let n = self.long()?;
         let n = usize::try_from(n).map_err(|_| AvroError::Invalid("negative length"))?;
         self.take(n)
     }
 
     #[inline]
-    fn string(&mut self) -> Result<&'a str, AvroError> {
+    pub(crate) fn string(&mut self) -> Result<&'a str, AvroError> {
         std::str::from_utf8(self.len_prefixed()?)
             .map_err(|_| AvroError::Invalid("string is not UTF-8"))
     }
 
     /// The item count of the next array/map block (0 at the end), skipping the block size.
     fn block(&mut self, item: &Node) -> Result<u64, AvroError> {
+        self.block_len(may_be_empty(item))
+    }
+
+    /// The item count of the next array/map block (0 at the end), skipping the block size;
+    /// `empty_items` says whether an item may take zero bytes (then a count larger than the
+    /// bytes left is allowed, up to a bound).
+    pub(crate) fn block_len(&mut self, empty_items: bool) -> Result<u64, AvroError> {
         let n = self.long()?;
         let count = if n < 0 {
             self.long()?; // the block's byte size, for readers that skip
@@ -100,7 +109,7 @@ impl<'a> Reader<'a> {
             n as u64
         };
         let left = (self.data.len() - self.pos) as u64;
-        if count > left && !(may_be_empty(item) && count <= MAX_EMPTY_ITEMS) {
+        if count > left && !(empty_items && count <= MAX_EMPTY_ITEMS) {
             return Err(AvroError::Truncated);
         }
         Ok(count)

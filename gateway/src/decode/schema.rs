@@ -133,6 +133,8 @@ pub struct ParsedSchema {
     /// whose bytes are shorter than its precision allows (as every writer encodes small values)
     /// and reads `uuid` on `fixed` as a string. The plan keeps the annotations.
     pub avro: apache_avro::Schema,
+    /// The schema's JSON as given (logical types and all), for the sink's Arrow schema.
+    pub json: Value,
 }
 
 impl ParsedSchema {
@@ -145,7 +147,7 @@ impl ParsedSchema {
         let fingerprint = rabin(canonical.as_bytes());
         let python_fingerprint =
             Some(rabin(canonical_form_as(&json, true)?.as_bytes())).filter(|&f| f != fingerprint);
-        let avro = apache_avro::Schema::parse(&strip_annotations(json))
+        let avro = apache_avro::Schema::parse(&strip_annotations(json.clone()))
             .map_err(|e| SchemaError(format!("not a valid Avro schema: {e}")))?;
         Ok(Self {
             plan,
@@ -153,6 +155,7 @@ impl ParsedSchema {
             fingerprint,
             python_fingerprint,
             avro,
+            json,
         })
     }
 
@@ -190,7 +193,10 @@ const PRIMITIVES: &[&str] = &[
 ];
 
 /// The full name of a named type: `name` if it has a dot, else `namespace.name`.
-fn full_name(obj: &Map<String, Value>, enclosing: &str) -> Result<(String, String), SchemaError> {
+pub(crate) fn full_name(
+    obj: &Map<String, Value>,
+    enclosing: &str,
+) -> Result<(String, String), SchemaError> {
     let Some(name) = obj.get("name").and_then(Value::as_str) else {
         return bad("a named type (record, enum, fixed) needs a string \"name\"");
     };

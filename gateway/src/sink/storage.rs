@@ -1,0 +1,371 @@
+//! Where the sink's files go: a local folder or an S3-compatible bucket, through
+//! `object_store`. Input: the `[sink]` root; output: files landed whole (temporary hidden name,
+//! then rename, on a filesystem; a single completed upload on an object store) and the listing
+//! that start-up and partition assignment resume from.
+//!
+//! File names: `<table>/<k=v>/.../<topic>+<partition>+<startOffset>+<endOffset>.parquet`, the
+//! offsets in decimal without padding, the end offset inclusive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
+
+use crate::config::SinkConfig;
+
+/// Prefix of files being written; readers (Hive, Spark, DuckDB, pyarrow) skip names starting
+/// with `_`.
+pub const TEMP_PREFIX: &str = "_tmp.";
+
+/// The storage could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("sink.root: {0}")]
+pub struct StorageSetupError(String);
+
+/// A landed file's name, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileName {
+    pub topic: String,
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+impl FileName {
+    /// `<topic>+<partition>+<start>+<end>.parquet`
+    pub fn render(&self) -> String {
+        format!(
+            "{}+{}+{}+{}.parquet",
+            self.topic, self.partition, self.start, self.end
+        )
+    }
+
+    /// The parsed name of a landed file (not a temporary one).
+    pub fn parse(name: &str) -> Option<Self> {
+        let stem = name.strip_suffix(".parquet")?;
+        let mut parts = stem.rsplitn(4, '+');
+        let end = parts.next()?.parse().ok()?;
+        let start = parts.next()?.parse().ok()?;
+        let partition = parts.next()?.parse().ok()?;
+        let topic = parts.next()?;
+        if topic.is_empty() || topic.starts_with(['_', '.']) {
+            return None;
+        }
+        Some(Self {
+            topic: topic.to_string(),
+            partition,
+            start,
+            end,
+        })
+    }
+}
+
+/// One landed file found by a listing.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Path relative to the root.
+    pub path: Path,
+    /// The partition directory below the table (`dt=2026-11-27/hr=10`), may be empty.
+    pub dir: String,
+    pub name: FileName,
+}
+
+/// The sink's storage.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    /// Whether the store is a filesystem (temporary name, then rename).
+    local: bool,
+    /// The root as the metastore and Spark see it (`file:/abs/path`, `s3a://bucket/prefix`),
+    /// without a trailing slash.
+    location_base: String,
+}
+
+impl Storage {
+    /// Opens `config.root`: `s3://bucket[/prefix]`, `file:///abs/path` or a plain path (created
+    /// when missing).
+    pub fn new(config: &SinkConfig) -> Result<Self, StorageSetupError> {
+        if let Some(rest) = config.root.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix = prefix.trim_matches('/');
+            if bucket.is_empty() {
+                return Err(StorageSetupError(format!(
+                    "{:?} names no bucket",
+                    config.root
+                )));
+            }
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if let Some(s3) = &config.s3 {
+                b = b.with_region(&s3.region).with_allow_http(s3.allow_http);
+                if let Some(e) = &s3.endpoint {
+                    b = b.with_endpoint(e);
+                }
+                if let Some(k) = &s3.access_key_id {
+                    b = b.with_access_key_id(k);
+                }
+                if let Some(k) = &s3.secret_access_key {
+                    b = b.with_secret_access_key(k);
+                }
+            }
+            let s3 = b
+                .build()
+                .map_err(|e| StorageSetupError(format!("S3 client: {e}")))?;
+            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+            };
+            let location_base = if prefix.is_empty() {
+                format!("s3a://{bucket}")
+            } else {
+                format!("s3a://{bucket}/{prefix}")
+            };
+            return Ok(Self {
+                store,
+                local: false,
+                location_base,
+            });
+        }
+        let path = config.root.strip_prefix("file://").unwrap_or(&config.root);
+        if path.is_empty() {
+            return Err(StorageSetupError("must not be empty".into()));
+        }
+        std::fs::create_dir_all(path)
+            .map_err(|e| StorageSetupError(format!("cannot create {path}: {e}")))?;
+        let abs = std::fs::canonicalize(path)
+            .map_err(|e| StorageSetupError(format!("cannot resolve {path}: {e}")))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&abs)
+            .map_err(|e| StorageSetupError(format!("{}: {e}", abs.display())))?;
+        Ok(Self {
+            store: Arc::new(store),
+            local: true,
+            location_base: format!("file:{}", abs.display())
+                .trim_end_matches('/')
+                .to_string(),
+        })
+    }
+
+    /// `rel` (a table or partition directory) as the metastore sees it.
+    pub fn location(&self, rel: &str) -> String {
+        if rel.is_empty() {
+            self.location_base.clone()
+        } else {
+            format!("{}/{rel}", self.location_base)
+        }
+    }
+
+    /// Writes `bytes` to `dir/name` so that readers see the whole file or nothing: on a
+    /// filesystem under a hidden temporary name, then renamed (atomic, replacing a file of the
+    /// same name from an earlier run); on an object store as one upload, visible only once
+    /// complete.
+    pub async fn land(&self, dir: &str, name: &str, bytes: Bytes) -> object_store::Result<()> {
+        let join = |n: &str| {
+            if dir.is_empty() {
+                Path::from(n)
+            } else {
+                Path::from(format!("{dir}/{n}"))
+            }
+        };
+        let target = join(name);
+        let payload = PutPayload::from_bytes(bytes);
+        if self.local {
+            // Hidden (`_`) for Hive, Spark and pyarrow, and not ending in `.parquet` for globs
+            // such as DuckDB's `**/*.parquet`.
+            let tmp = join(&format!("{TEMP_PREFIX}{name}.{}.tmp", std::process::id()));
+            self.store.put(&tmp, payload).await?;
+            self.store.rename(&tmp, &target).await
+        } else {
+            self.store.put(&target, payload).await.map(|_| ())
+        }
+    }
+
+    /// Every landed file under `table`, and the temporary files left by a crash
+    /// (as paths, with their age in seconds).
+    pub async fn list(&self, table: &str) -> object_store::Result<(Vec<Listed>, Vec<(Path, i64)>)> {
+        let prefix = Path::from(table);
+        let mut stream = self.store.list(Some(&prefix));
+        let mut files = Vec::new();
+        let mut temps = Vec::new();
+        let now = chrono_now();
+        while let Some(meta) = stream.next().await {
+            let meta = meta?;
+            let Some(name) = meta.location.filename() else {
+                continue;
+            };
+            if name.starts_with(TEMP_PREFIX) {
+                temps.push((meta.location.clone(), now - meta.last_modified.timestamp()));
+                continue;
+            }
+            let Some(parsed) = FileName::parse(name) else {
+                continue;
+            };
+            let full = meta.location.as_ref();
+            let below = full
+                .strip_prefix(table)
+                .unwrap_or(full)
+                .trim_start_matches('/');
+            let dir = below.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+            files.push(Listed {
+                path: meta.location.clone(),
+                dir,
+                name: parsed,
+            });
+        }
+        Ok((files, temps))
+    }
+
+    /// Deletes a file (temporary leftovers).
+    pub async fn delete(&self, path: &Path) -> object_store::Result<()> {
+        self.store.delete(path).await
+    }
+
+    /// The Arrow schema stored in a Parquet file's footer.
+    pub async fn parquet_schema(&self, path: &Path) -> Result<arrow_schema::SchemaRef, String> {
+        let size = self.store.head(path).await.map_err(|e| e.to_string())?.size;
+        if size < 12 {
+            return Err(format!("{path}: too short for Parquet"));
+        }
+        let tail = self
+            .store
+            .get_range(path, size - 8..size)
+            .await
+            .map_err(|e| e.to_string())?;
+        let len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+        if len + 8 > size {
+            return Err(format!("{path}: bad Parquet footer"));
+        }
+        let meta = self
+            .store
+            .get_range(path, size - 8 - len..size - 8)
+            .await
+            .map_err(|e| e.to_string())?;
+        let md = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&meta)
+            .map_err(|e| e.to_string())?;
+        let fm = md.file_metadata();
+        parquet::arrow::parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata())
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Per topic and partition, the highest end offset among `files`.
+pub fn resume_points(files: &[Listed]) -> HashMap<(String, i32), i64> {
+    let mut out: HashMap<(String, i32), i64> = HashMap::new();
+    for f in files {
+        let e = out
+            .entry((f.name.topic.clone(), f.name.partition))
+            .or_insert(f.name.end);
+        *e = (*e).max(f.name.end);
+    }
+    out
+}
+
+/// The partition directories among `files`, with one file of each (for its schema).
+pub fn partition_dirs(files: &[Listed]) -> BTreeMap<String, Path> {
+    let mut out = BTreeMap::new();
+    for f in files {
+        out.entry(f.dir.clone()).or_insert_with(|| f.path.clone());
+    }
+    out
+}
+
+/// Seconds since the epoch, now.
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A Hive partition value made safe for a path segment (Hive's escaping: `%XX` for `/`, `=`,
+/// `%`, control characters and the other characters Hive escapes).
+pub fn escape_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if c.is_control()
+            || matches!(
+                c,
+                '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '{' | '[' | ']' | '^'
+            )
+        {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    if out.is_empty() {
+        HIVE_DEFAULT_PARTITION.to_string()
+    } else {
+        out
+    }
+}
+
+/// Undoes [`escape_value`].
+pub fn unescape_value(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Hive's name for a null or empty partition value.
+pub const HIVE_DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// The values of a partition directory `k1=v1/k2=v2`, in order.
+pub fn dir_values(dir: &str) -> Vec<String> {
+    dir.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|seg| unescape_value(seg.split_once('=').map_or(seg, |(_, v)| v)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let n = FileName {
+            topic: "orders.v1".into(),
+            partition: 3,
+            start: 100,
+            end: 199,
+        };
+        assert_eq!(n.render(), "orders.v1+3+100+199.parquet");
+        assert_eq!(FileName::parse(&n.render()), Some(n));
+        assert_eq!(FileName::parse("_tmp.1.orders+3+1+2.parquet"), None);
+        assert_eq!(FileName::parse("orders+3+1+2.parquet#1"), None);
+        assert_eq!(FileName::parse("part-0.parquet"), None);
+    }
+
+    #[test]
+    fn partition_values_escape_and_round_trip() {
+        for v in ["EUR", "a/b=c", "50%", "x:y", "ünï"] {
+            let e = escape_value(v);
+            assert!(!e.contains('/') && !e.contains('='), "{e}");
+            assert_eq!(dir_values(&format!("k={e}")), vec![v.to_string()]);
+        }
+        assert_eq!(escape_value(""), HIVE_DEFAULT_PARTITION);
+        assert_eq!(
+            dir_values("dt=2026-11-27/hr=09"),
+            vec!["2026-11-27".to_string(), "09".to_string()]
+        );
+    }
+}

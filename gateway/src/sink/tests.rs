@@ -1,0 +1,343 @@
+//! Unit tests of the sink's pieces that need no broker: Avro → Arrow, Parquet round trip,
+//! partition values, landing files on a local root.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use apache_avro::types::Value as AV;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Decimal128Type, Int32Type, TimestampMillisecondType};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::{DataType, TimeUnit};
+use bytes::Bytes;
+
+use super::arrow::{BatchBuilder, Meta};
+use super::storage::{FileName, Storage};
+use super::*;
+use crate::config::SinkConfig;
+
+const ORDER: &str = include_str!("../../../schemas/order.avsc");
+
+fn order(i: i64) -> AV {
+    let s = |v: &str| AV::String(v.to_string());
+    AV::Record(vec![
+        ("id".into(), AV::Long(i)),
+        ("ts".into(), AV::TimestampMillis(1_732_690_000_000 + i)),
+        ("customer".into(), s(&format!("c{i}"))),
+        ("status".into(), AV::Enum(2, "SHIPPED".into())),
+        (
+            "amount".into(),
+            AV::Decimal(apache_avro::Decimal::from((-12345i32).to_be_bytes())),
+        ),
+        ("currency".into(), s("EUR")),
+        ("quantity".into(), AV::Int(3)),
+        ("price".into(), AV::Double(1.5)),
+        (
+            "discount".into(),
+            if i % 2 == 0 {
+                AV::Union(0, Box::new(AV::Null))
+            } else {
+                AV::Union(1, Box::new(AV::Float(0.25)))
+            },
+        ),
+        ("express".into(), AV::Boolean(i % 3 == 0)),
+        ("coupon".into(), AV::Union(0, Box::new(AV::Null))),
+        ("tags".into(), AV::Array(vec![s("a"), s("b")])),
+        (
+            "attributes".into(),
+            AV::Map([("k".to_string(), s("v"))].into_iter().collect()),
+        ),
+        (
+            "ship_to".into(),
+            AV::Record(vec![
+                ("street".into(), s("Main 1")),
+                ("city".into(), s("Bern")),
+                ("zip".into(), s("3000")),
+                ("country".into(), s("CH")),
+            ]),
+        ),
+        (
+            "delivery_date".into(),
+            AV::Union(1, Box::new(AV::Date(20_000))),
+        ),
+    ])
+}
+
+fn encode_avro(schema: &str, v: AV) -> anyhow::Result<Vec<u8>> {
+    let s = apache_avro::Schema::parse_str(schema)?;
+    Ok(apache_avro::to_avro_datum(&s, v)?)
+}
+
+fn json(schema: &str) -> anyhow::Result<Arc<serde_json::Value>> {
+    Ok(Arc::new(serde_json::from_str(schema)?))
+}
+
+fn meta(offset: i64) -> Meta {
+    Meta {
+        offset,
+        timestamp: Some(1_732_690_000_000 + offset),
+    }
+}
+
+#[test]
+fn order_record_becomes_typed_columns() -> anyhow::Result<()> {
+    let mut b = BatchBuilder::new(json(ORDER)?, Arc::from("orders"), 2, &[])?;
+    for i in 0..5 {
+        b.append(&encode_avro(ORDER, order(i))?, meta(100 + i))?;
+    }
+    let batches = b.finish()?;
+    assert_eq!(batches.len(), 1);
+    let batch = &batches[0];
+    assert_eq!(batch.num_rows(), 5);
+    let ty = |n: &str| {
+        batch
+            .schema()
+            .field_with_name(n)
+            .map(|f| f.data_type().clone())
+            .unwrap_or(DataType::Null)
+    };
+    let nullable = |n: &str| {
+        batch
+            .schema()
+            .field_with_name(n)
+            .is_ok_and(|f| f.is_nullable())
+    };
+    assert_eq!(ty("id"), DataType::Int64);
+    assert_eq!(
+        ty("ts"),
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+    );
+    assert_eq!(
+        ty("status"),
+        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+    );
+    assert_eq!(ty("amount"), DataType::Decimal128(12, 2));
+    assert_eq!(ty("discount"), DataType::Float32);
+    assert!(nullable("discount"));
+    assert!(!nullable("id"));
+    assert_eq!(ty("delivery_date"), DataType::Date32);
+    assert!(matches!(ty("tags"), DataType::List(_)));
+    assert!(matches!(ty("attributes"), DataType::Map(_, false)));
+    assert!(matches!(ty("ship_to"), DataType::Struct(_)));
+    assert_eq!(ty("_topic"), DataType::Utf8);
+    assert_eq!(ty("_partition"), DataType::Int32);
+    assert_eq!(ty("_offset"), DataType::Int64);
+
+    let col = |n: &str| {
+        batch
+            .column_by_name(n)
+            .cloned()
+            .unwrap_or_else(|| arrow_array::new_null_array(&DataType::Null, 0))
+    };
+    assert_eq!(
+        col("amount").as_primitive::<Decimal128Type>().value(0),
+        -12345
+    );
+    let discount = col("discount");
+    assert!(discount.is_null(0) && !discount.is_null(1));
+    assert_eq!(
+        col("ts")
+            .as_primitive::<TimestampMillisecondType>()
+            .value(4),
+        1_732_690_000_004
+    );
+    let status = col("status");
+    let status = status.as_dictionary::<Int32Type>();
+    assert_eq!(status.keys().value(0), 2);
+    assert_eq!(
+        col("_offset")
+            .as_primitive::<arrow_array::types::Int64Type>()
+            .value(3),
+        103
+    );
+    assert_eq!(col("_partition").as_primitive::<Int32Type>().value(0), 2);
+    assert_eq!(col("_topic").as_string::<i32>().value(0), "orders");
+    let ship = col("ship_to");
+    let city = ship
+        .as_struct()
+        .column_by_name("city")
+        .context("city")?
+        .clone();
+    assert_eq!(city.as_string::<i32>().value(1), "Bern");
+    let tags = col("tags");
+    assert_eq!(tags.as_list::<i32>().value(0).len(), 2);
+    Ok(())
+}
+
+#[test]
+fn a_bad_record_is_refused_and_the_others_kept() -> anyhow::Result<()> {
+    let mut b = BatchBuilder::new(json(ORDER)?, Arc::from("orders"), 0, &[])?;
+    b.append(&encode_avro(ORDER, order(0))?, meta(0))?;
+    let good = encode_avro(ORDER, order(1))?;
+    // Cut in the middle: the builders hold part of it when the error comes.
+    assert!(b.append(&good[..good.len() - 12], meta(1)).is_err());
+    b.append(&good, meta(2))?;
+    let batches = b.finish()?;
+    let offsets: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("_offset")
+                .map(|c| {
+                    c.as_primitive::<arrow_array::types::Int64Type>()
+                        .values()
+                        .to_vec()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(offsets, vec![0, 2]);
+    // Every chunk is a whole, valid batch.
+    for batch in &batches {
+        for c in batch.columns() {
+            c.to_data().validate_full()?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn unions_fixed_and_micros_have_documented_forms() -> anyhow::Result<()> {
+    let schema = r#"{"type":"record","name":"U","fields":[
+        {"name":"u","type":["null","int","string"]},
+        {"name":"f","type":{"type":"fixed","name":"F","size":4}},
+        {"name":"t","type":{"type":"long","logicalType":"timestamp-micros"}},
+        {"name":"again","type":"F"},
+        {"name":"d","type":{"type":"fixed","name":"D","size":20,"logicalType":"decimal","precision":40,"scale":3}}
+    ]}"#;
+    let mut b = BatchBuilder::new(json(schema)?, Arc::from("t"), 0, &[])?;
+    let rec = |u: AV| {
+        AV::Record(vec![
+            ("u".into(), u),
+            ("f".into(), AV::Fixed(4, vec![1, 2, 3, 4])),
+            ("t".into(), AV::TimestampMicros(5)),
+            ("again".into(), AV::Fixed(4, vec![9, 9, 9, 9])),
+            ("d".into(), AV::Fixed(20, vec![0; 20])),
+        ])
+    };
+    let s = apache_avro::Schema::parse_str(schema)?;
+    for u in [
+        AV::Union(0, Box::new(AV::Null)),
+        AV::Union(1, Box::new(AV::Int(7))),
+        AV::Union(2, Box::new(AV::String("x".into()))),
+    ] {
+        b.append(&apache_avro::to_avro_datum(&s, rec(u))?, meta(0))?;
+    }
+    let batches = b.finish()?;
+    let batch = &batches[0];
+    let u = batch.column_by_name("u").context("u")?.as_struct().clone();
+    assert_eq!(u.column_names(), vec!["member1", "member2"]);
+    assert!(u.is_null(0));
+    assert_eq!(u.column(0).as_primitive::<Int32Type>().value(1), 7);
+    assert!(u.column(1).is_null(1));
+    assert_eq!(u.column(1).as_string::<i32>().value(2), "x");
+    assert_eq!(
+        batch.schema().field_with_name("t")?.data_type(),
+        &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    );
+    assert_eq!(
+        batch.schema().field_with_name("again")?.data_type(),
+        &DataType::FixedSizeBinary(4)
+    );
+    assert_eq!(
+        batch.schema().field_with_name("d")?.data_type(),
+        &DataType::Binary
+    );
+    Ok(())
+}
+
+#[test]
+fn recursive_and_non_record_schemas_are_refused() -> anyhow::Result<()> {
+    let rec = r#"{"type":"record","name":"N","fields":[{"name":"next","type":["null","N"]}]}"#;
+    assert!(BatchBuilder::new(json(rec)?, Arc::from("t"), 0, &[]).is_err());
+    assert!(BatchBuilder::new(json(r#""string""#)?, Arc::from("t"), 0, &[]).is_err());
+    let clash = r#"{"type":"record","name":"C","fields":[{"name":"_offset","type":"long"}]}"#;
+    assert!(BatchBuilder::new(json(clash)?, Arc::from("t"), 0, &[]).is_err());
+    Ok(())
+}
+
+#[test]
+fn partition_fields_are_left_out_of_the_file() -> anyhow::Result<()> {
+    let b = BatchBuilder::new(json(ORDER)?, Arc::from("t"), 0, &["currency".to_string()])?;
+    assert!(b.schema().field_with_name("currency").is_err());
+    assert!(b.schema().field_with_name("customer").is_ok());
+    Ok(())
+}
+
+fn read_parquet(bytes: Vec<u8>) -> anyhow::Result<Vec<RecordBatch>> {
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))?
+            .build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+#[test]
+fn parquet_round_trip_keeps_types_and_values() -> anyhow::Result<()> {
+    let mut b = BatchBuilder::new(json(ORDER)?, Arc::from("orders"), 1, &[])?;
+    for i in 0..100 {
+        b.append(&encode_avro(ORDER, order(i))?, meta(i))?;
+    }
+    let schema = b.schema().clone();
+    let batches = b.finish()?;
+    for c in [SinkCompression::Zstd, SinkCompression::Snappy] {
+        let bytes = encode(&batches, &schema, c)?;
+        let back = read_parquet(bytes)?;
+        let back = arrow_select::concat::concat_batches(&schema, &back)?;
+        assert_eq!(back.schema(), schema);
+        assert_eq!(back, batches[0]);
+    }
+    Ok(())
+}
+
+#[test]
+fn timestamps_give_utc_date_and_hour() -> anyhow::Result<()> {
+    assert_eq!(civil_from_days(0), (1970, 1, 1));
+    assert_eq!(civil_from_days(20_419), (2025, 11, 27));
+    assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn landing_replaces_and_leaves_no_temporary_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = SinkConfig {
+        root: dir.path().join("lake").display().to_string(),
+        group_id: "g".into(),
+        compression: SinkCompression::Zstd,
+        roll_rows: 10,
+        roll_bytes: 1 << 20,
+        roll_interval_ms: 0,
+        metastore_uri: None,
+        database: "default".into(),
+        s3: None,
+        tables: vec![],
+    };
+    let st = Storage::new(&cfg)?;
+    let name = FileName {
+        topic: "t".into(),
+        partition: 0,
+        start: 0,
+        end: 9,
+    }
+    .render();
+    st.land("tbl/dt=2026-01-01/hr=00", &name, Bytes::from_static(b"one"))
+        .await?;
+    st.land("tbl/dt=2026-01-01/hr=00", &name, Bytes::from_static(b"two"))
+        .await?;
+    let (files, temps) = st.list("tbl").await?;
+    assert_eq!(files.len(), 1);
+    assert!(temps.is_empty());
+    assert_eq!(files[0].dir, "dt=2026-01-01/hr=00");
+    let on_disk = dir.path().join("lake/tbl/dt=2026-01-01/hr=00").join(&name);
+    assert_eq!(std::fs::read(on_disk)?, b"two");
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("lake/tbl/dt=2026-01-01/hr=00"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(names, vec![name]);
+    assert_eq!(
+        storage::resume_points(&files).get(&("t".to_string(), 0)),
+        Some(&9)
+    );
+    assert!(st.location("tbl").starts_with("file:/"));
+    Ok(())
+}

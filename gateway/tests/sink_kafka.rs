@@ -1,0 +1,767 @@
+//! The Hive sink as users run it: `lakewire run --role sink` processes on the real Apache Kafka
+//! broker (`TEST_KAFKA_BROKERS`), the files read back by pyarrow and DuckDB
+//! (integration-tests/sink/check.py in the venv of integration-tests/run-all, or
+//! `TEST_PYTHON`). N records in → exactly N rows out, with their types; a `kill -9` mid-stream
+//! and a restart still give exactly N rows and no visible temporary file; a topic whose schema
+//! gains an optional field still lands; an unreachable metastore delays registration only; two
+//! workers in one group, one killed: the survivor takes over with no file written twice.
+//! With `TEST_S3_ENDPOINT` (integration-tests/bin/s3: S3Proxy), the same through S3.
+#![cfg(feature = "real-kafka")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use apache_avro::types::Value as AV;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lakewire");
+const ORDER: &str = include_str!("../../schemas/order.avsc");
+/// The records' first timestamp: three hours ago, on the hour (brokers refuse timestamps over
+/// an hour ahead and delete segments older than their retention, 7 days by default).
+fn base_ts() -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    (now / 3_600_000 - 3) * 3_600_000
+}
+
+fn brokers() -> String {
+    std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("TEST_PYTHON").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../integration-tests/.cache/venv/bin/python")
+        },
+        PathBuf::from,
+    )
+}
+
+fn check_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../integration-tests/sink/check.py")
+}
+
+/// What check.py reads from the table.
+fn check(root: &str, table: &str, env: &[(&str, String)]) -> anyhow::Result<Value> {
+    let out = Command::new(python())
+        .arg(check_script())
+        .args([root, table])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .with_context(|| {
+            format!(
+                "running {} (integration-tests/run-all makes the venv)",
+                python().display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!("check.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Waits until the table has at least `n` rows (pyarrow), then gives check.py's answer.
+fn wait_rows(
+    root: &str,
+    table: &str,
+    n: u64,
+    within: Duration,
+    env: &[(&str, String)],
+) -> anyhow::Result<Value> {
+    let end = Instant::now() + within;
+    loop {
+        let v = check(root, table, env)?;
+        if v["rows_pyarrow"].as_u64().unwrap_or(0) >= n {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            bail!("the table did not reach {n} rows in {within:?}: {v}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A `lakewire run --role sink` child, killed when dropped.
+struct Sink {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sink {
+    fn start(config: &Path, log: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(config)?;
+        let port = text
+            .split("listen = \"127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|p| p.parse().ok())
+            .context("listen port in the config")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = Command::new(BIN)
+            .args(["run", "--role", "sink", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,lakewire::sink=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        Ok(Self { child, port })
+    }
+
+    fn metrics(&self) -> anyhow::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    }
+
+    fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let body = self.metrics()?;
+        Ok(body
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+}
+
+/// The end of a sink's log, for failure messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Writes a sink configuration for one raw-Avro (order.avsc) or single-object topic.
+fn config(
+    dir: &Path,
+    topic: &str,
+    format: &str,
+    root: &str,
+    sink_extra: &str,
+) -> anyhow::Result<PathBuf> {
+    let schemas = dir.join("schemas");
+    std::fs::create_dir_all(&schemas)?;
+    let order = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas/order.avsc");
+    let schema_line = if format == "raw" {
+        format!("schema = \"{}\"\n", order.display())
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "schemas_dir = \"{schemas}\"\n\n[kafka]\nbrokers = \"{brokers}\"\n\n\
+         [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\
+         \"heartbeat.interval.ms\" = \"1000\"\n\n\
+         [websocket]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [[topics]]\nname = \"{topic}\"\nformat = \"{format}\"\n{schema_line}\n\
+         [sink]\nroot = \"{root}\"\ngroup_id = \"{group}\"\n{sink_extra}\n\n\
+         [[sink.tables]]\ntopic = \"{topic}\"\ntable = \"orders\"\n",
+        schemas = schemas.display(),
+        brokers = brokers(),
+        port = free_port()?,
+        group = unique("sink-group"),
+    );
+    let path = dir.join("lakewire.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()?;
+    let r = admin
+        .create_topics(
+            [&NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for x in r {
+        x.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn order(i: i64, base: i64) -> AV {
+    let s = |v: &str| AV::String(v.to_string());
+    AV::Record(vec![
+        ("id".into(), AV::Long(i)),
+        ("ts".into(), AV::TimestampMillis(base + i)),
+        ("customer".into(), s(&format!("customer-{:05}", i % 1000))),
+        (
+            "status".into(),
+            AV::Enum(
+                (i % 4) as u32,
+                ["NEW", "PAID", "SHIPPED", "CANCELLED"][(i % 4) as usize].into(),
+            ),
+        ),
+        (
+            "amount".into(),
+            AV::Decimal(apache_avro::Decimal::from(
+                ((i * 1234 + 99) as i32).to_be_bytes(),
+            )),
+        ),
+        ("currency".into(), s("EUR")),
+        ("quantity".into(), AV::Int((i % 17) as i32 + 1)),
+        ("price".into(), AV::Double(12.5 + i as f64 * 0.25)),
+        (
+            "discount".into(),
+            if i % 3 == 0 {
+                AV::Union(1, Box::new(AV::Float(0.1)))
+            } else {
+                AV::Union(0, Box::new(AV::Null))
+            },
+        ),
+        ("express".into(), AV::Boolean(i % 5 == 0)),
+        ("coupon".into(), AV::Union(0, Box::new(AV::Null))),
+        ("tags".into(), AV::Array(vec![s("gift"), s("web")])),
+        (
+            "attributes".into(),
+            AV::Map([("channel".to_string(), s("web"))].into_iter().collect()),
+        ),
+        (
+            "ship_to".into(),
+            AV::Record(vec![
+                ("street".into(), s("Main Street 1")),
+                ("city".into(), s("Bern")),
+                ("zip".into(), s("3000")),
+                ("country".into(), s("CH")),
+            ]),
+        ),
+        (
+            "delivery_date".into(),
+            AV::Union(1, Box::new(AV::Date(20_419))),
+        ),
+    ])
+}
+
+/// Produces `n` orders round-robin over `partitions`, record timestamps `step_ms` apart from
+/// [`base_ts`] (so they span Hive hours).
+async fn produce_orders(topic: &str, n: i64, partitions: i32, step_ms: i64) -> anyhow::Result<()> {
+    produce_order_range(topic, 0..n, partitions, step_ms).await
+}
+
+/// Like [`produce_orders`], for the orders with ids in `ids`.
+async fn produce_order_range(
+    topic: &str,
+    ids: std::ops::Range<i64>,
+    partitions: i32,
+    step_ms: i64,
+) -> anyhow::Result<()> {
+    let base = base_ts();
+    let schema = apache_avro::Schema::parse_str(ORDER)?;
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()?;
+    let mut pending = Vec::new();
+    for i in ids {
+        let datum = apache_avro::to_avro_datum(&schema, order(i, base))?;
+        let topic = topic.to_string();
+        let part = (i % i64::from(partitions)) as i32;
+        let p = p.clone();
+        pending.push(tokio::spawn(async move {
+            p.send(
+                FutureRecord::<(), _>::to(&topic)
+                    .partition(part)
+                    .timestamp(base + i * step_ms)
+                    .payload(&datum),
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))
+        }));
+        if pending.len() >= 2000 {
+            for h in pending.drain(..) {
+                h.await??;
+            }
+        }
+    }
+    for h in pending {
+        h.await??;
+    }
+    Ok(())
+}
+
+fn assert_exact(v: &Value, n: u64) {
+    assert_eq!(v["rows_pyarrow"].as_u64(), Some(n), "pyarrow rows: {v}");
+    assert_eq!(v["distinct"].as_u64(), Some(n), "duplicates: {v}");
+    if v.get("rows_duckdb").is_some() {
+        assert_eq!(v["rows_duckdb"].as_u64(), Some(n), "DuckDB rows: {v}");
+        assert_eq!(
+            v["distinct_duckdb"].as_u64(),
+            Some(n),
+            "DuckDB duplicates: {v}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_records_become_n_typed_rows_and_a_metastore_outage_only_delays_registration()
+-> anyhow::Result<()> {
+    const N: u64 = 3000;
+    let dir = tempfile::tempdir()?;
+    let topic = unique("sink-orders");
+    create_topic(&topic, 2).await?;
+    produce_orders(&topic, N as i64, 2, 2000).await?;
+    let root = dir.path().join("lake").display().to_string();
+    let cfg = config(
+        dir.path(),
+        &topic,
+        "raw",
+        &root,
+        "roll_rows = 1000\nroll_interval_ms = 1500\nmetastore_uri = \"thrift://127.0.0.1:9\"",
+    )?;
+    let sink = Sink::start(&cfg, &dir.path().join("sink.log"))?;
+    let v = wait_rows(&root, "orders", N, Duration::from_secs(90), &[])?;
+    assert_exact(&v, N);
+    let t = &v["types"];
+    for (col, ty) in [
+        ("id", "int64"),
+        ("ts", "timestamp[ms, tz=UTC]"),
+        ("customer", "string"),
+        (
+            "status",
+            "dictionary<values=string, indices=int32, ordered=0>",
+        ),
+        ("amount", "decimal128(12, 2)"),
+        ("quantity", "int32"),
+        ("price", "double"),
+        ("discount", "float"),
+        ("express", "bool"),
+        ("tags", "list<item: string not null>"),
+        ("attributes", "map<string, string ('attributes')>"),
+        (
+            "ship_to",
+            "struct<street: string not null, city: string not null, zip: string not null, country: string not null>",
+        ),
+        ("delivery_date", "date32[day]"),
+        ("_topic", "string"),
+        ("_partition", "int32"),
+        ("_offset", "int64"),
+        ("_timestamp", "timestamp[ms, tz=UTC]"),
+    ] {
+        assert_eq!(t[col].as_str(), Some(ty), "column {col}: {t}");
+    }
+    let d = &v["duckdb_types"];
+    assert_eq!(d["amount"].as_str(), Some("DECIMAL(12,2)"), "{d}");
+    assert_eq!(d["ts"].as_str(), Some("TIMESTAMP WITH TIME ZONE"), "{d}");
+    assert_eq!(
+        d["attributes"].as_str(),
+        Some("MAP(VARCHAR, VARCHAR)"),
+        "{d}"
+    );
+    assert!(d.get("dt").is_some() && d.get("hr").is_some(), "{d}");
+    // Values survive: the first order.
+    let s = &v["sample"];
+    assert_eq!(s["id"].as_str(), Some("0"), "{s}");
+    assert_eq!(s["amount"].as_str(), Some("0.99"), "{s}");
+    assert_eq!(s["status"].as_str(), Some("NEW"), "{s}");
+    // 3000 records 2 s apart: 100 minutes from a full hour, so two Hive partitions; the first
+    // is the UTC date and hour pyarrow gives the first record's Kafka timestamp.
+    let first_ts = s["_timestamp"].as_str().context("_timestamp")?;
+    let first_part = format!("dt={}/hr={}", &first_ts[..10], &first_ts[11..13]);
+    let parts: Vec<&str> = v["partitions"]
+        .as_array()
+        .context("partitions")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(parts.len(), 2, "{v}");
+    assert_eq!(parts[0], first_part, "{v}");
+    assert!(v["hidden"].as_array().is_some_and(Vec::is_empty), "{v}");
+
+    // The metastore is unreachable: files landed anyway, partitions wait for it.
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pending = sink.metric("lakewire_sink_pending_partitions ")?;
+        let errors = sink.metric("lakewire_sink_metastore_errors_total ")?;
+        if pending >= 2.0 && errors >= 1.0 {
+            break;
+        }
+        if Instant::now() > end {
+            bail!(
+                "pending {pending}, metastore errors {errors}:\n{}",
+                sink.metrics()?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        sink.metric("lakewire_sink_records_total{table=\"orders\"} ")?,
+        N as f64
+    );
+    assert!(sink.metric("lakewire_sink_files_total{table=\"orders\"} ")? >= 4.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_still_gives_exactly_n_rows() -> anyhow::Result<()> {
+    const N: u64 = 20_000;
+    let dir = tempfile::tempdir()?;
+    let topic = unique("sink-kill");
+    create_topic(&topic, 2).await?;
+    produce_orders(&topic, N as i64, 2, 400).await?;
+    let root = dir.path().join("lake");
+    let root_s = root.display().to_string();
+    // The wall-clock roll closes the last files once the stream is idle.
+    let cfg = config(
+        dir.path(),
+        &topic,
+        "raw",
+        &root_s,
+        "roll_rows = 300\nroll_interval_ms = 1500",
+    )?;
+    let log = dir.path().join("sink.log");
+    let mut first = Sink::start(&cfg, &log)?;
+    // Kill it once some files are in place and more are being written.
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let files = count_files(&root, ".parquet");
+        if files >= 4 {
+            break;
+        }
+        if Instant::now() > end {
+            bail!(
+                "no files after 60 s; log:\n{}",
+                std::fs::read_to_string(&log)?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.child.kill()?; // SIGKILL
+    first.child.wait()?;
+    let at_kill = check(&root_s, "orders", &[])?;
+    let rows_at_kill = at_kill["rows_pyarrow"].as_u64().unwrap_or(0);
+    assert!(rows_at_kill < N, "the kill came too late: {at_kill}");
+    // Whatever was cut off is invisible: every visible file is whole (check.py read them all).
+    assert_eq!(
+        at_kill["distinct"].as_u64(),
+        Some(rows_at_kill),
+        "{at_kill}"
+    );
+    drop(first);
+
+    let second = Sink::start(&cfg, &log)?;
+    let v = wait_rows(&root_s, "orders", N, Duration::from_secs(120), &[])
+        .with_context(|| log_tail(&log))?;
+    // Give a late duplicate the chance to show up before counting.
+    std::thread::sleep(Duration::from_secs(2));
+    let v2 = check(&root_s, "orders", &[])?;
+    assert_exact(&v2, N);
+    assert_eq!(v["files"], v2["files"], "files were still being added");
+    drop(second);
+    Ok(())
+}
+
+/// The files a sink's log says it put in place: (partition, start, end).
+fn landed(log: &Path) -> Vec<(i64, i64, i64)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let field = |line: &str, k: &str| -> Option<i64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.parse().ok())
+    };
+    text.lines()
+        .filter(|l| l.contains("sink: file in place"))
+        .filter_map(|l| {
+            Some((
+                field(l, "partition=")?,
+                field(l, "start=")?,
+                field(l, "end=")?,
+            ))
+        })
+        .collect()
+}
+
+/// Two sink workers in one group on a 4-partition topic; one is killed with SIGKILL
+/// mid-stream and the other takes its partitions over: exactly N rows, and no file was
+/// written twice (by either worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_one_killed_the_survivor_takes_over() -> anyhow::Result<()> {
+    const N: u64 = 40_000;
+    let dir = tempfile::tempdir()?;
+    let topic = unique("sink-group");
+    create_topic(&topic, 4).await?;
+    let root = dir.path().join("lake");
+    let root_s = root.display().to_string();
+    let cfg_a = config(
+        dir.path(),
+        &topic,
+        "raw",
+        &root_s,
+        "roll_rows = 300\nroll_interval_ms = 1500",
+    )?;
+    // The same group and settings, another listen port.
+    let text = std::fs::read_to_string(&cfg_a)?;
+    let port_a = text
+        .split("listen = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .context("port")?
+        .to_string();
+    let cfg_b = dir.path().join("lakewire-b.toml");
+    std::fs::write(
+        &cfg_b,
+        text.replace(
+            &format!("127.0.0.1:{port_a}"),
+            &format!("127.0.0.1:{}", free_port()?),
+        ),
+    )?;
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let mut a = Sink::start(&cfg_a, &log_a)?;
+    let b = Sink::start(&cfg_b, &log_b)?;
+    // The records arrive over several seconds while both workers run.
+    let producer = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            for chunk in 0..20i64 {
+                let per = N as i64 / 20;
+                produce_order_range(&topic, chunk * per..(chunk + 1) * per, 4, 200).await?;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    // Both have put files in place: the partitions are split. Then A dies mid-stream.
+    let end = Instant::now() + Duration::from_secs(90);
+    while landed(&log_a).len() < 3 || landed(&log_b).len() < 3 {
+        if Instant::now() > end {
+            bail!(
+                "both workers did not write files in 90 s\nA:\n{}\nB:\n{}",
+                log_tail(&log_a),
+                log_tail(&log_b)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.child.kill()?;
+    a.child.wait()?;
+    let at_kill = check(&root_s, "orders", &[])?;
+    assert!(
+        at_kill["rows_pyarrow"].as_u64().unwrap_or(0) < N,
+        "A was killed too late: {at_kill}"
+    );
+    // Every file in place now, with its inode: a file written again would be a new inode.
+    let before = inodes(&root);
+    producer.await??;
+    drop(a);
+    let v = wait_rows(&root_s, "orders", N, Duration::from_secs(120), &[])
+        .with_context(|| log_tail(&log_b))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let v2 = check(&root_s, "orders", &[])?;
+    assert_exact(&v2, N);
+    assert_eq!(v["files"], v2["files"], "files were still being added");
+    // No file was written twice, and B wrote files for all four partitions after A died.
+    let mut all: Vec<(i64, i64, i64)> = landed(&log_a);
+    all.extend(landed(&log_b));
+    let mut names = all.clone();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), all.len(), "a file was written twice: {all:?}");
+    let b_parts: std::collections::BTreeSet<i64> = landed(&log_b).iter().map(|f| f.0).collect();
+    assert_eq!(
+        b_parts.len(),
+        4,
+        "the survivor did not take over: {b_parts:?}"
+    );
+    let after = inodes(&root);
+    for (path, ino) in &before {
+        assert_eq!(after.get(path), Some(ino), "{path} was written again");
+    }
+    drop(b);
+    Ok(())
+}
+
+/// Path → inode of every visible Parquet file under `dir`.
+fn inodes(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(inodes(&p));
+        } else if visible_parquet(&e.file_name().to_string_lossy()) {
+            if let Ok(m) = e.metadata() {
+                out.insert(p.display().to_string(), m.ino());
+            }
+        }
+    }
+    out
+}
+
+fn visible_parquet(name: &str) -> bool {
+    name.ends_with(".parquet") && !name.starts_with(['_', '.'])
+}
+
+fn count_files(dir: &Path, suffix: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                count_files(&p, suffix)
+            } else {
+                let name = e.file_name().to_string_lossy().into_owned();
+                usize::from(name.ends_with(suffix) && visible_parquet(&name))
+            }
+        })
+        .sum()
+}
+
+const V1: &str = r#"{"type":"record","name":"Reading","namespace":"it.evo","fields":[
+  {"name":"sensor","type":"string"},{"name":"value","type":"double"}]}"#;
+const V2: &str = r#"{"type":"record","name":"Reading","namespace":"it.evo","fields":[
+  {"name":"sensor","type":"string"},{"name":"value","type":"double"},
+  {"name":"note","type":["null","string"],"default":null}]}"#;
+
+fn single_object(schema: &str, v: AV) -> anyhow::Result<Vec<u8>> {
+    let parsed = lakewire::decode::schema::ParsedSchema::parse(schema)?;
+    let s = apache_avro::Schema::parse_str(schema)?;
+    let mut out = vec![0xc3, 0x01];
+    out.extend_from_slice(&parsed.fingerprint.to_le_bytes());
+    out.extend_from_slice(&apache_avro::to_avro_datum(&s, v)?);
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_whose_schema_gains_an_optional_field_still_lands() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let topic = unique("sink-evolve");
+    create_topic(&topic, 1).await?;
+    let root = dir.path().join("lake").display().to_string();
+    // The schema change closes the v1 file; the wall-clock roll closes the v2 one.
+    let cfg = config(
+        dir.path(),
+        &topic,
+        "single-object",
+        &root,
+        "roll_interval_ms = 1000",
+    )?;
+    std::fs::write(dir.path().join("schemas/v1.avsc"), V1)?;
+    std::fs::write(dir.path().join("schemas/v2.avsc"), V2)?;
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()?;
+    let base = base_ts();
+    for i in 0..200i64 {
+        let rec = |extra: Option<AV>| {
+            let mut f = vec![
+                ("sensor".to_string(), AV::String(format!("s{}", i % 7))),
+                ("value".to_string(), AV::Double(i as f64)),
+            ];
+            if let Some(x) = extra {
+                f.push(("note".to_string(), x));
+            }
+            AV::Record(f)
+        };
+        let payload = if i < 100 {
+            single_object(V1, rec(None))?
+        } else {
+            single_object(
+                V2,
+                rec(Some(AV::Union(1, Box::new(AV::String("v2".into()))))),
+            )?
+        };
+        p.send(
+            FutureRecord::<(), _>::to(&topic)
+                .timestamp(base + i)
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+    }
+    let _sink = Sink::start(&cfg, &dir.path().join("sink.log"))?;
+    let v = wait_rows(&root, "orders", 200, Duration::from_secs(60), &[])
+        .with_context(|| log_tail(&dir.path().join("sink.log")))?;
+    assert_exact(&v, 200);
+    assert_eq!(v["evolved"].as_u64(), Some(100), "{v}");
+    assert_eq!(v["types"]["note"].as_str(), Some("string"), "{v}");
+    assert!(v["files"].as_u64() >= Some(2), "{v}");
+    Ok(())
+}
+
+#[cfg(feature = "real-s3")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_s3_path_lands_exactly_n_rows() -> anyhow::Result<()> {
+    const N: u64 = 2000;
+    let endpoint = std::env::var("TEST_S3_ENDPOINT")
+        .context("TEST_S3_ENDPOINT (integration-tests/bin/s3 up; run-all sets it)")?;
+    let bucket = std::env::var("TEST_S3_BUCKET").unwrap_or_else(|_| "lakewire-test".into());
+    let dir = tempfile::tempdir()?;
+    let topic = unique("sink-s3");
+    create_topic(&topic, 2).await?;
+    produce_orders(&topic, N as i64, 2, 2000).await?;
+    let root = format!("s3://{bucket}/{}", unique("lake"));
+    let s3 = format!(
+        "roll_rows = 700\nroll_interval_ms = 1500\n\n[sink.s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\n\
+         access_key_id = \"lakewire\"\nsecret_access_key = \"lakewire-secret\"\nallow_http = true"
+    );
+    let cfg = config(dir.path(), &topic, "raw", &root, &s3)?;
+    // [sink.s3] must come after the [sink] keys and before [[sink.tables]]: config() puts the
+    // extra text there.
+    let _sink = Sink::start(&cfg, &dir.path().join("sink.log"))?;
+    let env = [
+        ("S3_ENDPOINT", endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", "lakewire".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "lakewire-secret".to_string()),
+    ];
+    let v = wait_rows(&root, "orders", N, Duration::from_secs(90), &env).with_context(|| {
+        std::fs::read_to_string(dir.path().join("sink.log")).unwrap_or_default()
+    })?;
+    assert_exact(&v, N);
+    assert_eq!(
+        v["types"]["amount"].as_str(),
+        Some("decimal128(12, 2)"),
+        "{v}"
+    );
+    assert!(v["files"].as_u64() >= Some(3), "{v}");
+    Ok(())
+}
