@@ -44,12 +44,30 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// The configuration the tool gives a gateway it starts.
 pub fn config_toml(brokers: &str, topic: &str, port: u16, queue_size: usize) -> String {
+    config_toml_with(brokers, topic, port, queue_size, &[])
+}
+
+/// [`config_toml`] with librdkafka properties for the gateway's consumers (`[kafka.properties]`).
+pub fn config_toml_with(
+    brokers: &str,
+    topic: &str,
+    port: u16,
+    queue_size: usize,
+    kafka_properties: &[(String, String)],
+) -> String {
+    let mut props = String::new();
+    if !kafka_properties.is_empty() {
+        props.push_str("\n[kafka.properties]\n");
+        for (k, v) in kafka_properties {
+            props.push_str(&format!("{k:?} = {v:?}\n"));
+        }
+    }
     // Stalled clients never answer pings: the idle timeout is raised so that they stay
     // connected (and stalled) for the whole run instead of being closed after 60 s.
     format!(
         "[kafka]\nbrokers = \"{brokers}\"\n\n[websocket]\nlisten = \"127.0.0.1:{port}\"\n\
          queue_size = {queue_size}\nping_interval_ms = 20000\nidle_timeout_ms = 3600000\n\n\
-         [[topics]]\nname = \"{topic}\"\nformat = \"json\"\n"
+         [[topics]]\nname = \"{topic}\"\nformat = \"json\"\n{props}"
     )
 }
 
@@ -104,11 +122,15 @@ impl Spawned {
         brokers: &str,
         topic: &str,
         queue_size: usize,
+        kafka_properties: &[(String, String)],
     ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let dir = Self::dir(port)?;
         let config = dir.join("lakewire.toml");
-        std::fs::write(&config, config_toml(brokers, topic, port, queue_size))?;
+        std::fs::write(
+            &config,
+            config_toml_with(brokers, topic, port, queue_size, kafka_properties),
+        )?;
         let mut cmd = Command::new(bin);
         cmd.arg("run").arg("--config").arg(&config).env(
             "RUST_LOG",

@@ -92,6 +92,9 @@ struct Common {
     /// servers, one after the other, and the ratios are printed.
     #[arg(long, requires = "spawn_gateway")]
     centrifugo: Option<PathBuf>,
+    /// A librdkafka property for a spawned gateway's consumers, `key=value` (repeatable).
+    #[arg(long = "gateway-kafka-property", value_parser = key_value)]
+    gateway_kafka_properties: Vec<(String, String)>,
     /// Address of a running gateway (needs --topic, a `format = "json"` topic it serves).
     #[arg(long, requires = "topic")]
     gateway: Option<SocketAddr>,
@@ -178,7 +181,14 @@ impl Setup {
             (Some(bin), _) => {
                 let topic = gateway::unique_topic();
                 gateway::create_topic(&c.brokers, &topic, c.partitions).await?;
-                let gw = Spawned::start(bin, &c.brokers, &topic, c.queue_size).await?;
+                let gw = Spawned::start(
+                    bin,
+                    &c.brokers,
+                    &topic,
+                    c.queue_size,
+                    &c.gateway_kafka_properties,
+                )
+                .await?;
                 eprintln!(
                     "wsload: started {} (pid {}) on {}, topic {topic}; log {}",
                     bin.display(),
@@ -372,6 +382,12 @@ impl Setup {
         }
         Ok(())
     }
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
