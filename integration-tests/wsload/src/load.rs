@@ -573,6 +573,9 @@ async fn measure(
     })
 }
 
+/// Loopback source addresses the idle connections are spread over.
+const IDLE_SOURCES: usize = 32;
+
 /// What the idle-connections scenario measured.
 #[derive(Debug, Clone)]
 pub struct IdleOutcome {
@@ -626,8 +629,9 @@ impl IdleOutcome {
 
 /// Opens `n` subscribed connections that receive nothing (no records are produced), and
 /// measures the server's resident memory before and with them (after `settle`). Connections
-/// come from 127.0.0.1..=127.0.0.8 in turn, so that 20,000+ of them do not run out of source
-/// ports. Must be called inside a `LocalSet`.
+/// come from 127.0.0.1..=127.0.0.32 in turn, so that 20,000+ of them neither run out of source
+/// ports nor pass the gateway's default `max_connections_per_ip` (1,000). Must be called inside
+/// a `LocalSet`.
 pub async fn idle(
     protocol: Protocol,
     addr: SocketAddr,
@@ -656,7 +660,7 @@ pub async fn idle(
         .map(|i| {
             let shared = shared.clone();
             let req = subscribe_request(protocol, topic, i, FilterMode::None);
-            let local = std::net::IpAddr::from([127, 0, 0, 1 + (i % 8) as u8]);
+            let local = std::net::IpAddr::from([127, 0, 0, 1 + (i % IDLE_SOURCES) as u8]);
             tokio::task::spawn_local(async move {
                 if let Err(e) = client(addr, Some(local), req, false, shared.clone()).await {
                     let mut st = shared.stats.borrow_mut();
