@@ -65,6 +65,22 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         settle: f64,
     },
+    /// The Kafka leg alone, no server: produce→consume latency of the same records through
+    /// librdkafka's StreamConsumer (as the gateway reads) and BaseConsumer::poll on a thread.
+    KafkaLatency {
+        /// Kafka bootstrap brokers.
+        #[arg(long, env = "WSLOAD_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Records per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// A librdkafka property for both consumers, `key=value` (repeatable).
+        #[arg(long = "kafka-property", value_parser = key_value)]
+        kafka_properties: Vec<(String, String)>,
+    },
     /// The decode scenario: no clients; --records records produced as fast as the producer
     /// can, the server's CPU time until it has read (and decoded) them all: records/s per
     /// core.
@@ -490,6 +506,12 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
             setup.finish()?;
             r
         }
+        Command::KafkaLatency {
+            brokers,
+            rate,
+            duration,
+            kafka_properties,
+        } => kafka_latency(&brokers, rate, duration, &kafka_properties).await,
         Command::Decode { common, records } => {
             let setup = Setup::new(&common).await?;
             let r = decode(&setup, &common, records).await;
@@ -497,6 +519,71 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
             r
         }
     }
+}
+
+async fn kafka_latency(
+    brokers: &str,
+    rate: u64,
+    duration: f64,
+    props: &[(String, String)],
+) -> anyhow::Result<()> {
+    let topic = gateway::unique_topic();
+    gateway::create_topic(brokers, &topic, 1).await?;
+    let control = Arc::new(produce::Control::default());
+    let sink = produce::Sink {
+        topic: topic.clone(),
+        centrifugo_channel: None,
+    };
+    let producer = produce::start(brokers, vec![sink], 200, control.clone())?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let consumers = {
+        let (brokers, topic, props) = (brokers.to_string(), topic.clone(), props.to_vec());
+        let (stop, ready) = (stop.clone(), ready.clone());
+        std::thread::spawn(move || {
+            lakewire_wsload::kafkalat::measure(&brokers, &topic, 1, &props, &stop, &ready)
+        })
+    };
+    while !ready.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let both consumers settle on the partition's end before producing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    control.open_window();
+    control.rate.store(rate, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs_f64(duration)).await;
+    control.rate.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    control.stop.store(true, Ordering::SeqCst);
+    let legs = consumers
+        .join()
+        .map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
+    match producer.join() {
+        Ok(r) => r?,
+        Err(_) => bail!("the producer thread panicked"),
+    }
+    println!(
+        "== kafka latency: {rate} records/s for {duration} s, no server; loadavg {}",
+        procstat::loadavg()
+    );
+    println!(
+        "{:>42} {:>8} {:>7} {:>7} {:>7} {:>8}",
+        "consumer", "records", "p50ms", "p90ms", "p99ms", "maxms"
+    );
+    for l in &legs {
+        println!(
+            "{:>42} {:>8} {:>7.1} {:>7.1} {:>7.1} {:>8.1}",
+            l.name, l.records, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+        );
+        println!(
+            "{}",
+            serde_json::json!({"wsload": "kafka_latency", "consumer": l.name, "rate": rate,
+                "records": l.records, "latency_ms": {"p50": l.p50_ms, "p90": l.p90_ms,
+                "p99": l.p99_ms, "max": l.max_ms}, "loadavg": procstat::loadavg()})
+        );
+    }
+    Ok(())
 }
 
 async fn connections(setup: &Setup, c: &Common, settle: Duration) -> anyhow::Result<()> {
