@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use hyper::upgrade::OnUpgrade;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use warp::http::StatusCode;
@@ -130,38 +131,75 @@ pub fn routes(
                 }
             }
         });
-    let max_frame = services.config.websocket.max_frame_bytes;
-    let ws = warp::path!("ws").and(warp::ws()).and(caller()).then(
-        move |ws: warp::ws::Ws, caller: Caller| {
-            let services = services.clone();
-            let cancel = shutdown.child_token();
-            async move {
-                let (access, guard) = match admit(&services, &caller).await {
-                    Ok(admitted) => admitted,
-                    Err(refusal) => return refusal,
-                };
-                let upgrade = ws
-                    .max_message_size(max_frame)
-                    .max_frame_size(max_frame)
-                    .on_upgrade(move |socket| {
-                        let tracker = services.sessions.clone();
-                        tracker.track_future(async move {
-                            session::run(socket, services, cancel, access).await;
-                            drop(guard);
-                        })
-                    });
-                // A browser that offered subprotocols (e.g. to carry its token) needs one back.
-                match chosen_subprotocol(caller.subprotocols.as_deref()) {
-                    Some(p) => Box::new(warp::reply::with_header(
-                        upgrade,
-                        "sec-websocket-protocol",
-                        p,
-                    )) as Box<dyn Reply>,
-                    None => Box::new(upgrade),
+    let config = ws_config(services.config.websocket.max_frame_bytes);
+    // `warp::ws()` checks the upgrade request (and rejects what is not one, as before); the
+    // upgrade itself is done here, on hyper's `OnUpgrade` (taken before `warp::ws()` removes
+    // it), so that the WebSocket gets our `WebSocketConfig`: warp cannot set the read buffer,
+    // and tungstenite's default keeps 128 KiB per connection resident.
+    let ws = warp::path!("ws")
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and(warp::header::optional::<String>("sec-websocket-key"))
+        .and(warp::ws())
+        .and(caller())
+        .then(
+            move |on_upgrade: Option<OnUpgrade>,
+                  key: Option<String>,
+                  _checked: warp::ws::Ws,
+                  caller: Caller| {
+                let services = services.clone();
+                let cancel = shutdown.child_token();
+                async move {
+                    let (access, guard) = match admit(&services, &caller).await {
+                        Ok(admitted) => admitted,
+                        Err(refusal) => return refusal,
+                    };
+                    let (Some(on_upgrade), Some(key)) = (on_upgrade, key) else {
+                        // warp::ws() accepted it, so both are there; a connection that cannot
+                        // be upgraded (HTTP/2) ends up here.
+                        return Box::new(warp::reply::with_status(
+                            "this connection cannot be upgraded to a WebSocket",
+                            StatusCode::BAD_REQUEST,
+                        )) as Box<dyn Reply>;
+                    };
+                    let tracker = services.sessions.clone();
+                    tokio::spawn(tracker.track_future(async move {
+                        match on_upgrade.await {
+                            Ok(upgraded) => {
+                                let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                                    hyper_util::rt::TokioIo::new(upgraded),
+                                    tungstenite::protocol::Role::Server,
+                                    Some(config),
+                                )
+                                .await;
+                                session::run(socket, services, cancel, access).await;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+                        }
+                        drop(guard);
+                    }));
+                    let mut reply = warp::http::Response::builder()
+                        .status(StatusCode::SWITCHING_PROTOCOLS)
+                        .header("connection", "upgrade")
+                        .header("upgrade", "websocket")
+                        .header(
+                            "sec-websocket-accept",
+                            tungstenite::handshake::derive_accept_key(key.as_bytes()),
+                        );
+                    // A browser that offered subprotocols (e.g. to carry its token) needs one
+                    // back.
+                    if let Some(p) = chosen_subprotocol(caller.subprotocols.as_deref()) {
+                        reply = reply.header("sec-websocket-protocol", p);
+                    }
+                    match reply.body("") {
+                        Ok(r) => Box::new(r) as Box<dyn Reply>,
+                        Err(e) => Box::new(warp::reply::with_status(
+                            e.to_string(),
+                            StatusCode::BAD_REQUEST,
+                        )),
+                    }
                 }
-            }
-        },
-    );
+            },
+        );
     index
         .or(healthz)
         .or(readyz)
@@ -169,6 +207,18 @@ pub fn routes(
         .or(topics)
         .or(ws)
         .or(sse)
+}
+
+/// Each connection's WebSocket settings: the gateway's frame limit, and small buffers. The read
+/// buffer is what tungstenite zero-fills and keeps for every connection (128 KiB by default);
+/// clients send a few small messages, so 4 KiB per read is plenty. Writes are still gathered
+/// up to 64 KiB before they reach the socket (a batch of frames is one write).
+pub fn ws_config(max_frame: usize) -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(64 * 1024)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
 }
 
 /// Who is asking: what auth and the connection limits look at.

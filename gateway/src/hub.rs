@@ -176,42 +176,63 @@ impl ClientQueue {
 
     /// Queues a live record; never waits. A full queue applies the slow-client policy.
     pub fn push(&self, delivery: Delivery) {
+        self.push_many(std::iter::once(delivery));
+    }
+
+    /// Queues live records in order under one lock, and wakes the session once: a Kafka fetch's
+    /// records reach the client as one batch (one frame, one socket write) rather than one
+    /// wake-up each. Never waits; a full queue applies the slow-client policy per record.
+    pub fn push_many(&self, deliveries: impl IntoIterator<Item = Delivery>) {
         let mut st = self.lock();
-        if st.closed || st.overflowed {
-            return;
+        let mut pushed = false;
+        for delivery in deliveries {
+            if st.closed || st.overflowed {
+                break;
+            }
+            if !self.make_room(&mut st, delivery.bytes.len()) {
+                break;
+            }
+            self.append(&mut st, delivery);
+            pushed = true;
         }
-        let size = delivery.bytes.len();
-        if st.full_for(size, self.capacity, self.max_bytes) {
-            match self.policy {
-                SlowClientPolicy::Drop => {
-                    let mut dropped = 0;
-                    while st.full_for(size, self.capacity, self.max_bytes) {
-                        let Some(old) = st.items.pop_front() else {
-                            break;
-                        };
-                        st.bytes -= old.bytes.len();
-                        *st.lagged.entry(old.sub.id.clone()).or_insert(0) += 1;
-                        dropped += 1;
-                    }
-                    self.metrics.ws_queued_records.dec_by(dropped as i64);
-                    self.metrics.dropped(DropReason::SlowClient, dropped);
+        let wake = pushed || st.overflowed;
+        drop(st);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Applies the slow-client policy when `size` more bytes do not fit; false when the queue
+    /// overflowed (`disconnect`) and takes nothing more.
+    fn make_room(&self, st: &mut QueueState, size: usize) -> bool {
+        if !st.full_for(size, self.capacity, self.max_bytes) {
+            return true;
+        }
+        match self.policy {
+            SlowClientPolicy::Drop => {
+                let mut dropped = 0;
+                while st.full_for(size, self.capacity, self.max_bytes) {
+                    let Some(old) = st.items.pop_front() else {
+                        break;
+                    };
+                    st.bytes -= old.bytes.len();
+                    *st.lagged.entry(old.sub.id.clone()).or_insert(0) += 1;
+                    dropped += 1;
                 }
-                SlowClientPolicy::Disconnect => {
-                    let n = st.items.len() as u64;
-                    st.items.clear();
-                    st.bytes = 0;
-                    st.overflowed = true;
-                    self.metrics.ws_queued_records.dec_by(n as i64);
-                    self.metrics.dropped(DropReason::Disconnected, n + 1);
-                    drop(st);
-                    self.ready.notify_one();
-                    return;
-                }
+                self.metrics.ws_queued_records.dec_by(dropped as i64);
+                self.metrics.dropped(DropReason::SlowClient, dropped);
+                true
+            }
+            SlowClientPolicy::Disconnect => {
+                let n = st.items.len() as u64;
+                st.items.clear();
+                st.bytes = 0;
+                st.overflowed = true;
+                self.metrics.ws_queued_records.dec_by(n as i64);
+                self.metrics.dropped(DropReason::Disconnected, n + 1);
+                false
             }
         }
-        self.append(&mut st, delivery);
-        drop(st);
-        self.ready.notify_one();
     }
 
     /// Queues a replayed record, waiting for room instead of dropping: a replay reader is the
@@ -388,32 +409,52 @@ impl TopicHub {
 
     /// Renders `record` once per shape and hands it to every live subscription of that shape.
     pub fn publish(&self, record: Arc<Record>) {
+        self.publish_batch(std::slice::from_ref(&record));
+    }
+
+    /// Publishes records (in order) read together from Kafka: each is rendered once per shape,
+    /// and each subscription gets its share in one [`ClientQueue::push_many`].
+    pub fn publish_batch(&self, records: &[Arc<Record>]) {
         // Under the write lock: subscribing and the replay hand-over wait for a publish to
         // finish, which is what makes the hand-over exact. (There is one publisher per topic.)
         let mut st = self.write();
-        let mut renderer = Renderer::new(&record, &self.env);
+        // One renderer per record, shared by every shape (it keeps the record's CEL context
+        // and whole JSON between shapes).
+        let mut renderers: Vec<Renderer<'_>> = records
+            .iter()
+            .map(|r| Renderer::new(r, &self.env))
+            .collect();
+        let mut rendered: Vec<(Bytes, i32, i64)> = Vec::with_capacity(records.len());
         for group in &st.groups {
-            let bytes = match renderer.render(&group.shape) {
-                Ok(Some(b)) => b,
-                Ok(None) => continue,
-                Err(e) => {
-                    self.filter_failed(&group.shape.key, &e);
-                    continue;
-                }
-            };
-            for sub in &group.subs {
-                if sub.takes_live(record.partition, record.offset) {
-                    sub.queue.push(Delivery {
-                        sub: sub.clone(),
-                        bytes: bytes.clone(),
-                        partition: record.partition,
-                        offset: record.offset,
-                    });
+            rendered.clear();
+            for (record, renderer) in records.iter().zip(&mut renderers) {
+                match renderer.render(&group.shape) {
+                    Ok(Some(b)) => rendered.push((b, record.partition, record.offset)),
+                    Ok(None) => {}
+                    Err(e) => self.filter_failed(&group.shape.key, &e),
                 }
             }
+            if rendered.is_empty() {
+                continue;
+            }
+            for sub in &group.subs {
+                sub.queue.push_many(
+                    rendered
+                        .iter()
+                        .filter(|(_, p, o)| sub.takes_live(*p, *o))
+                        .map(|(bytes, partition, offset)| Delivery {
+                            sub: sub.clone(),
+                            bytes: bytes.clone(),
+                            partition: *partition,
+                            offset: *offset,
+                        }),
+                );
+            }
         }
-        st.published_next
-            .insert(record.partition, record.offset + 1);
+        for record in records {
+            st.published_next
+                .insert(record.partition, record.offset + 1);
+        }
     }
 
     /// Adds a subscription. A live one (`latest`) receives every record published from now on;
@@ -710,6 +751,47 @@ mod tests {
         }
         assert!(matches!(q.next(10).await, Next::Overflowed));
         assert_eq!(m.ws_queued_records.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_published_batch_reaches_each_subscription_in_order_by_shape() {
+        let m = Metrics::default();
+        let hub = hub(&m);
+        let qa = queue(8, SlowClientPolicy::Drop, &m);
+        let qb = queue(8, SlowClientPolicy::Drop, &m);
+        hub.add(sub("a", &qa, true));
+        hub.add(Subscription::new(
+            2,
+            "b".into(),
+            qb.clone(),
+            shape(Some("value.n % 2 == 1")),
+            true,
+        ));
+        let batch: Vec<_> = (0..6)
+            .map(|n| record(n as i32 % 2, n, &format!("{{\"n\":{n}}}")))
+            .collect();
+        hub.publish_batch(&batch);
+        assert_eq!(offsets(qa.next(100).await).1, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(offsets(qb.next(100).await).1, vec![1, 3, 5]);
+        assert_eq!(hub.published_next(), BTreeMap::from([(0, 5), (1, 6)]));
+    }
+
+    #[tokio::test]
+    async fn a_batch_applies_the_slow_client_policy_record_by_record() {
+        let m = Metrics::default();
+        let q = queue(3, SlowClientPolicy::Drop, &m);
+        let s = sub("s", &q, true);
+        q.push_many((0..10).map(|o| delivery(&s, o)));
+        let (lagged, got) = offsets(q.next(100).await);
+        assert_eq!(got, vec![7, 8, 9], "newest kept");
+        assert_eq!(lagged, vec![(Arc::from("s"), 7)]);
+
+        let q = queue(2, SlowClientPolicy::Disconnect, &m);
+        let s = sub("s", &q, true);
+        q.push_many((0..3).map(|o| delivery(&s, o)));
+        assert!(matches!(q.next(10).await, Next::Overflowed));
+        q.push_many((3..5).map(|o| delivery(&s, o)));
+        assert!(matches!(q.next(10).await, Next::Overflowed));
     }
 
     #[tokio::test]

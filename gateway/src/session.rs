@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
-use warp::ws::Message;
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
 
 use crate::app::Services;
 use crate::auth::Access;
@@ -179,7 +180,7 @@ where
                 if last_heard.elapsed() >= idle_timeout {
                     break Ended::Idle;
                 }
-                if socket.send(Message::ping(Vec::new())).await.is_err() {
+                if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
                     break Ended::SocketError;
                 }
             }
@@ -242,7 +243,14 @@ async fn close_handshake<S, E>(
     E: Send + 'static,
 {
     let limit = Duration::from_secs(1);
-    let sent = tokio::time::timeout(limit, socket.send(Message::close_with(code, reason))).await;
+    let sent = tokio::time::timeout(
+        limit,
+        socket.send(Message::Close(Some(CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        }))),
+    )
+    .await;
     if !matches!(sent, Ok(Ok(()))) {
         return;
     }
@@ -337,14 +345,14 @@ impl Session<'_> {
         if msg.is_ping() || msg.is_pong() {
             return Vec::new();
         }
-        let Ok(text) = msg.to_str() else {
+        let Message::Text(text) = msg else {
             return vec![self.refuse(ProtocolError::new(
                 None,
                 ErrorCode::BadRequest,
                 "protocol v1 uses text frames with JSON",
             ))];
         };
-        let request = match protocol::parse(text) {
+        let request = match protocol::parse(text.as_str()) {
             Ok(r) => r,
             Err(e) => return vec![self.refuse(e)],
         };
@@ -739,7 +747,8 @@ mod tests {
                     continue;
                 }
                 return Ok(serde_json::from_str(
-                    m.to_str().map_err(|_| anyhow::anyhow!("not text: {m:?}"))?,
+                    m.to_text()
+                        .map_err(|_| anyhow::anyhow!("not text: {m:?}"))?,
                 )?);
             }
         }
@@ -859,12 +868,20 @@ mod tests {
         assert_eq!(ended, Ended::SlowConsumer);
         let mut close = None;
         while let Ok(m) = c.rx.try_recv() {
-            if let Some(frame) = m.close_frame() {
-                close = Some(frame.0);
+            if let Some(code) = close_code(&m) {
+                close = Some(code);
             }
         }
         assert_eq!(close, Some(close::SLOW_CONSUMER));
         Ok(())
+    }
+
+    /// The code of a close frame.
+    fn close_code(m: &Message) -> Option<u16> {
+        match m {
+            Message::Close(Some(f)) => Some(f.code.into()),
+            _ => None,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -881,7 +898,7 @@ mod tests {
         let mut c = Client::new("").await?;
         c.cancel.cancel();
         let m = c.recv().await?;
-        assert_eq!(m.close_frame().map(|f| f.0), Some(close::GOING_AWAY));
+        assert_eq!(close_code(&m), Some(close::GOING_AWAY));
         assert_eq!(c.session.await?, Ended::Shutdown);
         Ok(())
     }
@@ -891,17 +908,16 @@ mod tests {
         let frames: Vec<Result<Message, std::io::Error>> = vec![
             Ok(Message::text("one")),
             Ok(Message::text("two")),
-            Ok(Message::close()),
+            Ok(Message::Close(None)),
             Ok(Message::text("after close")),
         ];
         let mut reader = Reader::spawn(futures_util::stream::iter(frames));
         let mut got = Vec::new();
         while let Some(Ok(m)) = reader.next().await {
-            got.push(
-                m.to_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|_| "close".into()),
-            );
+            got.push(match m {
+                Message::Text(t) => t.to_string(),
+                _ => "close".into(),
+            });
         }
         assert_eq!(got, ["one", "two", "close"]);
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use rdkafka::ClientContext;
@@ -381,6 +382,9 @@ impl Reader {
     }
 }
 
+/// At most this many records the live consumer has already received are published together.
+const LIVE_BATCH: usize = 256;
+
 /// Runs a topic's live consumer until `cancel`: waits for the topic to exist, assigns every
 /// partition at its high watermark, then decodes and publishes each record to `hub`.
 pub async fn run_live(
@@ -427,14 +431,26 @@ pub async fn run_live(
         }
     };
     let reader = Reader::new(decoder, &metrics, &metrics.kafka_records);
+    let mut batch: Vec<Arc<Record>> = Vec::with_capacity(LIVE_BATCH);
     loop {
-        let record = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             m = async { reader.take(consumer.recv().await).await } => m,
         };
-        if let Some(record) = record {
-            hub.publish(record);
+        batch.extend(first);
+        // What the consumer already holds (the rest of a fetch) goes out with it: clients get
+        // one wake-up and one frame for the lot instead of one per record. A `recv` that is not
+        // ready has taken nothing, so dropping it loses nothing.
+        while batch.len() < LIVE_BATCH {
+            let Some(m) = consumer.recv().now_or_never() else {
+                break;
+            };
+            batch.extend(reader.take(m).await);
+        }
+        if !batch.is_empty() {
+            hub.publish_batch(&batch);
+            batch.clear();
         }
     }
     hub.set_assigned(None);

@@ -140,6 +140,8 @@ where
                 }
             },
         };
+        // Inherited from the listener on Linux (app::bind_listener); set again for other systems.
+        let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         let service = service.clone();
         let shutdown = shutdown.clone();

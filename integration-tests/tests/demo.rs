@@ -199,6 +199,20 @@ async fn oversized_client_frame_closes_with_1009() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The gateway reads client frames through a 4 KiB buffer (to keep idle connections small); a
+/// message many times that size, under `max_frame_bytes`, still arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_frame_larger_than_the_read_buffer_arrives_whole() -> anyhow::Result<()> {
+    let demo = demo().await?;
+    let mut ws = WsClient::connect(demo.running.addr).await?;
+    let big = format!("{{\"op\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(60_000));
+    ws.send_text(&big).await?;
+    let p = ws.next_reply(Duration::from_secs(10)).await?;
+    assert_eq!(p, json!({"type":"pong"}));
+    demo.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_sessions_with_1001() -> anyhow::Result<()> {
     let demo = demo().await?;

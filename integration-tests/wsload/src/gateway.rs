@@ -44,13 +44,66 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// The configuration the tool gives a gateway it starts.
 pub fn config_toml(brokers: &str, topic: &str, port: u16, queue_size: usize) -> String {
+    config_toml_with(brokers, topic, port, queue_size, &[])
+}
+
+/// [`config_toml`] with librdkafka properties for the gateway's consumers (`[kafka.properties]`).
+pub fn config_toml_with(
+    brokers: &str,
+    topic: &str,
+    port: u16,
+    queue_size: usize,
+    kafka_properties: &[(String, String)],
+) -> String {
+    let mut props = String::new();
+    if !kafka_properties.is_empty() {
+        props.push_str("\n[kafka.properties]\n");
+        for (k, v) in kafka_properties {
+            props.push_str(&format!("{k:?} = {v:?}\n"));
+        }
+    }
     // Stalled clients never answer pings: the idle timeout is raised so that they stay
     // connected (and stalled) for the whole run instead of being closed after 60 s.
     format!(
         "[kafka]\nbrokers = \"{brokers}\"\n\n[websocket]\nlisten = \"127.0.0.1:{port}\"\n\
          queue_size = {queue_size}\nping_interval_ms = 20000\nidle_timeout_ms = 3600000\n\n\
-         [[topics]]\nname = \"{topic}\"\nformat = \"json\"\n"
+         [[topics]]\nname = \"{topic}\"\nformat = \"json\"\n{props}"
     )
+}
+
+/// The channel the load's records are published to in Centrifugo.
+pub const CENTRIFUGO_CHANNEL: &str = "wsload";
+
+/// Centrifugo v6's configuration for the load: one Kafka consumer in publication data mode,
+/// insecure client connections (no JWT: the load measures delivery, not auth), the same
+/// per-connection queue bound as the gateway's default (`queue_max_size` 1 MiB is also
+/// Centrifugo's default), pings every hour so that stalled clients stay connected for the run.
+pub fn centrifugo_config(brokers: &str, topic: &str, port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "log": {"level": "warn"},
+        "http_server": {"address": "127.0.0.1", "port": port},
+        "health": {"enabled": true},
+        "prometheus": {"enabled": true},
+        "client": {
+            "insecure": true,
+            "allowed_origins": ["*"],
+            "ping_interval": "3600s",
+            "pong_timeout": "1800s",
+            "queue_max_size": 1_048_576
+        },
+        "channel": {"without_namespace": {"allow_tags_filter": true}},
+        "consumers": [{
+            "name": "wsload",
+            "enabled": true,
+            "type": "kafka",
+            "kafka": {
+                "brokers": brokers.split(',').collect::<Vec<_>>(),
+                "topics": [topic],
+                "consumer_group": format!("wsload-{topic}"),
+                "publication_data_mode": {"enabled": true}
+            }
+        }]
+    })
 }
 
 /// A gateway process this tool started; stopped (SIGTERM, then SIGKILL) when dropped.
@@ -69,27 +122,63 @@ impl Spawned {
         brokers: &str,
         topic: &str,
         queue_size: usize,
+        kafka_properties: &[(String, String)],
     ) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let dir = Self::dir(port)?;
+        let config = dir.join("lakewire.toml");
+        std::fs::write(
+            &config,
+            config_toml_with(brokers, topic, port, queue_size, kafka_properties),
+        )?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("run").arg("--config").arg(&config).env(
+            "RUST_LOG",
+            std::env::var("WSLOAD_GATEWAY_LOG").unwrap_or("warn".into()),
+        );
+        Self::spawn(cmd, port, dir, "/readyz").await
+    }
+
+    /// Starts Centrifugo (`bin`, v6) with a generated configuration: its Kafka consumer reads
+    /// `topic` in publication data mode (each record's value is published as it is to the
+    /// channels named by its `centrifugo-channels` header), client connections without auth
+    /// (`client.insecure`), tags filters allowed; waits until `/health` answers 200 and the
+    /// consumer has had time to join its group.
+    pub async fn start_centrifugo(bin: &Path, brokers: &str, topic: &str) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let dir = Self::dir(port)?;
+        let config = dir.join("centrifugo.json");
+        std::fs::write(
+            &config,
+            serde_json::to_vec_pretty(&centrifugo_config(brokers, topic, port))?,
+        )?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config").arg(&config);
+        let gw = Self::spawn(cmd, port, dir, "/health").await?;
+        // Its consumer joins a fresh consumer group after start-up (franz-go: a few seconds);
+        // records produced before that are read from the start of the fresh topic anyway, but
+        // the first point's latency would include the join.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        Ok(gw)
+    }
+
+    fn dir(port: u16) -> anyhow::Result<PathBuf> {
         let dir = std::env::temp_dir().join(format!("wsload-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let config = dir.join("lakewire.toml");
-        std::fs::write(&config, config_toml(brokers, topic, port, queue_size))?;
+        Ok(dir)
+    }
+
+    /// Runs `cmd` (output to `<dir>/gateway.log`) and waits until `GET ready` answers 200.
+    async fn spawn(mut cmd: Command, port: u16, dir: PathBuf, ready: &str) -> anyhow::Result<Self> {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let log = std::fs::File::create(dir.join("gateway.log"))?;
-        let child = Command::new(bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env(
-                "RUST_LOG",
-                std::env::var("WSLOAD_GATEWAY_LOG").unwrap_or("warn".into()),
-            )
+        let bin = cmd.get_program().to_string_lossy().into_owned();
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting {bin}"))?;
         let mut gw = Self {
             child,
             addr,
@@ -104,7 +193,7 @@ impl Spawned {
                     gw.log_path().display()
                 );
             }
-            if matches!(http_status(addr, "/readyz").await, Ok(200)) {
+            if matches!(http_status(addr, ready).await, Ok(200)) {
                 return Ok(gw);
             }
             if Instant::now() > deadline {
@@ -161,6 +250,24 @@ impl Drop for Spawned {
 
 /// `GET path` over a fresh connection; the HTTP status.
 pub async fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    Ok(http_get(addr, path).await?.0)
+}
+
+/// The sum of the values of the Prometheus samples named `name` (any labels) in the text
+/// exposition format.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `GET path` over a fresh connection; the HTTP status and the body (as text; a chunked body
+/// keeps its chunk-size lines, which metric parsing skips).
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -169,8 +276,42 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace()
+    let status = text
+        .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("not an HTTP response from {addr}"))
+        .ok_or_else(|| anyhow!("not an HTTP response from {addr}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_a_metric_over_its_labels_and_only_that_metric() {
+        let text = "# TYPE x counter\nlakewire_kafka_records_total{topic=\"a\"} 3\n\
+                    lakewire_kafka_records_total{topic=\"b\"} 4\n\
+                    lakewire_kafka_records_total_other 100\nplain 2.5\n";
+        assert_eq!(metric_sum(text, "lakewire_kafka_records_total"), 7.0);
+        assert_eq!(metric_sum(text, "plain"), 2.5);
+        assert_eq!(metric_sum(text, "absent"), 0.0);
+    }
+
+    #[test]
+    fn centrifugo_reads_the_topic_in_publication_data_mode() {
+        let c = centrifugo_config("127.0.0.1:1,127.0.0.1:2", "t", 9000);
+        let k = &c["consumers"][0]["kafka"];
+        assert_eq!(k["topics"], serde_json::json!(["t"]));
+        assert_eq!(
+            k["brokers"],
+            serde_json::json!(["127.0.0.1:1", "127.0.0.1:2"])
+        );
+        assert_eq!(k["publication_data_mode"]["enabled"], true);
+        assert_eq!(c["http_server"]["port"], 9000);
+        assert_eq!(c["client"]["insecure"], true);
+    }
 }

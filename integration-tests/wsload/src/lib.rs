@@ -8,9 +8,11 @@
 //! - [`scan`]: what a client takes from a frame (type, stamps) without parsing the JSON;
 //! - [`load`]: one measured point (clients, window, figures, the human table row);
 //! - [`gateway`]: starting a gateway with a generated configuration, topics;
-//! - [`procstat`]: CPU and memory from `/proc`.
+//! - [`procstat`]: CPU and memory from `/proc`;
+//! - [`kafkalat`]: the Kafka leg's latency alone, through librdkafka's two consumer APIs.
 
 pub mod gateway;
+pub mod kafkalat;
 pub mod load;
 pub mod procstat;
 pub mod produce;

@@ -36,10 +36,39 @@ pub enum FilterMode {
     Selective,
 }
 
+/// The server under test and the protocol its clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Lakewire's protocol v1 on `/ws`: `{"op":"subscribe",...}`, `records` frames.
+    Lakewire,
+    /// Centrifugo's JSON protocol on `/connection/websocket`: `connect`, `subscribe` to a
+    /// channel, publications pushed one per reply.
+    Centrifugo,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lakewire => "lakewire",
+            Self::Centrifugo => "centrifugo",
+        }
+    }
+
+    /// The WebSocket path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Lakewire => "/ws",
+            Self::Centrifugo => "/connection/websocket",
+        }
+    }
+}
+
 /// The shape of one point.
 #[derive(Debug, Clone)]
 pub struct Point {
+    pub protocol: Protocol,
     pub addr: SocketAddr,
+    /// The topic (Lakewire) or channel (Centrifugo) the clients subscribe to.
     pub topic: String,
     pub clients: usize,
     /// Share of the clients that subscribe and then never read.
@@ -63,6 +92,7 @@ pub struct Watched {
 /// What one point measured.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    pub protocol: Protocol,
     pub rate: u64,
     pub clients: usize,
     pub fast: usize,
@@ -117,6 +147,7 @@ impl Outcome {
         serde_json::json!({
             "wsload": "point",
             "scenario": scenario,
+            "server": self.protocol.name(),
             "rate": self.rate,
             "clients": self.clients,
             "fast_clients": self.fast,
@@ -182,6 +213,9 @@ impl Stats {
 }
 
 struct Shared {
+    protocol: Protocol,
+    /// Room made in a connection's read buffer before each read.
+    read_chunk: usize,
     stats: RefCell<Stats>,
     control: Arc<Control>,
     scanner: Scanner,
@@ -189,26 +223,47 @@ struct Shared {
     connecting: Semaphore,
 }
 
-/// The subscribe request of client `i`.
-pub fn subscribe_request(topic: &str, i: usize, filter: FilterMode) -> String {
-    let mut req =
-        serde_json::json!({"op": "subscribe", "id": "s", "topic": topic, "from": "latest"});
-    if filter == FilterMode::Selective {
-        let lo = i as u64 % (BUCKETS - 10);
-        req["filter"] = format!("value.b >= {lo} && value.b < {}", lo + 10).into();
+/// The subscribe request of client `i` (for Centrifugo, its connect and subscribe commands in
+/// one frame; the selective filter becomes a tags filter on the `b` tag the producer adds).
+pub fn subscribe_request(protocol: Protocol, topic: &str, i: usize, filter: FilterMode) -> String {
+    let lo = i as u64 % (BUCKETS - 10);
+    match protocol {
+        Protocol::Lakewire => {
+            let mut req =
+                serde_json::json!({"op": "subscribe", "id": "s", "topic": topic, "from": "latest"});
+            if filter == FilterMode::Selective {
+                req["filter"] = format!("value.b >= {lo} && value.b < {}", lo + 10).into();
+            }
+            req.to_string()
+        }
+        Protocol::Centrifugo => {
+            let mut sub = serde_json::json!({"channel": topic});
+            if filter == FilterMode::Selective {
+                sub["tf"] = serde_json::json!({"op": "and", "nodes": [
+                    {"key": "b", "cmp": "gte", "val": lo.to_string()},
+                    {"key": "b", "cmp": "lt", "val": (lo + 10).to_string()},
+                ]});
+            }
+            format!(
+                "{}\n{}",
+                serde_json::json!({"id": 1, "connect": {}}),
+                serde_json::json!({"id": 2, "subscribe": sub})
+            )
+        }
     }
-    req.to_string()
 }
 
 /// Drives one connection until it closes or the task is aborted.
 async fn client(
     addr: SocketAddr,
+    local: Option<std::net::IpAddr>,
     request: String,
     stalled: bool,
     shared: Rc<Shared>,
 ) -> anyhow::Result<()> {
     let mut permit = Some(shared.connecting.acquire().await?);
-    let (mut sock, mut buf): (TcpStream, Vec<u8>) = ws::connect(addr).await?;
+    let (mut sock, mut buf): (TcpStream, Vec<u8>) =
+        ws::connect(addr, shared.protocol.path(), local).await?;
     let mut out = Vec::with_capacity(256);
     ws::write_frame(&mut out, opcode::TEXT, request.as_bytes());
     sock.write_all(&out).await?;
@@ -226,7 +281,13 @@ async fn client(
             let payload = &buf[p0..p1];
             match h.opcode {
                 opcode::TEXT | opcode::CONTINUATION => {
-                    subscribed |= on_text(&shared, payload);
+                    let (sub, ping) = on_text(&shared, payload);
+                    subscribed |= sub;
+                    if ping {
+                        out.clear();
+                        ws::write_frame(&mut out, opcode::TEXT, b"{}");
+                        sock.write_all(&out).await?;
+                    }
                 }
                 opcode::PING => {
                     out.clear();
@@ -249,7 +310,7 @@ async fn client(
                 std::future::pending::<()>().await;
             }
         }
-        buf.reserve(64 * 1024);
+        buf.reserve(shared.read_chunk);
         if sock.read_buf(&mut buf).await? == 0 {
             shared.stats.borrow_mut().closed += 1;
             return Ok(());
@@ -257,10 +318,29 @@ async fn client(
     }
 }
 
-/// Accounts for one text frame; true when it was the `subscribed` reply.
-fn on_text(shared: &Shared, payload: &[u8]) -> bool {
+/// Accounts for one text frame; (it was the `subscribed` reply, it was a ping to answer).
+fn on_text(shared: &Shared, payload: &[u8]) -> (bool, bool) {
+    match shared.protocol {
+        Protocol::Lakewire => (
+            on_reply(shared, payload, shared.scanner.kind(payload)),
+            false,
+        ),
+        Protocol::Centrifugo => {
+            let (mut sub, mut ping) = (false, false);
+            for reply in payload.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
+                let kind = shared.scanner.centrifugo_kind(reply);
+                ping |= kind == Kind::Ping;
+                sub |= on_reply(shared, reply, kind);
+            }
+            (sub, ping)
+        }
+    }
+}
+
+/// Accounts for one reply of kind `kind`; true when it was the `subscribed` reply.
+fn on_reply(shared: &Shared, payload: &[u8], kind: Kind) -> bool {
     let mut st = shared.stats.borrow_mut();
-    match shared.scanner.kind(payload) {
+    match kind {
         Kind::Records => {
             let now = crate::now_us();
             let control = &shared.control;
@@ -285,6 +365,7 @@ fn on_text(shared: &Shared, payload: &[u8]) -> bool {
             st.subscribed += 1;
             true
         }
+        Kind::Ping | Kind::Ignore => false,
         Kind::Other => {
             st.errors += 1;
             if st.first_error.is_none() {
@@ -310,6 +391,8 @@ pub async fn run(
         );
     }
     let shared = Rc::new(Shared {
+        protocol: point.protocol,
+        read_chunk: 64 * 1024,
         stats: RefCell::new(Stats::new()?),
         control: control.clone(),
         scanner: Scanner::default(),
@@ -324,11 +407,11 @@ pub async fn run(
     let tasks: Vec<JoinHandle<()>> = (0..point.clients)
         .map(|i| {
             let shared = shared.clone();
-            let req = subscribe_request(&point.topic, i, point.filter);
+            let req = subscribe_request(point.protocol, &point.topic, i, point.filter);
             let addr = point.addr;
             let stalled = is_stalled(i);
             tokio::task::spawn_local(async move {
-                if let Err(e) = client(addr, req, stalled, shared.clone()).await {
+                if let Err(e) = client(addr, None, req, stalled, shared.clone()).await {
                     let mut st = shared.stats.borrow_mut();
                     st.errors += 1;
                     st.first_error.get_or_insert_with(|| format!("{e:#}"));
@@ -452,6 +535,7 @@ async fn measure(
         ));
     }
     Ok(Outcome {
+        protocol: point.protocol,
         rate: point.rate,
         clients: point.clients,
         fast,
@@ -489,10 +573,160 @@ async fn measure(
     })
 }
 
+/// Loopback source addresses the idle connections are spread over.
+const IDLE_SOURCES: usize = 32;
+
+/// What the idle-connections scenario measured.
+#[derive(Debug, Clone)]
+pub struct IdleOutcome {
+    pub protocol: Protocol,
+    pub connections: usize,
+    /// Seconds to open and subscribe them all.
+    pub open_secs: f64,
+    /// The server's resident memory before the connections and with them open, KiB.
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+}
+
+impl IdleOutcome {
+    /// Resident memory per connection, KiB.
+    pub fn per_connection_kib(&self) -> f64 {
+        self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64
+            / self.connections.max(1) as f64
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "wsload": "connections",
+            "server": self.protocol.name(),
+            "connections": self.connections,
+            "open_s": (self.open_secs * 10.0).round() / 10.0,
+            "rss_before_mib": (self.rss_before_kib as f64 / 102.4).round() / 10.0,
+            "rss_after_mib": (self.rss_after_kib as f64 / 102.4).round() / 10.0,
+            "rss_per_connection_kib": (self.per_connection_kib() * 10.0).round() / 10.0,
+        })
+    }
+
+    pub fn table_row(&self) -> String {
+        format!(
+            "{:>10} {:>11} {:>8.1} {:>12.1} {:>12.1} {:>14.1}",
+            self.protocol.name(),
+            self.connections,
+            self.open_secs,
+            self.rss_before_kib as f64 / 1024.0,
+            self.rss_after_kib as f64 / 1024.0,
+            self.per_connection_kib()
+        )
+    }
+
+    pub fn table_header() -> String {
+        format!(
+            "{:>10} {:>11} {:>8} {:>12} {:>12} {:>14}",
+            "server", "connections", "open s", "RSS0 MiB", "RSS MiB", "KiB/connection"
+        )
+    }
+}
+
+/// Opens `n` subscribed connections that receive nothing (no records are produced), and
+/// measures the server's resident memory before and with them (after `settle`). Connections
+/// come from 127.0.0.1..=127.0.0.32 in turn, so that 20,000+ of them neither run out of source
+/// ports nor pass the gateway's default `max_connections_per_ip` (1,000). Must be called inside
+/// a `LocalSet`.
+pub async fn idle(
+    protocol: Protocol,
+    addr: SocketAddr,
+    topic: &str,
+    n: usize,
+    server_pid: u32,
+    settle: Duration,
+) -> anyhow::Result<IdleOutcome> {
+    if let Some(limit) = procstat::open_files_limit()
+        && (limit as usize) < n + 64
+    {
+        bail!("the open-files limit is {limit}, too low for {n} connections: raise it (ulimit -n)");
+    }
+    let shared = Rc::new(Shared {
+        protocol,
+        // Idle connections: small buffers, so that the tool's own memory stays small.
+        read_chunk: 4096,
+        stats: RefCell::new(Stats::new()?),
+        control: Arc::new(Control::default()),
+        scanner: Scanner::default(),
+        connecting: Semaphore::new(64),
+    });
+    let (_, rss_before_kib) = procstat::rss_kib(server_pid)?;
+    let t0 = Instant::now();
+    let tasks: Vec<JoinHandle<()>> = (0..n)
+        .map(|i| {
+            let shared = shared.clone();
+            let req = subscribe_request(protocol, topic, i, FilterMode::None);
+            let local = std::net::IpAddr::from([127, 0, 0, 1 + (i % IDLE_SOURCES) as u8]);
+            tokio::task::spawn_local(async move {
+                if let Err(e) = client(addr, Some(local), req, false, shared.clone()).await {
+                    let mut st = shared.stats.borrow_mut();
+                    st.errors += 1;
+                    st.first_error.get_or_insert_with(|| format!("{e:#}"));
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let result = loop {
+        {
+            let st = shared.stats.borrow();
+            if st.subscribed == n {
+                break Ok(());
+            }
+            if st.errors > 0 || st.closed > 0 || Instant::now() > deadline {
+                break Err(anyhow::anyhow!(
+                    "{} of {n} connections subscribed ({} closed); first error: {}",
+                    st.subscribed,
+                    st.closed,
+                    st.first_error.as_deref().unwrap_or("none (timed out)")
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let open_secs = t0.elapsed().as_secs_f64();
+    let outcome = match result {
+        Ok(()) => {
+            tokio::time::sleep(settle).await;
+            let (_, rss_after_kib) = procstat::rss_kib(server_pid)?;
+            let st = shared.stats.borrow();
+            if st.errors > 0 || st.closed > 0 {
+                Err(anyhow::anyhow!(
+                    "{} errors, {} connections closed while idle; first error: {}",
+                    st.errors,
+                    st.closed,
+                    st.first_error.as_deref().unwrap_or("-")
+                ))
+            } else {
+                Ok(IdleOutcome {
+                    protocol,
+                    connections: n,
+                    open_secs,
+                    rss_before_kib,
+                    rss_after_kib,
+                })
+            }
+        }
+        Err(e) => Err(e),
+    };
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    outcome
+}
+
 /// The header of the human table.
 pub fn table_header() -> String {
     format!(
-        "{:>7} {:>6} {:>5} {:>11} {:>9} {:>5} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6}  {}",
+        "{:>10} {:>7} {:>6} {:>5} {:>11} {:>9} {:>5} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6}  {}",
+        "server",
         "rate/s",
         "fast",
         "stall",
@@ -524,7 +758,8 @@ pub fn table_row(o: &Outcome) -> String {
         format!("{:.2}", o.deliveries as f64 / e.max(1) as f64 * 100.0)
     });
     format!(
-        "{:>7} {:>6} {:>5} {:>11.0} {:>9} {:>5.1} {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} {:>6} {:>6} {:>6} {:>6.0} {:>5.0} {:>6.0}  {}",
+        "{:>10} {:>7} {:>6} {:>5} {:>11.0} {:>9} {:>5.1} {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} {:>6} {:>6} {:>6} {:>6.0} {:>5.0} {:>6.0}  {}",
+        o.protocol.name(),
         o.rate,
         o.fast,
         o.stalled,
@@ -556,16 +791,40 @@ mod tests {
 
     #[test]
     fn selective_filters_differ_per_client_and_cover_about_one_percent() -> anyhow::Result<()> {
-        let a: serde_json::Value =
-            serde_json::from_str(&subscribe_request("t", 3, FilterMode::Selective))?;
-        let b: serde_json::Value =
-            serde_json::from_str(&subscribe_request("t", 4, FilterMode::Selective))?;
+        let req = |i, f| subscribe_request(Protocol::Lakewire, "t", i, f);
+        let a: serde_json::Value = serde_json::from_str(&req(3, FilterMode::Selective))?;
+        let b: serde_json::Value = serde_json::from_str(&req(4, FilterMode::Selective))?;
         assert_eq!(a["filter"], "value.b >= 3 && value.b < 13");
         assert_ne!(a["filter"], b["filter"]);
-        let plain: serde_json::Value =
-            serde_json::from_str(&subscribe_request("t", 3, FilterMode::None))?;
+        let plain: serde_json::Value = serde_json::from_str(&req(3, FilterMode::None))?;
         assert!(plain.get("filter").is_none());
         assert_eq!(plain["op"], "subscribe");
+        Ok(())
+    }
+
+    #[test]
+    fn centrifugo_requests_connect_then_subscribe_with_the_same_one_percent() -> anyhow::Result<()>
+    {
+        let req = subscribe_request(Protocol::Centrifugo, "wsload", 3, FilterMode::Selective);
+        let lines: Vec<serde_json::Value> = req
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0], serde_json::json!({"id": 1, "connect": {}}));
+        assert_eq!(lines[1]["id"], 2);
+        assert_eq!(lines[1]["subscribe"]["channel"], "wsload");
+        let nodes = &lines[1]["subscribe"]["tf"]["nodes"];
+        assert_eq!(
+            nodes[0],
+            serde_json::json!({"key": "b", "cmp": "gte", "val": "3"})
+        );
+        assert_eq!(
+            nodes[1],
+            serde_json::json!({"key": "b", "cmp": "lt", "val": "13"})
+        );
+        let plain = subscribe_request(Protocol::Centrifugo, "wsload", 3, FilterMode::None);
+        assert!(!plain.contains("\"tf\""));
         Ok(())
     }
 }

@@ -72,6 +72,14 @@ pub fn machine_ticks() -> anyhow::Result<(u64, u64)> {
     Ok((total - idle, total))
 }
 
+/// The first three fields of `/proc/loadavg` (1, 5 and 15 minutes), or "?".
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// Cores the machine has online.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::DeliveryResult;
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
 
 use crate::now_us;
@@ -53,6 +53,12 @@ pub struct Control {
     /// Times the producer fell behind its schedule by more than 50 ms (it then skips ahead).
     pub behind: AtomicU64,
     pub stop: AtomicBool,
+    /// Which of the producer's [`Sink`]s records go to now (index): each server under test
+    /// reads its own topic, and only the one being measured gets records.
+    pub target: AtomicUsize,
+    /// Add the `centrifugo-tag-b` header (Centrifugo's tags filter reads it; the selective
+    /// scenario), so that other runs do not carry the tag in every publication.
+    pub tag_bucket: AtomicBool,
 }
 
 impl Control {
@@ -79,11 +85,25 @@ impl Control {
     }
 }
 
+/// The bucket (field `b`) of record number `n`.
+pub fn bucket(n: u64) -> u64 {
+    n.wrapping_mul(7919) % BUCKETS
+}
+
+/// Where the producer writes: a topic, and for Centrifugo's Kafka consumer in publication data
+/// mode the channel header (the value is the same JSON either way).
+#[derive(Debug, Clone)]
+pub struct Sink {
+    pub topic: String,
+    /// `centrifugo-channels` header value, when the topic is read by Centrifugo.
+    pub centrifugo_channel: Option<String>,
+}
+
 /// Writes one record's value: `{"lw_t":<µs>,"n":<seq>,"b":<bucket>,...,"pad":"..."}`, padded
 /// to about `size` bytes.
 pub fn value(out: &mut String, t: u64, n: u64, size: usize) {
     out.clear();
-    let b = n.wrapping_mul(7919) % BUCKETS;
+    let b = bucket(n);
     let region = if n.is_multiple_of(2) { "eu" } else { "us" };
     let _ = write!(
         out,
@@ -96,10 +116,10 @@ pub fn value(out: &mut String, t: u64, n: u64, size: usize) {
     out.push_str("\"}");
 }
 
-/// Starts the producer thread for `topic` on `brokers`.
+/// Starts the producer thread for `sinks` on `brokers` (records go to `sinks[control.target]`).
 pub fn start(
     brokers: &str,
-    topic: &str,
+    sinks: Vec<Sink>,
     record_bytes: usize,
     control: Arc<Control>,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
@@ -112,16 +132,57 @@ pub fn start(
             failed: control.failed.clone(),
         })
         .context("creating the Kafka producer")?;
-    let topic = topic.to_string();
     std::thread::Builder::new()
         .name("wsload-producer".into())
-        .spawn(move || run(&producer, &topic, record_bytes, &control))
+        .spawn(move || run(&producer, &sinks, record_bytes, &control))
         .context("starting the producer thread")
+}
+
+/// Produces `n` records to `sink` as fast as the producer goes, and waits until the broker has
+/// them all (the decode scenario).
+pub fn burst(brokers: &str, sink: &Sink, n: u64, record_bytes: usize) -> anyhow::Result<()> {
+    let failed = Arc::new(AtomicU64::new(0));
+    let producer: BaseProducer<Ctx> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "1")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create_with_context(Ctx {
+            failed: failed.clone(),
+        })
+        .context("creating the Kafka producer")?;
+    let mut buf = String::with_capacity(record_bytes + 64);
+    let mut seq = 0;
+    while seq < n {
+        value(&mut buf, now_us(), seq, record_bytes);
+        let mut rec = BaseRecord::<(), str>::to(&sink.topic).payload(buf.as_str());
+        if let Some(channel) = &sink.centrifugo_channel {
+            rec = rec.headers(OwnedHeaders::new().insert(Header {
+                key: "centrifugo-channels",
+                value: Some(channel.as_bytes()),
+            }));
+        }
+        match producer.send(rec) {
+            Ok(()) => seq += 1,
+            Err((KafkaError::MessageProduction(_), _)) => {
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e).context("producing"),
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .context("flushing the producer")?;
+    let failed = failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        anyhow::bail!("{failed} of {n} records were not delivered to the broker");
+    }
+    Ok(())
 }
 
 fn run(
     producer: &BaseProducer<Ctx>,
-    topic: &str,
+    sinks: &[Sink],
     record_bytes: usize,
     control: &Control,
 ) -> anyhow::Result<()> {
@@ -149,7 +210,25 @@ fn run(
             while sent < due {
                 let t = now_us();
                 value(&mut buf, t, seq, record_bytes);
-                let rec = BaseRecord::<(), str>::to(topic).payload(buf.as_str());
+                let sink = sinks
+                    .get(control.target.load(Ordering::Relaxed))
+                    .or(sinks.first())
+                    .context("no topic to produce to")?;
+                let mut rec = BaseRecord::<(), str>::to(&sink.topic).payload(buf.as_str());
+                if let Some(channel) = &sink.centrifugo_channel {
+                    let mut h = OwnedHeaders::new().insert(Header {
+                        key: "centrifugo-channels",
+                        value: Some(channel.as_bytes()),
+                    });
+                    if control.tag_bucket.load(Ordering::Relaxed) {
+                        let b = bucket(seq).to_string();
+                        h = h.insert(Header {
+                            key: "centrifugo-tag-b",
+                            value: Some(b.as_bytes()),
+                        });
+                    }
+                    rec = rec.headers(h);
+                }
                 match producer.send(rec) {
                     Ok(()) => {
                         sent += 1;

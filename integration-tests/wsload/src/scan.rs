@@ -16,6 +16,10 @@ pub enum Kind {
     /// `lagged`, with the number of records dropped.
     Lagged(u64),
     Subscribed,
+    /// Centrifugo's ping (an empty command `{}`), to be answered with `{}`.
+    Ping,
+    /// A reply that needs nothing (Centrifugo's `connect` result).
+    Ignore,
     /// `error`, or anything this tool does not expect.
     Other,
 }
@@ -81,6 +85,25 @@ impl Scanner {
         }
     }
 
+    /// The kind of one reply of Centrifugo's JSON protocol (a frame holds one or more, separated
+    /// by newlines): `{"push":{...,"pub":...}}` is a publication ([`Kind::Records`]), `{}` a
+    /// ping, `{"id":2,"subscribe":...}` the answer to the load's subscribe command (id 2),
+    /// `{"id":1,"connect":...}` to its connect command.
+    pub fn centrifugo_kind(&self, reply: &[u8]) -> Kind {
+        if reply == b"{}" {
+            Kind::Ping
+        } else if reply.starts_with(b"{\"push\":") && !reply.starts_with(b"{\"push\":{\"disconnect")
+        {
+            Kind::Records
+        } else if reply.starts_with(b"{\"id\":2,\"subscribe\":") {
+            Kind::Subscribed
+        } else if reply.starts_with(b"{\"id\":1,\"connect\":") {
+            Kind::Ignore
+        } else {
+            Kind::Other
+        }
+    }
+
     /// Calls `f` with the produce time of every record in a `records` frame.
     pub fn stamps(&self, frame: &[u8], mut f: impl FnMut(u64)) {
         let skip = STAMP_KEY.len() + 3;
@@ -122,6 +145,33 @@ mod tests {
             Kind::Other
         );
         assert_eq!(s.kind(b"not json"), Kind::Other);
+    }
+
+    #[test]
+    fn reads_centrifugo_replies() {
+        let s = Scanner::default();
+        let push = br#"{"push":{"channel":"wsload","pub":{"data":{"lw_t":1732690000000123,"n":1},"offset":7}}}"#;
+        assert_eq!(s.centrifugo_kind(push), Kind::Records);
+        let mut got = Vec::new();
+        s.stamps(push, |t| got.push(t));
+        assert_eq!(got, vec![1_732_690_000_000_123]);
+        assert_eq!(s.centrifugo_kind(b"{}"), Kind::Ping);
+        assert_eq!(
+            s.centrifugo_kind(br#"{"id":2,"subscribe":{}}"#),
+            Kind::Subscribed
+        );
+        assert_eq!(
+            s.centrifugo_kind(br#"{"id":1,"connect":{"client":"x","version":"6.9.1"}}"#),
+            Kind::Ignore
+        );
+        assert_eq!(
+            s.centrifugo_kind(br#"{"id":2,"error":{"code":103,"message":"permission denied"}}"#),
+            Kind::Other
+        );
+        assert_eq!(
+            s.centrifugo_kind(br#"{"push":{"disconnect":{"code":3008,"reason":"slow"}}}"#),
+            Kind::Other
+        );
     }
 
     #[test]

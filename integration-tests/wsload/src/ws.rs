@@ -110,15 +110,26 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// Opens `ws://addr/ws`: connects and completes the upgrade. Returns the stream and the bytes
-/// read past the handshake response (the start of the first frames, if any).
-pub async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<(TcpStream, Vec<u8>)> {
-    let mut s = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
+/// Opens `ws://addr{path}`: connects (from `local`, when given: a loopback address other than
+/// 127.0.0.1 gives another 28 k source ports) and completes the upgrade. Returns the stream and
+/// the bytes read past the handshake response (the start of the first frames, if any).
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    path: &str,
+    local: Option<std::net::IpAddr>,
+) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let mut s = match local {
+        None => TcpStream::connect(addr).await,
+        Some(ip) => {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(std::net::SocketAddr::new(ip, 0))?;
+            sock.connect(addr).await
+        }
+    }
+    .with_context(|| format!("connecting to {addr}"))?;
     s.set_nodelay(true)?;
     let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;

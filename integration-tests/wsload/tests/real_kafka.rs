@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use lakewire::config::Config;
 use lakewire_wsload::gateway::{config_toml, create_topic, http_status, unique_topic};
-use lakewire_wsload::load::{self, FilterMode, Point, Watched};
-use lakewire_wsload::produce::{self, Control};
+use lakewire_wsload::load::{self, FilterMode, Point, Protocol, Watched};
+use lakewire_wsload::produce::{self, Control, Sink};
 
 fn brokers() -> String {
     std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
@@ -35,8 +35,13 @@ fn a_small_run_counts_every_delivery_and_survives_stalled_clients() -> anyhow::R
         anyhow::bail!("gateway not ready")
     })?;
     let control = Arc::new(Control::default());
-    let producer = produce::start(&brokers, &topic, 150, control.clone())?;
+    let sinks = vec![Sink {
+        topic: topic.clone(),
+        centrifugo_channel: None,
+    }];
+    let producer = produce::start(&brokers, sinks, 150, control.clone())?;
     let point = Point {
+        protocol: Protocol::Lakewire,
         addr: running.addr,
         topic: topic.clone(),
         clients: 20,
@@ -68,5 +73,29 @@ fn a_small_run_counts_every_delivery_and_survives_stalled_clients() -> anyhow::R
         "{o:?}"
     );
     assert!(o.sustainable, "{o:?}");
+
+    // The connections scenario's client side: idle subscribed connections from several
+    // loopback source addresses, all subscribed, none closed.
+    let gw_rt = tokio::runtime::Runtime::new()?;
+    let running = gw_rt.block_on(async {
+        let config =
+            Config::from_toml_and_env(&config_toml(&brokers, &topic, 0, 1024), &[], "test")?;
+        Ok::<_, anyhow::Error>(lakewire::app::start(config).await?)
+    })?;
+    let idle = local.block_on(
+        &rt,
+        load::idle(
+            Protocol::Lakewire,
+            running.addr,
+            &topic,
+            300,
+            std::process::id(),
+            Duration::from_millis(100),
+        ),
+    );
+    gw_rt.block_on(running.stop());
+    let idle = idle?;
+    assert_eq!(idle.connections, 300);
+    assert!(idle.rss_after_kib > 0, "{idle:?}");
     Ok(())
 }
