@@ -473,7 +473,6 @@ fn compose_sink_worker_serves_the_gateways_topics_with_contract_sink_keys() -> a
 }
 
 #[test]
-#[ignore = "needs the [sink] section and --role from the sink branch: un-ignore at merge"]
 fn compose_sink_configuration_passes_lakewire_check() -> anyhow::Result<()> {
     let compose = yaml("docker-compose.yml");
     let sink = &compose["services"]["sink"];
@@ -1184,7 +1183,6 @@ mod helm {
     }
 
     #[test]
-    #[ignore = "needs the [sink] section and --role from the sink branch: un-ignore at merge"]
     fn chart_sink_configuration_passes_lakewire_check() -> anyhow::Result<()> {
         let docs = render(&["sink.enabled=true"]);
         let sink =
