@@ -629,6 +629,46 @@ async fn dashboard_and_alerts_name_only_metrics_a_real_sink_worker_exports() -> 
         "storage errors on a healthy local root:\n{}",
         sink.log()
     );
+
+    // A second worker joins the group: the partitions are split, and each worker exports lag
+    // only for the partitions it owns (a revoked partition's series goes), so `sum by (topic)`
+    // in the dashboard and the lag alert counts each partition once.
+    let second = GatewayProcess::start(&config, &["--role", "sink"]).await?;
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let (a, b) = loop {
+        let a = lag_partitions(&http_get(sink.addr, "/metrics").await?.1, &t);
+        let b = lag_partitions(&http_get(second.addr, "/metrics").await?.1, &t);
+        let split = !a.is_empty()
+            && !b.is_empty()
+            && a.is_disjoint(&b)
+            && a.union(&b).copied().collect::<BTreeSet<_>>() == BTreeSet::from([0, 1]);
+        if split || Instant::now() > deadline {
+            break (a, b);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        !a.is_empty() && !b.is_empty() && a.is_disjoint(&b) && a.len() + b.len() == 2,
+        "lag series after the rebalance: first worker {a:?}, second {b:?}\n{}\n{}",
+        sink.log(),
+        second.log()
+    );
+    drop(second);
     drop(sink);
     Ok(())
+}
+
+/// The partitions of `topic` (`labels` = `topic="..."`) with a `lakewire_sink_lag` series.
+fn lag_partitions(body: &str, topic_label: &str) -> BTreeSet<i32> {
+    body.lines()
+        .filter(|l| l.starts_with("lakewire_sink_lag{") && l.contains(topic_label))
+        .filter_map(|l| {
+            l.split("partition=\"")
+                .nth(1)?
+                .split('"')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
