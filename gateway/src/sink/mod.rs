@@ -485,6 +485,12 @@ impl Worker {
                             // The open file's rows are dropped: the next owner reads them again.
                             self.parts.remove(&(ti, p));
                         }
+                        // The new owner reports the partition's lag; a stale series here would
+                        // be counted twice by `sum by (topic)` in dashboards and alerts.
+                        self.env.metrics.sink_lag.remove(&PartitionLabels {
+                            topic: topic.clone(),
+                            partition: p,
+                        });
                     }
                 }
             }
