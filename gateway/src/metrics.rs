@@ -139,6 +139,8 @@ pub struct Metrics {
     pub sink_pending_partitions: Gauge,
     /// Sink: failed metastore calls (they are retried).
     pub sink_metastore_errors: Counter,
+    /// Sink: metastore calls refused for good (permanent errors; tried again hourly).
+    pub sink_metastore_refused: Counter,
     /// Sink: failed storage writes and listings (writes are retried).
     pub sink_storage_errors: Counter,
     /// Sink: per topic and partition, records in Kafka not yet in a file in place.
@@ -197,6 +199,7 @@ impl Default for Metrics {
             sink_visibility_seconds: visibility_buckets(),
             sink_pending_partitions: Gauge::default(),
             sink_metastore_errors: Counter::default(),
+            sink_metastore_refused: Counter::default(),
             sink_storage_errors: Counter::default(),
             sink_lag: Family::default(),
             sink_skipped_records: Family::default(),
@@ -360,8 +363,13 @@ impl Metrics {
         );
         r.register(
             "sink_metastore_errors",
-            "Failed Hive Metastore calls (retried)",
+            "Failed Hive Metastore calls (outages retried with backoff, refusals hourly)",
             self.sink_metastore_errors.clone(),
+        );
+        r.register(
+            "sink_metastore_refused",
+            "Hive Metastore calls refused with a permanent error (a subset of sink_metastore_errors)",
+            self.sink_metastore_refused.clone(),
         );
         r.register(
             "sink_storage_errors",

@@ -5,7 +5,9 @@
 //! and a restart still give exactly N rows and no visible temporary file; a topic whose schema
 //! gains an optional field still lands; an unreachable metastore delays registration only; two
 //! workers in one group, one killed: the survivor takes over with no file written twice.
-//! With `TEST_S3_ENDPOINT` (integration-tests/bin/s3: S3Proxy), the same through S3.
+//! With `TEST_S3_ENDPOINT` (integration-tests/bin/s3: S3Proxy), the same through S3. With the
+//! `real-metastore` feature and `TEST_HIVE_METASTORE`, Spark SQL reads what the sink registered in
+//! a real Hive Metastore, including a new column and the partitions of a metastore outage.
 #![cfg(feature = "real-kafka")]
 
 use std::path::{Path, PathBuf};
@@ -764,4 +766,454 @@ async fn the_s3_path_lands_exactly_n_rows() -> anyhow::Result<()> {
     );
     assert!(v["files"].as_u64() >= Some(3), "{v}");
     Ok(())
+}
+
+/// The sink registering in a real Hive Metastore (`TEST_HIVE_METASTORE`, started by
+/// `integration-tests/bin/metastore up`), read by Spark SQL through it
+/// (integration-tests/sink/spark_read.py).
+#[cfg(feature = "real-metastore")]
+mod hive {
+    use super::*;
+    use lakewire_integration_tests::metastore::{OwnMetastore, run, shared_uri};
+
+    fn it_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../integration-tests")
+    }
+
+    /// What Spark SQL (Hive support, through the metastore at `uri`) reads of `table`.
+    fn spark_read(uri: &str, table: &str, queries: &[String]) -> anyhow::Result<Value> {
+        let mut cmd = Command::new(python());
+        cmd.arg(it_dir().join("sink/spark_read.py"))
+            .args(["--metastore", uri, "--table", table]);
+        for q in queries {
+            cmd.arg("--query").arg(q);
+        }
+        let started = Instant::now();
+        let out = run(&mut cmd)?;
+        println!("spark_read.py: {:.1}s", started.elapsed().as_secs_f64());
+        Ok(serde_json::from_str(out.trim())?)
+    }
+
+    /// The `dt=../hr=..` directories of `table` holding visible Parquet files, sorted.
+    fn partition_dirs(table_dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for dt in std::fs::read_dir(table_dir).into_iter().flatten().flatten() {
+            for hr in std::fs::read_dir(dt.path()).into_iter().flatten().flatten() {
+                if count_files(&hr.path(), ".parquet") > 0 {
+                    out.push(format!(
+                        "{}/{}",
+                        dt.file_name().to_string_lossy(),
+                        hr.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Waits until the sink has no partition waiting for the metastore (seen twice in a row:
+    /// a file is queued just after it becomes visible).
+    async fn wait_registered(sink: &Sink, within: Duration, log: &Path) -> anyhow::Result<()> {
+        let end = Instant::now() + within;
+        let mut zero = 0;
+        while zero < 2 {
+            if sink.metric("lakewire_sink_pending_partitions ")? == 0.0 {
+                zero += 1;
+            } else {
+                zero = 0;
+            }
+            if Instant::now() > end {
+                bail!(
+                    "partitions still pending after {within:?}:\n{}\n{}",
+                    sink.metrics()?,
+                    log_tail(log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
+    }
+
+    /// Starts a sink of `topic` into `root`, registering in the metastore `uri`, database
+    /// `db`; gives it and its log's path.
+    fn start_registering(
+        dir: &Path,
+        topic: &str,
+        format: &str,
+        root: &str,
+        (roll_rows, uri, db): (u32, &str, &str),
+    ) -> anyhow::Result<(Sink, PathBuf)> {
+        let cfg = config(
+            dir,
+            topic,
+            format,
+            root,
+            &format!(
+                "roll_rows = {roll_rows}\nroll_interval_ms = 1000\nmetastore_uri = \"{uri}\"\n\
+                 database = \"{db}\""
+            ),
+        )?;
+        let log = dir.join("sink.log");
+        Ok((Sink::start(&cfg, &log)?, log))
+    }
+
+    fn spark_columns(v: &Value) -> Vec<(String, String)> {
+        v["columns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap_or_default().to_owned(),
+                    c["type"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// A database name for this run only.
+    fn unique_db(prefix: &str) -> String {
+        unique(prefix).replace('-', "_")
+    }
+
+    /// Order `i` with the evolved schema's `note` field set.
+    fn order_with_note(i: i64, base: i64) -> AV {
+        match order(i, base) {
+            AV::Record(mut fields) => {
+                fields.push((
+                    "note".into(),
+                    AV::Union(1, Box::new(AV::String(format!("n{i}")))),
+                ));
+                AV::Record(fields)
+            }
+            other => other,
+        }
+    }
+
+    /// order.avsc with a new optional field `note` (last).
+    fn order_v2() -> anyhow::Result<String> {
+        let mut v: Value = serde_json::from_str(ORDER)?;
+        v["fields"]
+            .as_array_mut()
+            .context("fields")?
+            .push(serde_json::json!({"name": "note", "type": ["null", "string"], "default": null}));
+        Ok(v.to_string())
+    }
+
+    /// Produces orders `ids` as single-object Avro (v2 with a note when `evolved`), record
+    /// timestamps `step_ms` apart from [`base_ts`].
+    async fn produce_single(
+        topic: &str,
+        ids: std::ops::Range<i64>,
+        step_ms: i64,
+        evolved: bool,
+    ) -> anyhow::Result<()> {
+        let base = base_ts();
+        let schema = if evolved {
+            order_v2()?
+        } else {
+            ORDER.to_string()
+        };
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .create()?;
+        for i in ids {
+            let v = if evolved {
+                order_with_note(i, base)
+            } else {
+                order(i, base)
+            };
+            let payload = single_object(&schema, v)?;
+            p.send(
+                FutureRecord::<(), _>::to(topic)
+                    .timestamp(base + i * step_ms)
+                    .payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// N records over several hours → the sink registers every partition, Spark reads exactly
+    /// N rows with the Avro types; then records with a new optional field → the table gains
+    /// the column and Spark reads its values.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spark_reads_what_the_sink_registered_and_the_new_column() -> anyhow::Result<()> {
+        const N: i64 = 1200;
+        const M: i64 = 150;
+        // 10 s apart: 1200 records span 3 h 20 min, so four or five Hive hours.
+        const STEP: i64 = 10_000;
+        let uri = shared_uri();
+        let dir = tempfile::tempdir()?;
+        let topic = unique("sink-hms");
+        create_topic(&topic, 1).await?;
+        let root = dir.path().join("lake");
+        let root_s = root.display().to_string();
+        let db = unique_db("lw_e2e");
+        let schemas = dir.path().join("schemas");
+        std::fs::create_dir_all(&schemas)?;
+        std::fs::write(schemas.join("order.avsc"), ORDER)?;
+        std::fs::write(schemas.join("order_v2.avsc"), order_v2()?)?;
+        produce_single(&topic, 0..N, STEP, false).await?;
+        let (sink, log) = start_registering(
+            dir.path(),
+            &topic,
+            "single-object",
+            &root_s,
+            (500, &uri, &db),
+        )?;
+        let v = wait_rows(&root_s, "orders", N as u64, Duration::from_secs(90), &[])
+            .with_context(|| log_tail(&log))?;
+        assert_exact(&v, N as u64);
+        wait_registered(&sink, Duration::from_secs(60), &log).await?;
+        assert_eq!(
+            sink.metric("lakewire_sink_metastore_errors_total ")?,
+            0.0,
+            "{}",
+            log_tail(&log)
+        );
+
+        let table = format!("{db}.orders");
+        let dirs = partition_dirs(&root.join("orders"));
+        assert!(dirs.len() >= 4, "{dirs:?}");
+        let got = spark_read(
+            &uri,
+            &table,
+            &[format!(
+                "SELECT id, amount, status, ship_to.city AS city, tags[1] AS tag, \
+                 attributes['channel'] AS channel, delivery_date, discount, \
+                 cast(ts AS bigint) AS ts_s, cast(_timestamp AS bigint) AS kafka_s \
+                 FROM {table} WHERE id = 7"
+            )],
+        )?;
+        assert_eq!(got["rows"], N, "{got}");
+        assert_eq!(got["distinct_keys"], N, "{got}");
+        assert_eq!(got["partitions"], serde_json::json!(dirs), "{got}");
+        let columns = spark_columns(&got);
+        let expected: Vec<(String, String)> = [
+            ("id", "bigint"),
+            ("ts", "timestamp"),
+            ("customer", "string"),
+            ("status", "string"),
+            ("amount", "decimal(12,2)"),
+            ("currency", "string"),
+            ("quantity", "int"),
+            ("price", "double"),
+            ("discount", "float"),
+            ("express", "boolean"),
+            ("coupon", "string"),
+            ("tags", "array<string>"),
+            ("attributes", "map<string,string>"),
+            (
+                "ship_to",
+                "struct<street:string,city:string,zip:string,country:string>",
+            ),
+            ("delivery_date", "date"),
+            ("_topic", "string"),
+            ("_partition", "int"),
+            ("_offset", "bigint"),
+            ("_timestamp", "timestamp"),
+            ("dt", "string"),
+            ("hr", "string"),
+        ]
+        .iter()
+        .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+        .collect();
+        assert_eq!(columns, expected, "{got}");
+        let base_s = base_ts() / 1000;
+        assert_eq!(
+            got["queries"][0],
+            serde_json::json!([{
+                "id": 7, "amount": "87.37", "status": "CANCELLED", "city": "Bern",
+                "tag": "web", "channel": "web", "delivery_date": "2025-11-27",
+                "discount": null, "ts_s": base_s, "kafka_s": base_s + 70
+            }]),
+            "{got}"
+        );
+
+        // Schema evolution: records with a new optional field, in the last hour and the next.
+        produce_single(&topic, N..N + M, STEP, true).await?;
+        let v = wait_rows(
+            &root_s,
+            "orders",
+            (N + M) as u64,
+            Duration::from_secs(60),
+            &[],
+        )
+        .with_context(|| log_tail(&log))?;
+        assert_exact(&v, (N + M) as u64);
+        wait_registered(&sink, Duration::from_secs(60), &log).await?;
+        let dirs = partition_dirs(&root.join("orders"));
+        let got = spark_read(
+            &uri,
+            &table,
+            &[format!(
+                "SELECT count(note) AS notes, min(id) AS first, max(note) AS last \
+                 FROM {table} WHERE note IS NOT NULL"
+            )],
+        )?;
+        assert_eq!(got["rows"], N + M, "{got}");
+        assert_eq!(got["distinct_keys"], N + M, "{got}");
+        assert_eq!(got["partitions"], serde_json::json!(dirs), "{got}");
+        let names: Vec<String> = spark_columns(&got).into_iter().map(|c| c.0).collect();
+        assert_eq!(names[names.len() - 3..], ["note", "dt", "hr"], "{got}");
+        assert_eq!(
+            got["queries"][0],
+            serde_json::json!([{"notes": M, "first": N, "last": format!("n{}", N + M - 1)}]),
+            "{got}"
+        );
+        drop(sink);
+        Ok(())
+    }
+
+    /// The metastore stopped while records flow: files keep landing, partitions wait
+    /// (pending gauge > 0, errors counted); the metastore back: every partition registered,
+    /// Spark reads them all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_metastore_outage_delays_registration_only() -> anyhow::Result<()> {
+        const N1: i64 = 400;
+        const N2: i64 = 800;
+        // 8 s apart from a full hour: the first batch fills 53 min of that hour, the second
+        // reaches 2 h 40 min (two new Hive hours); brokers refuse timestamps over an hour ahead.
+        const STEP: i64 = 8_000;
+        // Its own metastore, stopped below: never the shared one.
+        let own = OwnMetastore::start()?;
+        let uri = own.uri();
+        let dir = tempfile::tempdir()?;
+        let topic = unique("sink-hms-outage");
+        create_topic(&topic, 2).await?;
+        let root = dir.path().join("lake");
+        let root_s = root.display().to_string();
+        let (sink, log) =
+            start_registering(dir.path(), &topic, "raw", &root_s, (200, &uri, "outage"))?;
+        produce_order_range(&topic, 0..N1, 2, STEP).await?;
+        wait_rows(&root_s, "orders", N1 as u64, Duration::from_secs(60), &[])
+            .with_context(|| log_tail(&log))?;
+        wait_registered(&sink, Duration::from_secs(60), &log).await?;
+        let before = partition_dirs(&root.join("orders"));
+
+        own.command("stop")?;
+        produce_order_range(&topic, N1..N1 + N2, 2, STEP).await?;
+        let v = wait_rows(
+            &root_s,
+            "orders",
+            (N1 + N2) as u64,
+            Duration::from_secs(60),
+            &[],
+        )
+        .with_context(|| log_tail(&log))?;
+        assert_exact(&v, (N1 + N2) as u64);
+        let dirs = partition_dirs(&root.join("orders"));
+        let new_parts = dirs.iter().filter(|d| !before.contains(d)).count();
+        assert!(new_parts >= 2, "{before:?} {dirs:?}");
+        // Files landed, partitions wait for the metastore.
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pending = sink.metric("lakewire_sink_pending_partitions ")?;
+            let errors = sink.metric("lakewire_sink_metastore_errors_total ")?;
+            if pending >= new_parts as f64 && errors >= 1.0 {
+                break;
+            }
+            if Instant::now() > end {
+                bail!("pending {pending}, errors {errors}:\n{}", log_tail(&log));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // An outage is not a refusal.
+        assert_eq!(
+            sink.metric("lakewire_sink_metastore_refused_total ")?,
+            0.0,
+            "{}",
+            log_tail(&log)
+        );
+
+        own.command("up")?;
+        // The backoff is at most 60 s.
+        wait_registered(&sink, Duration::from_secs(90), &log).await?;
+        let got = spark_read(&uri, "outage.orders", &[])?;
+        assert_eq!(got["rows"], N1 + N2, "{got}");
+        assert_eq!(got["distinct_keys"], N1 + N2, "{got}");
+        assert_eq!(got["partitions"], serde_json::json!(dirs), "{got}");
+        drop(sink);
+        Ok(())
+    }
+
+    /// A table the metastore already has with other partition columns: `add_partition` is
+    /// refused (a permanent error). The refusal is counted, the partitions stay pending, files
+    /// land, and the refused partitions are not retried in a loop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_registration_is_counted_and_not_retried_in_a_loop() -> anyhow::Result<()> {
+        const N: i64 = 300;
+        let uri = shared_uri();
+        let db = unique_db("lw_refused");
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join("lake");
+        let root_s = root.display().to_string();
+        // The table exists, partitioned by `day` only (the sink's is dt, hr).
+        let ms = lakewire::sink::metastore::Metastore::connect(&uri).await?;
+        let schema = arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+            "id",
+            arrow_schema::DataType::Int64,
+            true,
+        )]);
+        ms.ensure_table(
+            &db,
+            "orders",
+            &format!("file:{root_s}/orders"),
+            &schema,
+            &["day".to_string()],
+        )
+        .await?;
+        let topic = unique("sink-hms-refused");
+        create_topic(&topic, 1).await?;
+        produce_order_range(&topic, 0..N, 1, 20_000).await?;
+        let (sink, log) = start_registering(dir.path(), &topic, "raw", &root_s, (100, &uri, &db))?;
+        let v = wait_rows(&root_s, "orders", N as u64, Duration::from_secs(60), &[])
+            .with_context(|| log_tail(&log))?;
+        assert_exact(&v, N as u64);
+        let parts = partition_dirs(&root.join("orders")).len();
+        assert!(parts >= 2, "{v}");
+        let end = Instant::now() + Duration::from_secs(30);
+        while sink.metric("lakewire_sink_metastore_refused_total ")? < parts as f64 {
+            if Instant::now() > end {
+                bail!(
+                    "refusals not counted:\n{}\n{}",
+                    sink.metrics()?,
+                    log_tail(&log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // Each partition once, then parked: no retry loop.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            sink.metric("lakewire_sink_metastore_refused_total ")?,
+            parts as f64,
+            "{}",
+            log_tail(&log)
+        );
+        assert_eq!(
+            sink.metric("lakewire_sink_metastore_errors_total ")?,
+            parts as f64
+        );
+        assert_eq!(
+            sink.metric("lakewire_sink_pending_partitions ")?,
+            parts as f64
+        );
+        let text = std::fs::read_to_string(&log)?;
+        assert!(
+            text.contains("the metastore refused the partition's registration"),
+            "{}",
+            log_tail(&log)
+        );
+        // Nothing registered.
+        assert!(ms.get_partitions(&db, "orders").await?.is_empty());
+        drop(sink);
+        Ok(())
+    }
 }

@@ -1,10 +1,11 @@
 //! Helpers for Lakewire's cross-process tests: a WebSocket client that speaks protocol v1, a raw
 //! HTTP GET, unique topic names, a gateway configuration for a given broker, and `lakewire` run
-//! as a process ([`process`]).
+//! as a process ([`process`]), a Hive Metastore of a test's own ([`metastore`]).
 //!
 //! The tests themselves are in `tests/`; those that need the real broker are behind the
 //! `real-kafka` feature (see `integration-tests/run-all`).
 
+pub mod metastore;
 pub mod monitoring;
 pub mod process;
 pub mod registry;

@@ -20,19 +20,9 @@ use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
 use lakewire::sink::metastore::{
     HiveTable, Metastore, MetastoreError, PARQUET_INPUT_FORMAT, PARQUET_SERDE, Timeouts,
 };
+use lakewire_integration_tests::metastore::{OwnMetastore, run, shared_uri};
 use lakewire_integration_tests::unique_topic;
 use serde_json::Value;
-
-fn metastore_uri() -> String {
-    match std::env::var("TEST_HIVE_METASTORE") {
-        Ok(uri) if !uri.is_empty() => uri,
-        _ => panic!(
-            "TEST_HIVE_METASTORE is not set: these tests need a running Hive Metastore; start one \
-             with `integration-tests/bin/metastore up` and set \
-             TEST_HIVE_METASTORE=thrift://127.0.0.1:9083 (integration-tests/run-all does both)"
-        ),
-    }
-}
 
 fn it_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -48,18 +38,6 @@ fn python() -> PathBuf {
 /// A Hive table name (lower case, digits, `_`) no other test or run uses.
 fn unique_table(prefix: &str) -> String {
     unique_topic(prefix).replace('-', "_")
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// The schema the sink gives a topic: Kafka metadata columns, then the value's fields.
@@ -162,7 +140,7 @@ fn col_types(table: &HiveTable) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn tables_and_partitions_are_registered_once() -> anyhow::Result<()> {
-    let ms = Metastore::connect(&metastore_uri()).await?;
+    let ms = Metastore::connect(&shared_uri()).await?;
     let db = "lakewire_it";
     let table = unique_table("reg");
     // The metastore makes the directories of the locations it is given: a temporary one.
@@ -228,7 +206,7 @@ async fn tables_and_partitions_are_registered_once() -> anyhow::Result<()> {
         }
     }
     // A second client (another sink worker) registering the same partition: still one.
-    let other = Metastore::connect(&metastore_uri()).await?;
+    let other = Metastore::connect(&shared_uri()).await?;
     other
         .add_partition(
             db,
@@ -288,7 +266,7 @@ async fn tables_and_partitions_are_registered_once() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn spark_reads_the_registered_table() -> anyhow::Result<()> {
-    let uri = metastore_uri();
+    let uri = shared_uri();
     let dir = tempfile::tempdir()?;
     let table = unique_table("spark");
     let table_dir = dir.path().join(&table);
@@ -428,57 +406,9 @@ async fn spark_reads_the_registered_table() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A metastore of this test's own (`bin/metastore` with its own port and run dir), stopped and
-/// its files removed when dropped.
-struct OwnMetastore {
-    port: u16,
-    run_dir: tempfile::TempDir,
-}
-
-impl OwnMetastore {
-    fn command(&self, verb: &str) -> anyhow::Result<String> {
-        run(Command::new(it_dir().join("bin/metastore"))
-            .arg(verb)
-            .env("METASTORE_PORT", self.port.to_string())
-            .env("METASTORE_RUN_DIR", self.run_dir.path()))
-    }
-
-    fn uri(&self) -> String {
-        format!("thrift://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnMetastore {
-    fn drop(&mut self) {
-        if let Err(e) = self.command("down") {
-            eprintln!("could not stop the test's metastore: {e}");
-        }
-    }
-}
-
-/// A free port below the kernel's ephemeral range (which starts at 32768) and apart from the
-/// fixed ports of the other tests (the faults test's broker: 29192/29193): 22000-28999.
-fn free_port() -> anyhow::Result<u16> {
-    let base = 22000 + (std::process::id() % 3000) as u16;
-    (0..4000u16)
-        .map(|i| base + i)
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .ok_or_else(|| anyhow::anyhow!("no free port"))
-}
-
 #[tokio::test]
 async fn an_outage_is_retryable_and_the_client_recovers() -> anyhow::Result<()> {
-    let own = OwnMetastore {
-        port: free_port()?,
-        run_dir: tempfile::tempdir()?,
-    };
-    let t0 = Instant::now();
-    own.command("up")?;
-    println!(
-        "metastore up: {:.1}s (run dir {})",
-        t0.elapsed().as_secs_f64(),
-        own.run_dir.path().display()
-    );
+    let own = OwnMetastore::start()?;
     let timeouts = Timeouts {
         connect: Duration::from_secs(2),
         call: Duration::from_secs(5),
@@ -524,9 +454,7 @@ async fn an_outage_is_retryable_and_the_client_recovers() -> anyhow::Result<()> 
         Ok(()) => panic!("ensure_table succeeded with the metastore stopped"),
     }
 
-    let t0 = Instant::now();
     own.command("up")?;
-    println!("metastore up again: {:.1}s", t0.elapsed().as_secs_f64());
     // The same client, no reconnect by the caller.
     ms.add_partition(
         db,
