@@ -24,13 +24,19 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lakewire");
 const ORDER: &str = include_str!("../../schemas/order.avsc");
-/// The records' first timestamp: three hours ago, on the hour (brokers refuse timestamps over
-/// an hour ahead and delete segments older than their retention, 7 days by default).
+/// The records' first timestamp: three hours before the hour this test process started in
+/// (brokers refuse timestamps over an hour ahead and delete segments older than their retention,
+/// 7 days by default). Fixed for the whole process, so a test that produces in several batches,
+/// or works out expected values afterwards, sees one base even when the clock passes a full hour
+/// mid-test.
 fn base_ts() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    (now / 3_600_000 - 3) * 3_600_000
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        (now / 3_600_000 - 3) * 3_600_000
+    })
 }
 
 fn brokers() -> String {
