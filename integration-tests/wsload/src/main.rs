@@ -124,6 +124,9 @@ enum Command {
         /// The broker's pid, for its CPU (optional; bin/wsload passes it).
         #[arg(long)]
         broker_pid: Option<u32>,
+        /// A librdkafka property for both servers' consumers, `key=value` (repeatable).
+        #[arg(long = "kafka-property", value_parser = key_value)]
+        kafka_properties: Vec<(String, String)>,
     },
 }
 
@@ -556,6 +559,7 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
             timeout,
             no_baseline,
             broker_pid,
+            kafka_properties,
         } => {
             lakewire_wsload::sinkbench::run(&lakewire_wsload::sinkbench::Scenario {
                 brokers,
@@ -567,6 +571,7 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
                 timeout: Duration::from_secs(timeout),
                 baseline: !no_baseline,
                 broker_pid,
+                kafka_properties,
             })
             .await
         }

@@ -187,10 +187,18 @@ pub fn config_toml(
     topic: &str,
     port: u16,
     schemas_dir: &Path,
+    kafka_properties: &[(String, String)],
     sink: Option<&SinkOpts>,
 ) -> String {
+    let mut props = String::new();
+    if !kafka_properties.is_empty() {
+        props.push_str("\n[kafka.properties]\n");
+        for (k, v) in kafka_properties {
+            props.push_str(&format!("{k:?} = {v:?}\n"));
+        }
+    }
     let mut s = format!(
-        "schemas_dir = {:?}\n\n[kafka]\nbrokers = {brokers:?}\n\n[websocket]\n\
+        "schemas_dir = {:?}\n\n[kafka]\nbrokers = {brokers:?}\n{props}\n[websocket]\n\
          listen = \"127.0.0.1:{port}\"\n\n[[topics]]\nname = {topic:?}\n\
          format = \"single-object\"\n",
         schemas_dir.display().to_string()
@@ -348,6 +356,8 @@ pub struct Scenario {
     pub baseline: bool,
     /// The Kafka broker's pid, for its CPU.
     pub broker_pid: Option<u32>,
+    /// librdkafka properties for both servers' consumers (`[kafka.properties]`).
+    pub kafka_properties: Vec<(String, String)>,
 }
 
 /// One server's run over the records.
@@ -468,7 +478,14 @@ pub async fn run(s: &Scenario) -> anyhow::Result<()> {
             compression: s.compression.clone(),
             roll_rows: s.roll_rows,
         };
-        config_toml(&s.brokers, &topic, port, &schemas, Some(&opts))
+        config_toml(
+            &s.brokers,
+            &topic,
+            port,
+            &schemas,
+            &s.kafka_properties,
+            Some(&opts),
+        )
     })
     .await?;
     let (pid, addr) = (sink.pid(), sink.addr);
@@ -514,7 +531,14 @@ pub async fn run(s: &Scenario) -> anyhow::Result<()> {
         let btopic = format!("{topic}-decode");
         create_topic(&s.brokers, &btopic, s.partitions as i32).await?;
         let mut gw = Spawned::start_with(&s.bin, &["run"], |port, _| {
-            config_toml(&s.brokers, &btopic, port, &schemas, None)
+            config_toml(
+                &s.brokers,
+                &btopic,
+                port,
+                &schemas,
+                &s.kafka_properties,
+                None,
+            )
         })
         .await?;
         let (pid, addr) = (gw.pid(), gw.addr);
@@ -606,6 +630,7 @@ pub async fn run(s: &Scenario) -> anyhow::Result<()> {
     let mut summary = serde_json::json!({
         "wsload": "sink", "records": s.records, "partitions": s.partitions,
         "compression": s.compression, "roll_rows": s.roll_rows,
+        "kafka_properties": s.kafka_properties.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "record_bytes": enc.mean_bytes().round(),
         "sink": json(&sink_m),
         "files": landed.files, "file_bytes": landed.bytes,
@@ -696,7 +721,7 @@ mod tests {
     fn the_gateway_decodes_the_values() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("order.avsc"), schema_text())?;
-        let text = config_toml("127.0.0.1:1", "t", 9, dir.path(), None);
+        let text = config_toml("127.0.0.1:1", "t", 9, dir.path(), &[], None);
         let config = lakewire::config::Config::from_toml_and_env(&text, &[], "test")?;
         let metrics = lakewire::metrics::Metrics::default();
         let cx = lakewire::decode::DecodeContext::new(&config, &metrics)?;
@@ -726,12 +751,20 @@ mod tests {
             compression: "zstd".into(),
             roll_rows: 1000,
         };
-        let with = config_toml("127.0.0.1:1", "t", 9, dir.path(), Some(&opts));
+        let props = [("fetch.queue.backoff.ms".to_string(), "10".to_string())];
+        let with = config_toml("127.0.0.1:1", "t", 9, dir.path(), &props, Some(&opts));
         let c = lakewire::config::Config::from_toml_and_env(&with, &[], "test")?;
         let sink = c.sink.context("no [sink]")?;
         assert_eq!(sink.roll_rows, 1000);
         assert_eq!(sink.tables[0].topic, "t");
-        let without = config_toml("127.0.0.1:1", "t", 9, dir.path(), None);
+        assert_eq!(
+            c.kafka
+                .properties
+                .get("fetch.queue.backoff.ms")
+                .map(String::as_str),
+            Some("10")
+        );
+        let without = config_toml("127.0.0.1:1", "t", 9, dir.path(), &[], None);
         let c = lakewire::config::Config::from_toml_and_env(&without, &[], "test")?;
         assert!(c.sink.is_none());
         assert_eq!(c.topics[0].name, "t");
