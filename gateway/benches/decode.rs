@@ -18,6 +18,8 @@ use lakewire::decode::{Decoder, RawRecord};
 
 const N: usize = 1024;
 
+#[path = "common/order_decoder.rs"]
+mod order_decoder;
 #[path = "common/orders.rs"]
 mod orders;
 
@@ -64,10 +66,10 @@ fn rate(secs: f64, mut f: impl FnMut() -> usize) -> f64 {
 }
 
 fn main() {
-    let text = std::fs::read_to_string(orders::schema_path()).unwrap_or_else(|e| panic!("{e}"));
-    let schema = apache_avro::Schema::parse_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let text = orders::SCHEMA;
+    let schema = apache_avro::Schema::parse_str(text).unwrap_or_else(|e| panic!("{e}"));
     let data = orders::records(&schema, N);
-    let d = orders::decoder();
+    let d = order_decoder::decoder();
     // The two paths must read the same records before their speed means anything.
     for p in data.iter().take(16) {
         let ours: serde_json::Value = serde_json::from_slice(

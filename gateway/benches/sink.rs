@@ -24,6 +24,8 @@ use lakewire::config::SinkCompression;
 use lakewire::decode::RawRecord;
 use lakewire::sink::arrow::{BatchBuilder, Meta};
 
+#[path = "common/order_decoder.rs"]
+mod order_decoder;
 #[path = "common/orders.rs"]
 mod orders;
 
@@ -93,12 +95,12 @@ fn rate(per_call: usize, mut f: impl FnMut() -> usize) -> f64 {
 }
 
 fn main() {
-    let text = std::fs::read_to_string(orders::schema_path()).unwrap_or_else(|e| panic!("{e}"));
-    let schema = apache_avro::Schema::parse_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let text = orders::SCHEMA;
+    let schema = apache_avro::Schema::parse_str(text).unwrap_or_else(|e| panic!("{e}"));
     let json: Arc<serde_json::Value> =
-        Arc::new(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}")));
+        Arc::new(serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}")));
     let data = orders::records(&schema, N);
-    let d = orders::decoder();
+    let d = order_decoder::decoder();
 
     // Both paths must read the same values before their speed means anything.
     let batches = build(&json, &data);
@@ -129,7 +131,7 @@ fn main() {
         .iter()
         .map(|d| [&[0u8, 0, 0, 0, 1][..], d].concat())
         .collect();
-    let theirs = build_arrow_avro(&text, &framed);
+    let theirs = build_arrow_avro(text, &framed);
     assert_eq!(
         theirs.iter().map(|b| b.num_rows()).sum::<usize>(),
         FILE_ROWS,
@@ -173,7 +175,7 @@ fn main() {
         bytes
     });
     let arrow_rate = rate(FILE_ROWS, || build(&json, &data).len());
-    let arrow_avro_rate = rate(FILE_ROWS, || build_arrow_avro(&text, &framed).len());
+    let arrow_avro_rate = rate(FILE_ROWS, || build_arrow_avro(text, &framed).len());
     let zstd_rate = rate(FILE_ROWS, || {
         let b = build(&json, &data);
         lakewire::sink::encode(&b, &schema_ref, SinkCompression::Zstd).map_or(0, |v| v.len())

@@ -341,3 +341,20 @@ async fn landing_replaces_and_leaves_no_temporary_file() -> anyhow::Result<()> {
     assert!(st.location("tbl").starts_with("file:/"));
     Ok(())
 }
+
+#[test]
+fn the_consumer_fetches_again_soon_after_its_queue_drains_unless_told_otherwise()
+-> anyhow::Result<()> {
+    let base = "[kafka]\nbrokers = \"127.0.0.1:1\"\n";
+    let rest = "\n[[topics]]\nname = \"t\"\nformat = \"raw\"\nschema = \"../schemas/order.avsc\"\n\
+                \n[sink]\nroot = \"/tmp/x\"\n\n[[sink.tables]]\ntopic = \"t\"\n";
+    let config = Config::from_toml_and_env(&format!("{base}{rest}"), &[], "test")?;
+    let sink = config.sink.clone().context("no [sink]")?;
+    let cc = consumer_config(&config, &sink);
+    assert_eq!(cc.get("fetch.queue.backoff.ms"), Some("10"));
+    let text = format!("{base}[kafka.properties]\n\"fetch.queue.backoff.ms\" = \"250\"\n{rest}");
+    let config = Config::from_toml_and_env(&text, &[], "test")?;
+    let cc = consumer_config(&config, &sink);
+    assert_eq!(cc.get("fetch.queue.backoff.ms"), Some("250"));
+    Ok(())
+}

@@ -124,15 +124,26 @@ impl Spawned {
         queue_size: usize,
         kafka_properties: &[(String, String)],
     ) -> anyhow::Result<Self> {
+        Self::start_with(bin, &["run"], |port, _| {
+            config_toml_with(brokers, topic, port, queue_size, kafka_properties)
+        })
+        .await
+    }
+
+    /// Starts `bin <args> --config <dir>/lakewire.toml`, the configuration made by `config`
+    /// from a free port and the process's own folder (removed when it stops; e.g. for a sink's
+    /// root), and waits until `/readyz` answers 200.
+    pub async fn start_with(
+        bin: &Path,
+        args: &[&str],
+        config: impl FnOnce(u16, &Path) -> String,
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let dir = Self::dir(port)?;
-        let config = dir.join("lakewire.toml");
-        std::fs::write(
-            &config,
-            config_toml_with(brokers, topic, port, queue_size, kafka_properties),
-        )?;
+        let dir = Self::make_dir(port)?;
+        let path = dir.join("lakewire.toml");
+        std::fs::write(&path, config(port, &dir))?;
         let mut cmd = Command::new(bin);
-        cmd.arg("run").arg("--config").arg(&config).env(
+        cmd.args(args).arg("--config").arg(&path).env(
             "RUST_LOG",
             std::env::var("WSLOAD_GATEWAY_LOG").unwrap_or("warn".into()),
         );
@@ -146,7 +157,7 @@ impl Spawned {
     /// consumer has had time to join its group.
     pub async fn start_centrifugo(bin: &Path, brokers: &str, topic: &str) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let dir = Self::dir(port)?;
+        let dir = Self::make_dir(port)?;
         let config = dir.join("centrifugo.json");
         std::fs::write(
             &config,
@@ -162,7 +173,7 @@ impl Spawned {
         Ok(gw)
     }
 
-    fn dir(port: u16) -> anyhow::Result<PathBuf> {
+    fn make_dir(port: u16) -> anyhow::Result<PathBuf> {
         let dir = std::env::temp_dir().join(format!("wsload-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(dir)
@@ -209,6 +220,16 @@ impl Spawned {
     /// The gateway's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its folder (configuration, log; removed when it stops).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether it has exited (and how).
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
     }
 
     /// Where its output goes.

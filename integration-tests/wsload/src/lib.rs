@@ -9,7 +9,8 @@
 //! - [`load`]: one measured point (clients, window, figures, the human table row);
 //! - [`gateway`]: starting a gateway with a generated configuration, topics;
 //! - [`procstat`]: CPU and memory from `/proc`;
-//! - [`kafkalat`]: the Kafka leg's latency alone, through librdkafka's two consumer APIs.
+//! - [`kafkalat`]: the Kafka leg's latency alone, through librdkafka's two consumer APIs;
+//! - [`sinkbench`]: the sink scenario, Kafka → Parquet files end to end, against the decode path.
 
 pub mod gateway;
 pub mod kafkalat;
@@ -17,6 +18,7 @@ pub mod load;
 pub mod procstat;
 pub mod produce;
 pub mod scan;
+pub mod sinkbench;
 pub mod ws;
 
 /// Microseconds since the Unix epoch (0 if the clock is before it).

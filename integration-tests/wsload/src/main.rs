@@ -91,6 +91,43 @@ enum Command {
         #[arg(long, default_value_t = 300_000)]
         records: u64,
     },
+    /// The sink scenario (issue 6): --records realistic Avro records (schemas/order.avsc,
+    /// single-object) produced to a fresh topic first, then `lakewire run --role sink` (a
+    /// local-filesystem root in a temporary folder) timed from its start until every record
+    /// is in a landed Parquet file; the files are checked (exactly N rows, every offset once).
+    /// Baseline in the same run: a gateway decoding the same records (Avro → JSON).
+    Sink {
+        /// Kafka bootstrap brokers.
+        #[arg(long, env = "WSLOAD_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// The `lakewire` binary (release).
+        #[arg(long)]
+        spawn_gateway: PathBuf,
+        /// Records to produce; each partition's share must be a multiple of --roll-rows.
+        #[arg(long, default_value_t = 2_000_000)]
+        records: u64,
+        /// Partitions of the topic (record i goes to partition i % partitions).
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// `sink.compression`.
+        #[arg(long, default_value = "zstd", value_parser = ["zstd", "snappy"])]
+        compression: String,
+        /// `sink.roll_rows`: rows per file.
+        #[arg(long, default_value_t = 100_000)]
+        roll_rows: u64,
+        /// Seconds each server may take.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Skip the baseline (the gateway's decode path on the same records).
+        #[arg(long)]
+        no_baseline: bool,
+        /// The broker's pid, for its CPU (optional; bin/wsload passes it).
+        #[arg(long)]
+        broker_pid: Option<u32>,
+        /// A librdkafka property for both servers' consumers, `key=value` (repeatable).
+        #[arg(long = "kafka-property", value_parser = key_value)]
+        kafka_properties: Vec<(String, String)>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -512,6 +549,32 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
             duration,
             kafka_properties,
         } => kafka_latency(&brokers, rate, duration, &kafka_properties).await,
+        Command::Sink {
+            brokers,
+            spawn_gateway,
+            records,
+            partitions,
+            compression,
+            roll_rows,
+            timeout,
+            no_baseline,
+            broker_pid,
+            kafka_properties,
+        } => {
+            lakewire_wsload::sinkbench::run(&lakewire_wsload::sinkbench::Scenario {
+                brokers,
+                bin: spawn_gateway,
+                records,
+                partitions,
+                compression,
+                roll_rows,
+                timeout: Duration::from_secs(timeout),
+                baseline: !no_baseline,
+                broker_pid,
+                kafka_properties,
+            })
+            .await
+        }
         Command::Decode { common, records } => {
             let setup = Setup::new(&common).await?;
             let r = decode(&setup, &common, records).await;
