@@ -780,7 +780,7 @@ async fn the_s3_path_lands_exactly_n_rows() -> anyhow::Result<()> {
 #[cfg(feature = "real-metastore")]
 mod hive {
     use super::*;
-    use lakewire_integration_tests::metastore::{OwnMetastore, run, shared_uri};
+    use lakewire_integration_tests::metastore::{OwnMetastore, run, shared_uri, spark_columns};
 
     fn it_dir() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../integration-tests")
@@ -862,20 +862,6 @@ mod hive {
         )?;
         let log = dir.join("sink.log");
         Ok((Sink::start(&cfg, &log)?, log))
-    }
-
-    fn spark_columns(v: &Value) -> Vec<(String, String)> {
-        v["columns"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                (
-                    c["name"].as_str().unwrap_or_default().to_owned(),
-                    c["type"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
     }
 
     /// A database name for this run only.

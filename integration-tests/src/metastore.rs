@@ -90,3 +90,18 @@ fn free_port() -> anyhow::Result<u16> {
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .ok_or_else(|| anyhow::anyhow!("no free port"))
 }
+
+/// The `(name, type)` of every column in a `spark_read.py` answer, in table order.
+pub fn spark_columns(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["columns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_owned(),
+                c["type"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}

@@ -20,7 +20,7 @@ use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
 use lakewire::sink::metastore::{
     HiveTable, Metastore, MetastoreError, PARQUET_INPUT_FORMAT, PARQUET_SERDE, Timeouts,
 };
-use lakewire_integration_tests::metastore::{OwnMetastore, run, shared_uri};
+use lakewire_integration_tests::metastore::{OwnMetastore, run, shared_uri, spark_columns};
 use lakewire_integration_tests::unique_topic;
 use serde_json::Value;
 
@@ -322,17 +322,7 @@ async fn spark_reads_the_registered_table() -> anyhow::Result<()> {
     assert_eq!(got["rows"], 12, "{got}");
     assert_eq!(got["distinct_keys"], 12, "{got}");
     assert_eq!(got["partitions"], serde_json::json!(parts), "{got}");
-    let columns: Vec<(String, String)> = got["columns"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            (
-                c["name"].as_str().unwrap_or_default().to_owned(),
-                c["type"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
+    let columns = spark_columns(&got);
     // Spark shows the partition columns last.
     let mut expected = value_columns();
     expected.extend([
