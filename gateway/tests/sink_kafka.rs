@@ -16,9 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use apache_avro::types::Value as AV;
+use lakewire_integration_tests::{brokers, create_topic, unique_topic as unique};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
@@ -37,17 +36,6 @@ fn base_ts() -> i64 {
             .map_or(0, |d| d.as_millis() as i64);
         (now / 3_600_000 - 3) * 3_600_000
     })
-}
-
-fn brokers() -> String {
-    std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
 fn python() -> PathBuf {
@@ -207,26 +195,6 @@ fn config(
     let path = dir.join("lakewire.toml");
     std::fs::write(&path, text)?;
     Ok(path)
-}
-
-async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()?;
-    let r = admin
-        .create_topics(
-            [&NewTopic::new(
-                topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?;
-    for x in r {
-        x.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
-    }
-    Ok(())
 }
 
 fn order(i: i64, base: i64) -> AV {

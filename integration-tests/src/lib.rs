@@ -28,6 +28,25 @@ pub fn brokers() -> String {
     std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
 }
 
+/// Creates `name` with `partitions` partitions (replication 1) on [`brokers`]; an error if it
+/// exists already, so tests never share a topic by accident.
+pub async fn create_topic(name: &str, partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for r in results {
+        r.map_err(|(t, e)| anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// A topic name no other test (or earlier run) uses.
 pub fn unique_topic(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

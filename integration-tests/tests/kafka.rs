@@ -7,31 +7,15 @@ use std::time::Duration;
 
 use lakewire::config::Config;
 use lakewire_integration_tests::{
-    WsClient, brokers, config_toml, http_get, metric, unique_topic, wait_ready,
+    WsClient, brokers, config_toml, create_topic, http_get, metric, unique_topic, wait_ready,
 };
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(20);
-
-async fn create_topic(name: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()?;
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?;
-    for r in results {
-        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
-    }
-    Ok(())
-}
 
 fn producer() -> anyhow::Result<FutureProducer> {
     Ok(ClientConfig::new()

@@ -14,32 +14,14 @@ use std::time::{Duration, Instant};
 use lakewire_integration_tests::monitoring::{monitoring_queries, referenced_names};
 use lakewire_integration_tests::process::{GatewayProcess, lakewire_command};
 use lakewire_integration_tests::{
-    WsClient, brokers, config_toml, http_get, unique_topic, wait_ready,
+    WsClient, brokers, config_toml, create_topic, http_get, unique_topic, wait_ready,
 };
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
 const PARTITIONS: i32 = 3;
-
-async fn create_topic(name: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()?;
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?
-    {
-        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
-    }
-    Ok(())
-}
 
 /// What the continuous producer wrote: record `n` at `at[n]` = (partition, offset).
 type Produced = Vec<(i32, i64)>;

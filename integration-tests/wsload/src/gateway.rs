@@ -42,6 +42,18 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// A `[kafka.properties]` table of librdkafka properties (nothing when there are none).
+pub fn kafka_properties_toml(kafka_properties: &[(String, String)]) -> String {
+    let mut props = String::new();
+    if !kafka_properties.is_empty() {
+        props.push_str("\n[kafka.properties]\n");
+        for (k, v) in kafka_properties {
+            props.push_str(&format!("{k:?} = {v:?}\n"));
+        }
+    }
+    props
+}
+
 /// The configuration the tool gives a gateway it starts.
 pub fn config_toml(brokers: &str, topic: &str, port: u16, queue_size: usize) -> String {
     config_toml_with(brokers, topic, port, queue_size, &[])
@@ -55,13 +67,7 @@ pub fn config_toml_with(
     queue_size: usize,
     kafka_properties: &[(String, String)],
 ) -> String {
-    let mut props = String::new();
-    if !kafka_properties.is_empty() {
-        props.push_str("\n[kafka.properties]\n");
-        for (k, v) in kafka_properties {
-            props.push_str(&format!("{k:?} = {v:?}\n"));
-        }
-    }
+    let props = kafka_properties_toml(kafka_properties);
     // Stalled clients never answer pings: the idle timeout is raised so that they stay
     // connected (and stalled) for the whole run instead of being closed after 60 s.
     format!(

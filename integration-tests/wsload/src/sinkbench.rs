@@ -190,13 +190,7 @@ pub fn config_toml(
     kafka_properties: &[(String, String)],
     sink: Option<&SinkOpts>,
 ) -> String {
-    let mut props = String::new();
-    if !kafka_properties.is_empty() {
-        props.push_str("\n[kafka.properties]\n");
-        for (k, v) in kafka_properties {
-            props.push_str(&format!("{k:?} = {v:?}\n"));
-        }
-    }
+    let props = crate::gateway::kafka_properties_toml(kafka_properties);
     let mut s = format!(
         "schemas_dir = {:?}\n\n[kafka]\nbrokers = {brokers:?}\n{props}\n[websocket]\n\
          listen = \"127.0.0.1:{port}\"\n\n[[topics]]\nname = {topic:?}\n\
