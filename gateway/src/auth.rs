@@ -4,7 +4,8 @@
 //!
 //! Tokens are JWTs (`auth.mode = "jwt"`), verified with an HS256 secret, RS256/ES256 public keys
 //! from PEM files, or the keys of a JWKS URL (cached, refreshed in the background and on an
-//! unknown key id). `exp` is required; `nbf`, `aud` and `iss` are checked when configured. The
+//! unknown key id). `exp` is required; `nbf` is checked; `aud` and `iss`, when configured, must be
+//! present, well formed and match. The
 //! `topics` claim (name configurable) lists topic names or glob patterns (`orders.*`).
 
 use std::collections::HashMap;
@@ -393,7 +394,15 @@ impl Authenticator {
             let mut v = Validation::new(alg);
             v.leeway = self.leeway;
             v.validate_nbf = true;
-            v.set_required_spec_claims(&["exp"]);
+            // A configured audience or issuer must be present, not merely match when present.
+            let mut required = vec!["exp"];
+            if self.audience.is_some() {
+                required.push("aud");
+            }
+            if self.issuer.is_some() {
+                required.push("iss");
+            }
+            v.set_required_spec_claims(&required);
             match &self.audience {
                 Some(a) => v.set_audience(&[a]),
                 None => v.validate_aud = false,
@@ -402,11 +411,59 @@ impl Authenticator {
                 v.set_issuer(&[i]);
             }
             match jsonwebtoken::decode::<Value>(token, &key, &v) {
-                Ok(data) => return self.access(&data.claims),
+                Ok(data) => {
+                    self.check_aud_iss(&data.claims)?;
+                    return self.access(&data.claims);
+                }
                 Err(e) => last = e.to_string(),
             }
         }
         Err(AuthError::Invalid(last))
+    }
+
+    /// Checks `aud` and `iss` again on the claims themselves, whatever the JWT library makes of
+    /// a claim of the wrong type: when configured, `aud` must be the audience or a list of
+    /// strings holding it, and `iss` must be the issuer, as a string.
+    fn check_aud_iss(&self, claims: &Value) -> Result<(), AuthError> {
+        if let Some(want) = &self.audience {
+            let ok = match claims.get("aud") {
+                Some(Value::String(s)) => s == want,
+                Some(Value::Array(a)) => {
+                    a.iter().all(Value::is_string) && a.iter().any(|v| v.as_str() == Some(want))
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(AuthError::Invalid(match claims.get("aud") {
+                    None => "the token has no \"aud\" claim; this gateway requires one".into(),
+                    Some(v) if !(v.is_string() || v.is_array()) => {
+                        "the token's \"aud\" claim is not a string or a list of strings".into()
+                    }
+                    Some(_) => format!("the token is not for audience {want:?}"),
+                }));
+            }
+        }
+        if let Some(want) = &self.issuer {
+            match claims.get("iss") {
+                Some(Value::String(s)) if s == want => {}
+                None => {
+                    return Err(AuthError::Invalid(
+                        "the token has no \"iss\" claim; this gateway requires one".into(),
+                    ));
+                }
+                Some(Value::String(_)) => {
+                    return Err(AuthError::Invalid(format!(
+                        "the token is not from issuer {want:?}"
+                    )));
+                }
+                Some(_) => {
+                    return Err(AuthError::Invalid(
+                        "the token's \"iss\" claim is not a string".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn access(&self, claims: &Value) -> Result<Access, AuthError> {
@@ -572,6 +629,61 @@ mod tests {
                 .err()
                 .map(|e| e.status()),
             Some(401)
+        );
+    }
+
+    #[tokio::test]
+    async fn configured_audience_and_issuer_must_be_present_and_well_formed() {
+        let a = auth(&config(|c| {
+            c.audience = Some("lakewire".into());
+            c.issuer = Some("https://idp".into());
+        }));
+        let good =
+            json!({"exp": exp(60), "aud": "lakewire", "iss": "https://idp", "topics": ["t"]});
+        let check = |claims: Value| {
+            let a = &a;
+            async move { a.authenticate(Some(&token(claims))).await.map(|_| ()) }
+        };
+        assert_eq!(check(good.clone()).await, Ok(()));
+        let mut in_a_list = good.clone();
+        in_a_list["aud"] = json!(["other", "lakewire"]);
+        assert_eq!(check(in_a_list).await, Ok(()));
+        let refused = |field: &str, value: Option<Value>| {
+            let mut claims = good.clone();
+            match value {
+                Some(v) => claims[field] = v,
+                None => {
+                    if let Some(o) = claims.as_object_mut() {
+                        o.remove(field);
+                    }
+                }
+            }
+            claims
+        };
+        for claims in [
+            refused("aud", None),
+            refused("aud", Some(json!(42))),
+            refused("aud", Some(json!(null))),
+            refused("aud", Some(json!({"lakewire": true}))),
+            refused("aud", Some(json!(["lakewire", 7]))),
+            refused("aud", Some(json!([]))),
+            refused("iss", None),
+            refused("iss", Some(json!(42))),
+            refused("iss", Some(json!(["https://idp"]))),
+            refused("iss", Some(json!(null))),
+        ] {
+            let got = check(claims.clone()).await;
+            assert!(
+                matches!(got, Err(AuthError::Invalid(_))),
+                "{claims} gave {got:?}; a missing or malformed aud/iss must be refused with 401"
+            );
+        }
+        // Without audience and issuer configured, tokens need neither.
+        let open = auth(&config(|_| {}));
+        assert!(
+            open.authenticate(Some(&token(json!({"exp": exp(60), "topics": ["t"]}))))
+                .await
+                .is_ok()
         );
     }
 

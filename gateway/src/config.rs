@@ -461,6 +461,10 @@ pub struct AuthConfig {
     /// URL of a JWKS document (the identity provider's keys); replaces the key settings above.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// Allows an `http://` `jwks_url` (keys fetched without TLS can be swapped in transit);
+    /// for tests and trusted loopback identity providers only.
+    #[serde(default)]
+    pub jwks_allow_http: bool,
     /// How often the JWKS document is fetched again (also on a token with an unknown key id, at
     /// most every 10 s).
     #[serde(default = "default_jwks_refresh_seconds")]
@@ -502,6 +506,7 @@ impl Default for AuthConfig {
             rs256_public_key_file: None,
             es256_public_key_file: None,
             jwks_url: None,
+            jwks_allow_http: false,
             jwks_refresh_seconds: default_jwks_refresh_seconds(),
             audience: None,
             issuer: None,
@@ -641,8 +646,15 @@ impl Config {
             }
             AuthMode::Jwt => {
                 if let Some(url) = &auth.jwks_url {
-                    if !(url.starts_with("https://") || url.starts_with("http://")) {
-                        return bad("auth.jwks_url", "must be an http:// or https:// URL");
+                    if url.starts_with("http://") {
+                        if !auth.jwks_allow_http {
+                            return bad(
+                                "auth.jwks_url",
+                                "is an http:// URL: keys fetched without TLS can be replaced in transit; use https://, or set auth.jwks_allow_http = true for a trusted local identity provider",
+                            );
+                        }
+                    } else if !url.starts_with("https://") {
+                        return bad("auth.jwks_url", "must be an https:// URL");
                     }
                 } else {
                     let keys = crate::auth::static_keys(auth).map_err(ConfigError::Invalid)?;
@@ -987,6 +999,37 @@ queue_size = 16
         assert!(msg.contains("xml"), "{msg}");
         let msg = err(&GOOD.replace("16", "0"), &[]);
         assert_eq!(msg, "websocket.queue_size: must be at least 1");
+    }
+
+    #[test]
+    fn plain_http_jwks_is_refused_unless_allowed() -> anyhow::Result<()> {
+        let jwt = |url: &str| {
+            vec![
+                ("LAKEWIRE_AUTH__MODE".to_string(), "jwt".to_string()),
+                ("LAKEWIRE_AUTH__JWKS_URL".to_string(), url.to_string()),
+            ]
+        };
+        let http = jwt("http://idp.example/jwks.json");
+        let msg = match Config::from_toml_and_env(GOOD, &http, "test.toml") {
+            Ok(c) => panic!("an http:// JWKS URL was accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(msg.starts_with("auth.jwks_url: is an http:// URL"), "{msg}");
+        assert!(msg.contains("auth.jwks_allow_http"), "{msg}");
+        let mut allowed = http.clone();
+        allowed.push(("LAKEWIRE_AUTH__JWKS_ALLOW_HTTP".into(), "true".into()));
+        assert!(
+            Config::from_toml_and_env(GOOD, &allowed, "test.toml")?
+                .auth
+                .jwks_allow_http
+        );
+        Config::from_toml_and_env(GOOD, &jwt("https://idp.example/jwks.json"), "test.toml")?;
+        let msg = match Config::from_toml_and_env(GOOD, &jwt("ftp://idp/jwks"), "test.toml") {
+            Ok(c) => panic!("an ftp:// JWKS URL was accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(msg, "auth.jwks_url: must be an https:// URL");
+        Ok(())
     }
 
     #[test]

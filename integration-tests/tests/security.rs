@@ -226,6 +226,8 @@ async fn rs256_from_a_key_file_and_from_a_jwks_url() -> anyhow::Result<()> {
     let demo2 = demo(&[
         ("LAKEWIRE_AUTH__MODE", "jwt"),
         ("LAKEWIRE_AUTH__JWKS_URL", &url),
+        // The test's JWKS server is plain HTTP on loopback.
+        ("LAKEWIRE_AUTH__JWKS_ALLOW_HTTP", "true"),
     ])
     .await?;
     header.kid = Some("test-1".into());
