@@ -137,8 +137,11 @@ impl Storage {
             .map_err(|e| StorageSetupError(format!("cannot create {path}: {e}")))?;
         let abs = std::fs::canonicalize(path)
             .map_err(|e| StorageSetupError(format!("cannot resolve {path}: {e}")))?;
+        // fsync of each file before its rename, and of the folders after: a power loss cannot
+        // leave an empty or partial file behind an offset that was committed.
         let store = object_store::local::LocalFileSystem::new_with_prefix(&abs)
-            .map_err(|e| StorageSetupError(format!("{}: {e}", abs.display())))?;
+            .map_err(|e| StorageSetupError(format!("{}: {e}", abs.display())))?
+            .with_fsync(true);
         Ok(Self {
             store: Arc::new(store),
             local: true,
@@ -164,17 +167,17 @@ impl Storage {
     pub async fn land(&self, dir: &str, name: &str, bytes: Bytes) -> object_store::Result<()> {
         let join = |n: &str| {
             if dir.is_empty() {
-                Path::from(n)
+                object_path(n)
             } else {
-                Path::from(format!("{dir}/{n}"))
+                object_path(&format!("{dir}/{n}"))
             }
         };
-        let target = join(name);
+        let target = join(name)?;
         let payload = PutPayload::from_bytes(bytes);
         if self.local {
             // Hidden (`_`) for Hive, Spark and pyarrow, and not ending in `.parquet` for globs
             // such as DuckDB's `**/*.parquet`.
-            let tmp = join(&format!("{TEMP_PREFIX}{name}.{}.tmp", std::process::id()));
+            let tmp = join(&format!("{TEMP_PREFIX}{name}.{}.tmp", std::process::id()))?;
             self.store.put(&tmp, payload).await?;
             self.store.rename(&tmp, &target).await
         } else {
@@ -185,7 +188,7 @@ impl Storage {
     /// Every landed file under `table`, and the temporary files left by a crash
     /// (as paths, with their age in seconds).
     pub async fn list(&self, table: &str) -> object_store::Result<(Vec<Listed>, Vec<(Path, i64)>)> {
-        let prefix = Path::from(table);
+        let prefix = object_path(table)?;
         let mut stream = self.store.list(Some(&prefix));
         let mut files = Vec::new();
         let mut temps = Vec::new();
@@ -249,6 +252,14 @@ impl Storage {
             .map(Arc::new)
             .map_err(|e| e.to_string())
     }
+}
+
+/// A store path for `rel` (a table, a Hive directory `k=v/...` whose values are already
+/// Hive-escaped by [`escape_value`], and a file name) taken as it is. `Path::from` would
+/// percent-encode it a second time (`%` to `%25`, every non-ASCII byte), so the folder would
+/// not be the one Hive, Spark and the metastore's location name.
+fn object_path(rel: &str) -> object_store::Result<Path> {
+    Path::parse(rel).map_err(|source| object_store::Error::InvalidPath { source })
 }
 
 /// Per topic and partition, the highest end offset among `files`.

@@ -342,6 +342,62 @@ async fn landing_replaces_and_leaves_no_temporary_file() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hive_escaped_partition_values_are_the_folders_on_disk() -> anyhow::Result<()> {
+    // Hive names the folder of `k = "a/b"` `k=a%2Fb` and of `city = "Zürich"` `city=Zürich`;
+    // the metastore is told that location, so the folder on disk must be exactly that, not
+    // escaped a second time (`k=a%252Fb`, `city=Z%C3%BCrich`).
+    let dir = tempfile::tempdir()?;
+    let st = Storage::new(&SinkConfig {
+        root: dir.path().join("lake").display().to_string(),
+        group_id: "g".into(),
+        compression: SinkCompression::Zstd,
+        roll_rows: 10,
+        roll_bytes: 1 << 20,
+        roll_interval_ms: 0,
+        metastore_uri: None,
+        database: "default".into(),
+        s3: None,
+        tables: vec![],
+    })?;
+    let values = ["a/b", "Zürich", "x:y=z", "50%", "q?#*\"", "ünï ✓"];
+    for (i, v) in values.iter().enumerate() {
+        let hive = format!("k={}", storage::escape_value(v));
+        let name = FileName {
+            topic: "t".into(),
+            partition: 0,
+            start: i as i64,
+            end: i as i64,
+        }
+        .render();
+        st.land(&format!("tbl/{hive}"), &name, Bytes::from_static(b"x"))
+            .await?;
+        let on_disk = dir.path().join("lake/tbl").join(&hive).join(&name);
+        assert!(
+            on_disk.is_file(),
+            "{v:?}: expected {}, found {:?}",
+            on_disk.display(),
+            std::fs::read_dir(dir.path().join("lake/tbl"))?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<Result<Vec<_>, _>>()?
+        );
+        assert_eq!(
+            st.location(&format!("tbl/{hive}")),
+            format!("{}/{hive}", st.location("tbl"))
+        );
+    }
+    let (files, _) = st.list("tbl").await?;
+    let mut got: Vec<String> = files
+        .iter()
+        .flat_map(|f| storage::dir_values(&f.dir))
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    want.sort();
+    assert_eq!(got, want, "listing gives back the original values");
+    Ok(())
+}
+
 #[test]
 fn the_consumer_fetches_again_soon_after_its_queue_drains_unless_told_otherwise()
 -> anyhow::Result<()> {
