@@ -759,6 +759,18 @@ impl Config {
                     ),
                 );
             }
+            if t.topic.starts_with(['_', '.']) {
+                // File names begin with the topic, and Hive, Spark, pyarrow and DuckDB skip
+                // files whose names start with '_' or '.': such a table would look empty.
+                return bad(
+                    &key("topic"),
+                    &format!(
+                        "{:?} starts with '{}': the sink's files are named after the topic, and readers skip files starting with '_' or '.'",
+                        t.topic,
+                        &t.topic[..1]
+                    ),
+                );
+            }
             if !topics.insert(t.topic.as_str()) {
                 return bad(&key("topic"), &format!("{:?} is listed twice", t.topic));
             }
@@ -1123,6 +1135,17 @@ topic = "or.ders-v1"
         )?;
         assert_eq!(c.sink.map(|s| s.compression), Some(SinkCompression::Snappy));
         Ok(())
+    }
+
+    #[test]
+    fn sink_topics_starting_with_underscore_or_dot_are_refused() {
+        for name in ["_orders", ".orders"] {
+            let e = err(&SINK.replace("or.ders-v1", name), &[]);
+            assert!(
+                e.starts_with("sink.tables[0].topic:") && e.contains("readers skip files"),
+                "{name}: {e}"
+            );
+        }
     }
 
     #[test]
