@@ -389,19 +389,19 @@ impl Authenticator {
                     .unwrap_or_default()
             )));
         }
+        // A configured audience or issuer must be present, not merely match when present.
+        let mut required = vec!["exp"];
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
         let mut last = String::new();
         for (alg, key) in candidates {
             let mut v = Validation::new(alg);
             v.leeway = self.leeway;
             v.validate_nbf = true;
-            // A configured audience or issuer must be present, not merely match when present.
-            let mut required = vec!["exp"];
-            if self.audience.is_some() {
-                required.push("aud");
-            }
-            if self.issuer.is_some() {
-                required.push("iss");
-            }
             v.set_required_spec_claims(&required);
             match &self.audience {
                 Some(a) => v.set_audience(&[a]),
@@ -426,41 +426,35 @@ impl Authenticator {
     /// strings holding it, and `iss` must be the issuer, as a string.
     fn check_aud_iss(&self, claims: &Value) -> Result<(), AuthError> {
         if let Some(want) = &self.audience {
-            let ok = match claims.get("aud") {
-                Some(Value::String(s)) => s == want,
-                Some(Value::Array(a)) => {
-                    a.iter().all(Value::is_string) && a.iter().any(|v| v.as_str() == Some(want))
+            let problem = match claims.get("aud") {
+                None => Some("the token has no \"aud\" claim; this gateway requires one".into()),
+                Some(Value::String(s)) if s == want => None,
+                Some(Value::Array(a))
+                    if a.iter().all(Value::is_string)
+                        && a.iter().any(|v| v.as_str() == Some(want)) =>
+                {
+                    None
                 }
-                _ => false,
+                Some(Value::String(_) | Value::Array(_)) => {
+                    Some(format!("the token is not for audience {want:?}"))
+                }
+                Some(_) => {
+                    Some("the token's \"aud\" claim is not a string or a list of strings".into())
+                }
             };
-            if !ok {
-                return Err(AuthError::Invalid(match claims.get("aud") {
-                    None => "the token has no \"aud\" claim; this gateway requires one".into(),
-                    Some(v) if !(v.is_string() || v.is_array()) => {
-                        "the token's \"aud\" claim is not a string or a list of strings".into()
-                    }
-                    Some(_) => format!("the token is not for audience {want:?}"),
-                }));
+            if let Some(p) = problem {
+                return Err(AuthError::Invalid(p));
             }
         }
         if let Some(want) = &self.issuer {
-            match claims.get("iss") {
-                Some(Value::String(s)) if s == want => {}
-                None => {
-                    return Err(AuthError::Invalid(
-                        "the token has no \"iss\" claim; this gateway requires one".into(),
-                    ));
-                }
-                Some(Value::String(_)) => {
-                    return Err(AuthError::Invalid(format!(
-                        "the token is not from issuer {want:?}"
-                    )));
-                }
-                Some(_) => {
-                    return Err(AuthError::Invalid(
-                        "the token's \"iss\" claim is not a string".into(),
-                    ));
-                }
+            let problem = match claims.get("iss") {
+                None => Some("the token has no \"iss\" claim; this gateway requires one".into()),
+                Some(Value::String(s)) if s == want => None,
+                Some(Value::String(_)) => Some(format!("the token is not from issuer {want:?}")),
+                Some(_) => Some("the token's \"iss\" claim is not a string".into()),
+            };
+            if let Some(p) = problem {
+                return Err(AuthError::Invalid(p));
             }
         }
         Ok(())
@@ -606,45 +600,7 @@ mod tests {
         assert_eq!(check(iss).await.err().map(|e| e.status()), Some(401));
         let no_exp = json!({"aud": "lakewire", "iss": "https://idp", "topics": ["t"]});
         assert_eq!(check(no_exp).await.err().map(|e| e.status()), Some(401));
-        let mut no_topics = good.clone();
-        no_topics["topics"] = json!([]);
-        assert_eq!(check(no_topics).await.err().map(|e| e.status()), Some(403));
-        // Signed with another secret.
-        let forged = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &good,
-            &EncodingKey::from_secret(b"another-secret-that-is-also-long-enough!!"),
-        )
-        .unwrap_or_default();
-        assert_eq!(
-            a.authenticate(Some(&forged))
-                .await
-                .err()
-                .map(|e| e.status()),
-            Some(401)
-        );
-        assert_eq!(
-            a.authenticate(Some("not.a.jwt"))
-                .await
-                .err()
-                .map(|e| e.status()),
-            Some(401)
-        );
-    }
-
-    #[tokio::test]
-    async fn configured_audience_and_issuer_must_be_present_and_well_formed() {
-        let a = auth(&config(|c| {
-            c.audience = Some("lakewire".into());
-            c.issuer = Some("https://idp".into());
-        }));
-        let good =
-            json!({"exp": exp(60), "aud": "lakewire", "iss": "https://idp", "topics": ["t"]});
-        let check = |claims: Value| {
-            let a = &a;
-            async move { a.authenticate(Some(&token(claims))).await.map(|_| ()) }
-        };
-        assert_eq!(check(good.clone()).await, Ok(()));
+        // A configured audience and issuer must be present and well formed.
         let mut in_a_list = good.clone();
         in_a_list["aud"] = json!(["other", "lakewire"]);
         assert_eq!(check(in_a_list).await, Ok(()));
@@ -684,6 +640,30 @@ mod tests {
             open.authenticate(Some(&token(json!({"exp": exp(60), "topics": ["t"]}))))
                 .await
                 .is_ok()
+        );
+        let mut no_topics = good.clone();
+        no_topics["topics"] = json!([]);
+        assert_eq!(check(no_topics).await.err().map(|e| e.status()), Some(403));
+        // Signed with another secret.
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &good,
+            &EncodingKey::from_secret(b"another-secret-that-is-also-long-enough!!"),
+        )
+        .unwrap_or_default();
+        assert_eq!(
+            a.authenticate(Some(&forged))
+                .await
+                .err()
+                .map(|e| e.status()),
+            Some(401)
+        );
+        assert_eq!(
+            a.authenticate(Some("not.a.jwt"))
+                .await
+                .err()
+                .map(|e| e.status()),
+            Some(401)
         );
     }
 

@@ -297,11 +297,10 @@ fn timestamps_give_utc_date_and_hour() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn landing_replaces_and_leaves_no_temporary_file() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let cfg = SinkConfig {
-        root: dir.path().join("lake").display().to_string(),
+/// A sink on a local folder `lake` under `dir`, with no tables.
+fn local_sink(dir: &std::path::Path) -> SinkConfig {
+    SinkConfig {
+        root: dir.join("lake").display().to_string(),
         group_id: "g".into(),
         compression: SinkCompression::Zstd,
         roll_rows: 10,
@@ -311,8 +310,13 @@ async fn landing_replaces_and_leaves_no_temporary_file() -> anyhow::Result<()> {
         database: "default".into(),
         s3: None,
         tables: vec![],
-    };
-    let st = Storage::new(&cfg)?;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn landing_replaces_and_leaves_no_temporary_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let st = Storage::new(&local_sink(dir.path()))?;
     let name = FileName {
         topic: "t".into(),
         partition: 0,
@@ -348,18 +352,7 @@ async fn hive_escaped_partition_values_are_the_folders_on_disk() -> anyhow::Resu
     // the metastore is told that location, so the folder on disk must be exactly that, not
     // escaped a second time (`k=a%252Fb`, `city=Z%C3%BCrich`).
     let dir = tempfile::tempdir()?;
-    let st = Storage::new(&SinkConfig {
-        root: dir.path().join("lake").display().to_string(),
-        group_id: "g".into(),
-        compression: SinkCompression::Zstd,
-        roll_rows: 10,
-        roll_bytes: 1 << 20,
-        roll_interval_ms: 0,
-        metastore_uri: None,
-        database: "default".into(),
-        s3: None,
-        tables: vec![],
-    })?;
+    let st = Storage::new(&local_sink(dir.path()))?;
     let values = ["a/b", "Zürich", "x:y=z", "50%", "q?#*\"", "ünï ✓"];
     for (i, v) in values.iter().enumerate() {
         let hive = format!("k={}", storage::escape_value(v));
