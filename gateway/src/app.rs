@@ -6,23 +6,17 @@
 //! connections), the sources (no more consuming) and the sessions (close 1001), which get
 //! `websocket.shutdown_grace_ms` to finish.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::decode::{DecodeContext, DecodeSetupError, Decoder};
-use crate::hub::Hub;
-use crate::metrics::{self, Metrics};
-use crate::source::{self, Kafka, SourceError};
+use crate::services::{BuildError, Services};
+use crate::source;
 
 /// The gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,15 +31,9 @@ pub enum AppError {
     /// The TLS certificate or key cannot be used.
     #[error("TLS: {0}")]
     Tls(String),
-    /// The authentication settings cannot be used.
-    #[error("auth: {0}")]
-    Auth(String),
-    /// The Kafka client could not be created.
+    /// A component named by the configuration could not be built.
     #[error(transparent)]
-    Kafka(#[from] SourceError),
-    /// A topic's decoder could not be set up.
-    #[error(transparent)]
-    Decode(#[from] DecodeSetupError),
+    Build(#[from] BuildError),
     /// The sink could not start.
     #[error(transparent)]
     Sink(#[from] crate::sink::SinkError),
@@ -64,138 +52,6 @@ pub enum Role {
     Gateway,
     /// The sink only; the listener serves `/healthz`, `/readyz` and `/metrics`.
     Sink,
-}
-
-/// Counts open connections, in all and per IP address, against the configured limits.
-#[derive(Debug, Default)]
-pub struct ConnLimits {
-    open: std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
-}
-
-/// One admitted connection; dropping it frees its place.
-#[derive(Debug)]
-pub struct ConnGuard {
-    services: Arc<Services>,
-    ip: Option<std::net::IpAddr>,
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        let mut open = self
-            .services
-            .limits
-            .open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        open.0 = open.0.saturating_sub(1);
-        if let Some(ip) = self.ip {
-            if let Some(n) = open.1.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    open.1.remove(&ip);
-                }
-            }
-        }
-    }
-}
-
-/// Why a connection was not admitted: HTTP status and the `reason` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
-    pub status: u16,
-    pub reason: &'static str,
-}
-
-impl Services {
-    /// Admits a connection from `ip` if the limits allow it.
-    pub fn admit(self: &Arc<Self>, ip: Option<std::net::IpAddr>) -> Result<ConnGuard, Refused> {
-        let ws = &self.config.websocket;
-        let mut open = self.limits.open.lock().unwrap_or_else(|p| p.into_inner());
-        let refused = if open.0 >= ws.max_connections {
-            Some(Refused {
-                status: 503,
-                reason: "max_connections",
-            })
-        } else if ip
-            .is_some_and(|ip| open.1.get(&ip).copied().unwrap_or(0) >= ws.max_connections_per_ip)
-        {
-            Some(Refused {
-                status: 429,
-                reason: "max_connections_per_ip",
-            })
-        } else {
-            None
-        };
-        if let Some(r) = refused {
-            self.metrics.refused(r.reason);
-            return Err(r);
-        }
-        open.0 += 1;
-        if let Some(ip) = ip {
-            *open.1.entry(ip).or_insert(0) += 1;
-        }
-        Ok(ConnGuard {
-            services: self.clone(),
-            ip,
-        })
-    }
-}
-
-/// What every session and HTTP handler shares.
-pub struct Services {
-    pub config: Config,
-    pub hub: Hub,
-    pub kafka: Kafka,
-    pub decoders: HashMap<String, Arc<Decoder>>,
-    pub metrics: Metrics,
-    pub registry: Registry,
-    pub sessions: TaskTracker,
-    pub auth: Authenticator,
-    /// The JWKS cache to refresh in the background, when one is configured.
-    pub jwks: Option<Arc<crate::auth::Jwks>>,
-    limits: ConnLimits,
-    conn_ids: AtomicU64,
-}
-
-impl std::fmt::Debug for Services {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Services").finish_non_exhaustive()
-    }
-}
-
-impl Services {
-    /// Builds the shared state for `config` (no I/O yet).
-    pub fn new(config: Config) -> Result<Arc<Self>, AppError> {
-        let metrics = Metrics::default();
-        let registry = metrics::registry(&metrics);
-        let kafka = Kafka::new(&config.kafka, metrics.clone())?;
-        let hub = Hub::new(config.topics.iter().map(|t| t.name.as_str()), &metrics);
-        let cx = DecodeContext::new(&config, &metrics)?;
-        let decoders = config
-            .topics
-            .iter()
-            .map(|t| Ok((t.name.clone(), Arc::new(Decoder::new(t, &cx)?))))
-            .collect::<Result<_, DecodeSetupError>>()?;
-        let (auth, jwks) = Authenticator::new(&config.auth, &metrics).map_err(AppError::Auth)?;
-        Ok(Arc::new(Self {
-            auth,
-            jwks,
-            limits: ConnLimits::default(),
-            config,
-            hub,
-            kafka,
-            decoders,
-            metrics,
-            registry,
-            sessions: TaskTracker::new(),
-            conn_ids: AtomicU64::new(1),
-        }))
-    }
-
-    /// A fresh connection id.
-    pub fn next_conn_id(&self) -> u64 {
-        self.conn_ids.fetch_add(1, Ordering::Relaxed)
-    }
 }
 
 /// A started gateway.
@@ -237,6 +93,20 @@ fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpL
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// Builds every component `config` names, dry: reads the schema, key, CA and certificate files,
+/// and builds the decoders, the Kafka and registry clients and the authenticator, but connects
+/// to nothing and starts nothing. `lakewire check` runs it, and `lakewire run` before it starts
+/// (a failure is a configuration error, exit status 64).
+pub fn check(config: &Config) -> Result<(), AppError> {
+    drop(Services::new(config.clone())?);
+    let ws = &config.websocket;
+    if let (Some(cert), Some(key)) = (&ws.tls_cert_file, &ws.tls_key_file) {
+        crate::tls::load(cert, key)
+            .map_err(|e| AppError::Tls(format!("websocket.tls_cert_file / tls_key_file: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Starts the sources and the HTTP server; returns once the listener is bound.

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use self::avro::AvroError;
 use self::registry::{Lookup, Registry, RegistryError};
 use self::schema::ParsedSchema;
-use crate::config::{Config, PayloadFormat, SchemaRegistryConfig, TopicConfig};
+use crate::config::{Config, PayloadFormat, TopicConfig};
 use crate::dead_letter::DeadLetters;
 use crate::metrics::Metrics;
 
@@ -316,102 +316,6 @@ fn load_schemas_dir(dir: &Path) -> Result<HashMap<u64, Arc<ParsedSchema>>, Strin
     Ok(out)
 }
 
-/// Checks `config.topics[i]`'s decoding keys and reads its schema files; `Err((key, why))`.
-pub(crate) fn check_topic(config: &Config, i: usize) -> Result<(), (String, String)> {
-    let t = &config.topics[i];
-    let key = |k: &str| format!("topics[{i}].{k}");
-    let schema_ok = |k: &str, path: &Option<std::path::PathBuf>| match path {
-        Some(p) => ParsedSchema::from_file(p)
-            .map(|_| ())
-            .map_err(|e| (key(k), e.to_string())),
-        None => Ok(()),
-    };
-    match (t.format, &t.schema) {
-        (PayloadFormat::Raw, None) => {
-            return Err((key("schema"), "required when format = \"raw\"".into()));
-        }
-        (PayloadFormat::Json | PayloadFormat::Confluent, Some(_)) => {
-            return Err((
-                key("schema"),
-                format!("only for format raw or single-object, not {}", t.format),
-            ));
-        }
-        _ => {}
-    }
-    if t.reader_schema.is_some() && !t.format.is_avro() {
-        return Err((key("reader_schema"), "only for the Avro formats".into()));
-    }
-    match (t.key_format, &t.key_schema) {
-        (Some(PayloadFormat::Raw), None) => {
-            return Err((
-                key("key_schema"),
-                "required when key_format = \"raw\"".into(),
-            ));
-        }
-        (f, Some(_)) if f != Some(PayloadFormat::Raw) => {
-            return Err((key("key_schema"), "only with key_format = \"raw\"".into()));
-        }
-        _ => {}
-    }
-    let confluent =
-        t.format == PayloadFormat::Confluent || t.key_format == Some(PayloadFormat::Confluent);
-    if confluent && config.schema_registry.is_none() {
-        return Err((
-            "schema_registry".into(),
-            format!("required: topic {:?} uses format \"confluent\"", t.name),
-        ));
-    }
-    if let Some(dlq) = &t.dead_letter_topic {
-        crate::config::check_topic_name(dlq).map_err(|why| (key("dead_letter_topic"), why))?;
-        if dlq == &t.name {
-            return Err((
-                key("dead_letter_topic"),
-                "must differ from the topic itself".into(),
-            ));
-        }
-    }
-    schema_ok("schema", &t.schema)?;
-    schema_ok("reader_schema", &t.reader_schema)?;
-    schema_ok("key_schema", &t.key_schema)?;
-    Ok(())
-}
-
-/// Checks `[schema_registry]`; `Err((key, why))`.
-pub(crate) fn check_registry(r: &SchemaRegistryConfig) -> Result<(), (String, String)> {
-    let k = |s: &str| format!("schema_registry.{s}");
-    let rest = r
-        .url
-        .strip_prefix("http://")
-        .or_else(|| r.url.strip_prefix("https://"));
-    if rest.is_none_or(|h| h.trim_end_matches('/').is_empty()) {
-        return Err((
-            k("url"),
-            format!("{:?} is not an http:// or https:// URL", r.url),
-        ));
-    }
-    if r.username.is_some() != r.password.is_some() {
-        return Err((k("username"), "username and password go together".into()));
-    }
-    for (name, v) in [
-        ("request_timeout_ms", r.request_timeout_ms),
-        ("connect_timeout_ms", r.connect_timeout_ms),
-        ("max_backoff_ms", r.max_backoff_ms),
-    ] {
-        if v == 0 {
-            return Err((k(name), "must be greater than 0".into()));
-        }
-    }
-    if let Some(ca) = &r.ca_file {
-        registry::read_ca_file(ca).map_err(|e| {
-            (
-                k("ca_file"),
-                e.to_string().replace("schema_registry.ca_file: ", ""),
-            )
-        })?;
-    }
-    Ok(())
-}
-
 /// Decodes one topic's records.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -427,6 +331,28 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for `topic`'s configured formats.
     pub fn new(topic: &TopicConfig, cx: &DecodeContext) -> Result<Self, DecodeSetupError> {
+        Self::named(topic, cx, &format!("topics.{}", topic.name))
+    }
+
+    /// A decoder for every topic of `config`, by name; errors name the key as
+    /// `topics[i].schema`, as configuration errors do.
+    pub fn for_topics(
+        config: &Config,
+        cx: &DecodeContext,
+    ) -> Result<HashMap<String, Arc<Self>>, DecodeSetupError> {
+        config
+            .topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let decoder = Self::named(t, cx, &format!("topics[{i}]"))?;
+                Ok((t.name.clone(), Arc::new(decoder)))
+            })
+            .collect()
+    }
+
+    /// A decoder for `topic`; `at` names its configuration section in errors.
+    fn named(topic: &TopicConfig, cx: &DecodeContext, at: &str) -> Result<Self, DecodeSetupError> {
         let format = |f: PayloadFormat,
                       schema: &Option<std::path::PathBuf>,
                       reader: &Option<std::path::PathBuf>,
@@ -436,7 +362,7 @@ impl Decoder {
                 ParsedSchema::from_file(p)
                     .map(Arc::new)
                     .map_err(|e| DecodeSetupError::Schema {
-                        key: format!("topics.{}.{key}", topic.name),
+                        key: format!("{at}.{key}"),
                         why: e.to_string(),
                     })
             };
@@ -450,7 +376,7 @@ impl Decoder {
                     Some(p) => Framing::Raw(load(which, p)?),
                     None => {
                         return Err(DecodeSetupError::Schema {
-                            key: format!("topics.{}.{which}", topic.name),
+                            key: format!("{at}.{which}"),
                             why: "required for raw".into(),
                         });
                     }
@@ -460,7 +386,7 @@ impl Decoder {
                     if let Some(p) = schema {
                         insert_known(Arc::make_mut(&mut known), load(which, p)?).map_err(
                             |why| DecodeSetupError::Schema {
-                                key: format!("topics.{}.{which}", topic.name),
+                                key: format!("{at}.{which}"),
                                 why,
                             },
                         )?;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use cel::{Context, Env, ExecutionError, Program};
 use serde_json::Value;
 
+use crate::config::WebSocketConfig;
 use crate::decode::Record;
 
 /// The variables a filter may use.
@@ -33,6 +34,16 @@ pub struct Limits {
     pub max_filter_nodes: usize,
     /// Most paths in a `fields` list.
     pub max_fields: usize,
+}
+
+impl From<&WebSocketConfig> for Limits {
+    fn from(ws: &WebSocketConfig) -> Self {
+        Self {
+            max_filter_bytes: ws.max_filter_bytes,
+            max_filter_nodes: ws.max_filter_nodes,
+            max_fields: ws.max_fields,
+        }
+    }
 }
 
 /// Why a filter or projection was refused.

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use crate::app::{ConnGuard, Refused, Services};
 use crate::auth::Access;
+use crate::services::{ConnGuard, Refused, Services};
 use crate::session;
 
 /// The dashboard and the JavaScript client, embedded in the binary: path, content type, body.
@@ -67,7 +67,7 @@ pub fn sink_routes(
     });
     let metrics = warp::path!("metrics").and(warp::get()).map(move || {
         warp::reply::with_header(
-            crate::metrics::render(&services.registry),
+            crate::metrics::render(&services.prometheus),
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
@@ -89,7 +89,7 @@ pub fn routes(
         let services = services.clone();
         move || {
             warp::reply::with_header(
-                crate::metrics::render(&services.registry),
+                crate::metrics::render(&services.prometheus),
                 "content-type",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )

@@ -112,7 +112,7 @@ fn main() -> ExitCode {
     init_tracing();
     let env: Vec<(String, String)> = std::env::vars().collect();
     match cli.command {
-        Command::Check { config } => match Config::load(&config, &env) {
+        Command::Check { config } => match load_and_check(&config, &env) {
             Ok(c) => {
                 println!(
                     "{}: OK ({} topic(s), listening on {})",
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
             Err(e) => config_error(&e),
         },
         Command::Run { config, role } => {
-            let config = match Config::load(&config, &env) {
+            let config = match load_and_check(&config, &env) {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
@@ -217,7 +217,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn config_error(e: &lakewire::config::ConfigError) -> ExitCode {
+/// Loads the file and builds what it names, dry ([`lakewire::app::check`]): a schema, key or
+/// certificate file that cannot be used is a configuration error too.
+fn load_and_check(path: &std::path::Path, env: &[(String, String)]) -> Result<Config, String> {
+    let config = Config::load(path, env).map_err(|e| e.to_string())?;
+    lakewire::app::check(&config).map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn config_error(e: &str) -> ExitCode {
     eprintln!("lakewire: bad configuration:\n{e}");
     ExitCode::from(EXIT_CONFIG)
 }

@@ -462,7 +462,7 @@ impl Metrics {
 }
 
 /// The registry behind `/metrics`, with the gateway's metrics in it.
-pub fn registry(metrics: &Metrics) -> Registry {
+pub fn prometheus_registry(metrics: &Metrics) -> Registry {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     registry
@@ -485,7 +485,7 @@ mod tests {
     #[test]
     fn names_are_prefixed_and_counters_suffixed() {
         let m = Metrics::default();
-        let reg = registry(&m);
+        let reg = prometheus_registry(&m);
         Metrics::topic_counter(&m.kafka_records, "trades").inc_by(3);
         m.decode_error("trades", "bad_json");
         m.dropped(DropReason::SlowClient, 5);

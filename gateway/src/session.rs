@@ -4,7 +4,7 @@
 //! The session is generic over any `Stream + Sink` of WebSocket messages, so it can be tested with
 //! channels and no socket.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 
-use crate::app::Services;
 use crate::auth::Access;
-use crate::filter::{Shape, ShapeError};
-use crate::hub::{ClientQueue, Delivery, Next, Subscription, TopicHub};
-use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError, ServerMessage, StartFrom};
-use crate::source::{self, SourceError};
+use crate::hub::{ClientQueue, Delivery, Next, Subscription};
+use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError, ServerMessage};
+use crate::services::Services;
+use crate::subscribe::{self, ActiveSub, sleep_until};
 
 /// Close codes the gateway sends.
 pub mod close {
@@ -32,14 +31,6 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = 4001;
     /// The client read too slowly and the policy is `disconnect`.
     pub const SLOW_CONSUMER: u16 = 4008;
-}
-
-/// A subscription held by a connection.
-pub struct ActiveSub {
-    sub: Arc<Subscription>,
-    topic: Arc<TopicHub>,
-    /// Stops the subscription's replay reader, if it has one.
-    replay: Option<CancellationToken>,
 }
 
 /// Why a session ended.
@@ -264,14 +255,6 @@ async fn close_handshake<S, E>(
     .await;
 }
 
-/// Resolves at `at`, or never.
-pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Reads the client's frames in a task of its own and hands them over through a small channel.
 ///
 /// The session loop wakes for every batch of records; if it polled the socket's read side each
@@ -361,7 +344,7 @@ impl Session<'_> {
             ClientMessage::Auth { token } => self.reauthenticate(&token).await,
             ClientMessage::Unsubscribe { id } => match self.subs.remove(&id) {
                 Some(active) => {
-                    stop(self.services, active);
+                    subscribe::stop(self.services, active);
                     vec![ServerMessage::Unsubscribed { id: &id }.to_json()]
                 }
                 None => vec![self.refuse(ProtocolError::new(
@@ -404,13 +387,13 @@ impl Session<'_> {
         let revoked: Vec<String> = self
             .subs
             .iter()
-            .filter(|(_, a)| !access.allows(a.topic.name()))
+            .filter(|(_, a)| !access.allows(a.topic()))
             .map(|(id, _)| id.clone())
             .collect();
         for id in revoked {
             if let Some(active) = self.subs.remove(&id) {
-                let topic = active.topic.name().to_string();
-                stop(self.services, active);
+                let topic = active.topic().to_string();
+                subscribe::stop(self.services, active);
                 frames.push(self.refuse(ProtocolError::new(
                     Some(&id),
                     ErrorCode::Forbidden,
@@ -445,7 +428,8 @@ impl Session<'_> {
                 format!("this connection already has {max} subscriptions, the limit"),
             ));
         }
-        let started = start(self.services, self.conn, &self.queue, &self.cancel, &req).await?;
+        let started =
+            subscribe::start(self.services, self.conn, &self.queue, &self.cancel, &req).await?;
         self.subs.insert(req.id.clone(), started.active);
         Ok(started.frames)
     }
@@ -478,177 +462,11 @@ impl Session<'_> {
 
     fn end(&mut self) {
         for (_, active) in std::mem::take(&mut self.subs) {
-            stop(self.services, active);
+            subscribe::stop(self.services, active);
         }
         self.cancel.cancel();
         self.queue.close();
     }
-}
-
-/// A subscription that has started: registered in its topic's hub, with its replay reader
-/// running if it starts in the past.
-pub struct Started {
-    pub active: ActiveSub,
-    /// `subscribed`, then any `gap` frames.
-    pub frames: Vec<String>,
-    /// Per partition, the next offset the subscription starts from (the live position for
-    /// `latest`).
-    pub start: BTreeMap<i32, i64>,
-}
-
-/// Starts the subscription `req` for connection `conn`, feeding `queue`. Checks the topic,
-/// compiles the shape, and for a start in the past plans and spawns the replay reader (stopped
-/// by `cancel` or by ending the subscription).
-pub async fn start(
-    services: &Services,
-    conn: u64,
-    queue: &Arc<ClientQueue>,
-    cancel: &CancellationToken,
-    req: &protocol::Subscribe,
-) -> Result<Started, ProtocolError> {
-    let id = req.id.as_str();
-    let err = |code, message: String| ProtocolError::new(Some(id), code, message);
-    let Some(topic) = services.hub.topic(&req.topic).cloned() else {
-        return Err(err(
-            ErrorCode::UnknownTopic,
-            format!("topic {:?} is not served by this gateway", req.topic),
-        ));
-    };
-    let shape = Shape::new(
-        req.filter.as_deref(),
-        req.fields.as_deref(),
-        topic.env(),
-        &services.config.shape_limits(),
-    )
-    .map_err(|e| match e {
-        ShapeError::BadFilter(m) => err(ErrorCode::BadFilter, m),
-        ShapeError::BadFields(m) => err(ErrorCode::BadRequest, m),
-    })?;
-    let timeout = Duration::from_millis(services.config.kafka.request_timeout_ms);
-    let live = req.from == StartFrom::Latest;
-    let sub = Subscription::new(conn, Arc::from(id), queue.clone(), Arc::new(shape), live);
-    let (partitions, start, replay, gaps) = if live {
-        let partitions = topic.wait_assigned(timeout).await.unwrap_or_default();
-        topic.add(sub.clone());
-        (partitions, topic.published_next(), None, Vec::new())
-    } else {
-        let plan = replay_plan(services, &req.topic, &req.from)
-            .await
-            .map_err(|e| match e {
-                SourceError::NoSuchTopic(_) => err(ErrorCode::UnknownTopic, e.to_string()),
-                other => err(
-                    ErrorCode::BadRequest,
-                    format!("cannot start the subscription: {other}"),
-                ),
-            })?;
-        let Some(decoder) = services.decoders.get(req.topic.as_str()).cloned() else {
-            return Err(err(ErrorCode::UnknownTopic, "no decoder for topic".into()));
-        };
-        // In the hub first (not yet live), so the replay reader can hand partitions over.
-        topic.add(sub.clone());
-        let token = cancel.child_token();
-        tokio::spawn({
-            let kafka = services.kafka.clone();
-            let topic = topic.clone();
-            let sub = sub.clone();
-            let token = token.clone();
-            let start = plan.start.clone();
-            async move {
-                if let Err(e) = source::run_replay(kafka, decoder, topic, sub, start, token).await {
-                    tracing::warn!(error = %e, "replay reader failed");
-                }
-            }
-        });
-        (plan.partitions, plan.start, Some(token), plan.gaps)
-    };
-    let mut frames = vec![
-        ServerMessage::Subscribed {
-            id,
-            topic: &req.topic,
-            partitions: &partitions,
-            start: &start,
-        }
-        .to_json(),
-    ];
-    frames.extend(gaps.iter().map(|g| {
-        ServerMessage::Gap {
-            id,
-            partition: g.partition,
-            requested: g.requested,
-            first_available: g.first_available,
-        }
-        .to_json()
-    }));
-    services.metrics.ws_subscriptions.inc();
-    Ok(Started {
-        active: ActiveSub { sub, topic, replay },
-        frames,
-        start,
-    })
-}
-
-/// Ends a subscription: no more deliveries, replay reader stopped.
-pub fn stop(services: &Services, active: ActiveSub) {
-    active.sub.deactivate();
-    active.topic.remove(&active.sub);
-    if let Some(t) = active.replay {
-        t.cancel();
-    }
-    services.metrics.ws_subscriptions.dec();
-}
-
-/// Where a replay starts in each partition, and the gaps a resume cannot fill.
-async fn replay_plan(
-    services: &Services,
-    topic: &str,
-    from: &StartFrom,
-) -> Result<ReplayPlan, SourceError> {
-    let kafka = &services.kafka;
-    let partitions = kafka.partitions(topic).await?;
-    let marks = kafka.watermarks(topic, &partitions).await?;
-    let mut gaps = Vec::new();
-    let start: BTreeMap<i32, i64> = match from {
-        StartFrom::Latest | StartFrom::Earliest => {
-            marks.iter().map(|(&p, &(low, _))| (p, low)).collect()
-        }
-        StartFrom::Timestamp(ms) => kafka.offsets_for_time(topic, &partitions, *ms).await?,
-        StartFrom::Offsets(wanted) => marks
-            .iter()
-            .map(|(&p, &(low, high))| {
-                // A partition the client did not name starts at the beginning: a resuming
-                // client that had seen nothing of it must not lose what it holds.
-                let requested = wanted.get(&p).copied().unwrap_or(low);
-                let offset = if requested < low {
-                    gaps.push(Gap {
-                        partition: p,
-                        requested,
-                        first_available: low,
-                    });
-                    low
-                } else {
-                    requested.min(high)
-                };
-                (p, offset)
-            })
-            .collect(),
-    };
-    Ok(ReplayPlan {
-        partitions,
-        start,
-        gaps,
-    })
-}
-
-struct Gap {
-    partition: i32,
-    requested: i64,
-    first_available: i64,
-}
-
-struct ReplayPlan {
-    partitions: Vec<i32>,
-    start: BTreeMap<i32, i64>,
-    gaps: Vec<Gap>,
 }
 
 #[cfg(test)]
@@ -816,7 +634,7 @@ mod tests {
             .topic("t")
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("no hub"))?;
-        hub.set_assigned(Some(BTreeMap::from([(0, 5), (1, 0)])));
+        hub.set_assigned(Some(std::collections::BTreeMap::from([(0, 5), (1, 0)])));
         c.publish(5, json!({"n": 5}))?;
         c.send(json!({"op":"subscribe","id":"a","topic":"t"}))?;
         assert_eq!(
@@ -841,7 +659,7 @@ mod tests {
         assert_eq!(c.json().await?["code"], "too_many_subscriptions");
         c.tx.send(Message::binary(vec![1, 2, 3]))?;
         assert_eq!(c.json().await?["code"], "bad_request");
-        let body = crate::metrics::render(&c.services.registry);
+        let body = crate::metrics::render(&c.services.prometheus);
         assert!(
             body.contains("lakewire_ws_request_errors_total{code=\"duplicate_id\"} 1"),
             "{body}"
@@ -849,7 +667,7 @@ mod tests {
         assert!(body.contains("lakewire_ws_subscriptions 2"), "{body}");
         drop(c.tx);
         assert_eq!(c.session.await?, Ended::ClientClosed);
-        let body = crate::metrics::render(&c.services.registry);
+        let body = crate::metrics::render(&c.services.prometheus);
         assert!(body.contains("lakewire_ws_subscriptions 0"), "{body}");
         assert!(body.contains("lakewire_ws_connections 0"), "{body}");
         Ok(())

@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 use warp::http::StatusCode;
 use warp::sse::Event;
 
-use crate::app::{ConnGuard, Services};
 use crate::auth::Access;
 use crate::hub::{ClientQueue, Next};
 use crate::protocol::{self, ErrorCode, ProtocolError, ServerMessage, StartFrom, Subscribe};
-use crate::session::{self, ActiveSub};
+use crate::services::{ConnGuard, Services};
+use crate::subscribe::{self, ActiveSub};
 
 /// The subscription id SSE streams use in their JSON (one subscription per stream).
 const ID: &str = "sse";
@@ -118,7 +118,7 @@ struct SseState {
 impl Drop for SseState {
     fn drop(&mut self) {
         if let Some(active) = self.active.take() {
-            session::stop(&self.services, active);
+            subscribe::stop(&self.services, active);
         }
         self.cancel.cancel();
         self.queue.close();
@@ -156,7 +156,7 @@ pub async fn serve(
     );
     let cancel = shutdown.child_token();
     let conn = services.next_conn_id();
-    let started = match session::start(&services, conn, &queue, &cancel, &req).await {
+    let started = match subscribe::start(&services, conn, &queue, &cancel, &req).await {
         Ok(s) => s,
         Err(e) => return refusal(&services, &e),
     };
@@ -222,7 +222,7 @@ fn events(state: SseState, max: usize) -> impl Stream<Item = Result<Event, Infal
                 let bye = r#"{"type":"close","code":1001,"reason":"server shutting down"}"#;
                 return Some((Ok(Event::default().event("close").data(bye)), st));
             }
-            _ = session::sleep_until(st.expires) => {
+            _ = subscribe::sleep_until(st.expires) => {
                 st.done = true;
                 let bye = r#"{"type":"close","code":4001,"reason":"token expired"}"#;
                 return Some((Ok(Event::default().event("close").data(bye)), st));

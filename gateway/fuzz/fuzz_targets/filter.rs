@@ -21,7 +21,7 @@ fn limits() -> Limits {
             &[],
             "fuzz",
         ) {
-            Ok(c) => c.shape_limits(),
+            Ok(c) => lakewire::filter::Limits::from(&c.websocket),
             Err(e) => panic!("default config: {e}"),
         }
     })

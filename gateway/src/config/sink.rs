@@ -1,0 +1,212 @@
+//! `[sink]`: the topics written to the data lake as Parquet files in Hive partitions.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Config, ConfigError};
+
+/// `[sink]`: the topics written to the data lake as Parquet (see [`crate::sink`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `s3://bucket/prefix`, `file:///abs/path` or a plain path.
+    pub root: String,
+    /// The Kafka consumer group of all sink workers.
+    #[serde(default = "default_sink_group")]
+    pub group_id: String,
+    /// Parquet compression.
+    #[serde(default)]
+    pub compression: SinkCompression,
+    /// A file is closed after this many rows.
+    #[serde(default = "default_roll_rows")]
+    pub roll_rows: u64,
+    /// A file is closed once its records' Avro bytes reach this (the Parquet file is smaller).
+    #[serde(default = "default_roll_bytes")]
+    pub roll_bytes: u64,
+    /// A file is closed after this many milliseconds open; 0 = never (wall-clock rolls make
+    /// file boundaries depend on timing: at-least-once, see docs/configuration.md).
+    #[serde(default)]
+    pub roll_interval_ms: u64,
+    /// `thrift://host:port` of a Hive Metastore to register tables and partitions in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metastore_uri: Option<String>,
+    /// The metastore database of the tables.
+    #[serde(default = "default_sink_database")]
+    pub database: String,
+    /// S3 settings, for `s3://` roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<SinkS3Config>,
+    /// The topics to write, one table each.
+    #[serde(default)]
+    pub tables: Vec<SinkTableConfig>,
+}
+
+fn default_sink_group() -> String {
+    "lakewire-sink".into()
+}
+fn default_sink_database() -> String {
+    "default".into()
+}
+const fn default_roll_rows() -> u64 {
+    1_000_000
+}
+const fn default_roll_bytes() -> u64 {
+    128 * 1024 * 1024
+}
+
+/// Parquet compression codec of the sink's files.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkCompression {
+    #[default]
+    Zstd,
+    Snappy,
+}
+
+/// `[sink.s3]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkS3Config {
+    /// The S3 endpoint (an S3-compatible server); AWS when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// Else `AWS_ACCESS_KEY_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// Else `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// Allow an `http://` endpoint.
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".into()
+}
+
+/// One `[[sink.tables]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkTableConfig {
+    /// A topic of `[[topics]]` (its decoder settings are used).
+    pub topic: String,
+    /// The table (directory) name; default: the topic with `.` and `-` replaced by `_`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// Partition columns: `dt`/`hr` (UTC date/hour of the record timestamp) or top-level fields.
+    #[serde(default = "default_partition_by")]
+    pub partition_by: Vec<String>,
+}
+
+fn default_partition_by() -> Vec<String> {
+    vec!["dt".into(), "hr".into()]
+}
+
+impl SinkTableConfig {
+    /// The table name.
+    pub fn table_name(&self) -> String {
+        self.table
+            .clone()
+            .unwrap_or_else(|| self.topic.replace(['.', '-'], "_"))
+    }
+}
+
+impl Config {
+    pub(super) fn validate_sink(&self, sink: &SinkConfig) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("sink.{key}: {why}")));
+        if sink.root.trim().is_empty() {
+            return bad("root", "must name a folder or an s3:// bucket");
+        }
+        if sink.s3.is_some() && !sink.root.starts_with("s3://") {
+            return bad("s3", "only for s3:// roots");
+        }
+        if sink.group_id.trim().is_empty() {
+            return bad("group_id", "must not be empty");
+        }
+        if sink.roll_rows == 0 {
+            return bad("roll_rows", "must be at least 1");
+        }
+        if sink.roll_bytes < 1024 {
+            return bad("roll_bytes", "must be at least 1024");
+        }
+        if let Some(uri) = &sink.metastore_uri {
+            let hostport = uri.strip_prefix("thrift://").unwrap_or("");
+            if hostport
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return bad(
+                    "metastore_uri",
+                    &format!("{uri:?} is not thrift://host:port"),
+                );
+            }
+        }
+        if sink.tables.is_empty() {
+            return bad("tables", "name at least one topic to write");
+        }
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !s.starts_with('_')
+        };
+        let mut names = HashSet::new();
+        let mut topics = HashSet::new();
+        for (i, t) in sink.tables.iter().enumerate() {
+            let key = |k: &str| format!("tables[{i}].{k}");
+            let Some(topic) = self.topic(&t.topic) else {
+                return bad(
+                    &key("topic"),
+                    &format!("{:?} is not one of [[topics]]", t.topic),
+                );
+            };
+            if !topic.format.is_avro() {
+                return bad(
+                    &key("topic"),
+                    &format!(
+                        "{:?} has format {}; the sink writes Avro topics",
+                        t.topic, topic.format
+                    ),
+                );
+            }
+            if t.topic.starts_with(['_', '.']) {
+                // File names begin with the topic, and Hive, Spark, pyarrow and DuckDB skip
+                // files whose names start with '_' or '.': such a table would look empty.
+                return bad(
+                    &key("topic"),
+                    &format!(
+                        "{:?} starts with '{}': the sink's files are named after the topic, and readers skip files starting with '_' or '.'",
+                        t.topic,
+                        &t.topic[..1]
+                    ),
+                );
+            }
+            if !topics.insert(t.topic.as_str()) {
+                return bad(&key("topic"), &format!("{:?} is listed twice", t.topic));
+            }
+            let name = t.table_name();
+            if !ident(&name) {
+                return bad(
+                    &key("table"),
+                    &format!("{name:?}: letters, digits and '_' only, not starting with '_'"),
+                );
+            }
+            if !names.insert(name.clone()) {
+                return bad(&key("table"), &format!("{name:?} is used twice"));
+            }
+            let mut seen = HashSet::new();
+            for p in &t.partition_by {
+                if !ident(p) {
+                    return bad(&key("partition_by"), &format!("{p:?} is not a column name"));
+                }
+                if !seen.insert(p.as_str()) {
+                    return bad(&key("partition_by"), &format!("{p:?} is listed twice"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
