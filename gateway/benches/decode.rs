@@ -14,7 +14,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use lakewire::decode::{Decoder, RawRecord};
+use lakewire::decode::Decoder;
+use lakewire::record::RawRecord;
 
 const N: usize = 1024;
 
@@ -30,6 +31,7 @@ fn raw(payload: &[u8]) -> RawRecord<'_> {
         timestamp: Some(1_732_690_000_000),
         key: Some(b"k"),
         payload: Some(payload),
+        headers: None,
     }
 }
 

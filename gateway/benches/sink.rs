@@ -21,7 +21,7 @@ use std::time::Instant;
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use lakewire::config::SinkCompression;
-use lakewire::decode::RawRecord;
+use lakewire::record::RawRecord;
 use lakewire::sink::arrow::{BatchBuilder, Meta};
 
 #[path = "common/order_decoder.rs"]
@@ -40,6 +40,7 @@ fn raw(payload: &[u8], offset: i64) -> RawRecord<'_> {
         timestamp: Some(1_732_690_000_000 + offset),
         key: None,
         payload: Some(payload),
+        headers: None,
     }
 }
 

@@ -13,7 +13,7 @@ use cel::{Context, Env, ExecutionError, Program};
 use serde_json::Value;
 
 use crate::config::WebSocketConfig;
-use crate::decode::Record;
+use crate::record::Record;
 
 /// The variables a filter may use.
 pub const VARIABLES: &[&str] = &[
@@ -351,23 +351,15 @@ impl Projection {
 
     /// The projected envelope as JSON text.
     pub fn render(&self, record: &Record) -> Bytes {
-        let mut m = serde_json::Map::new();
-        m.insert("partition".into(), record.partition.into());
-        m.insert("offset".into(), record.offset.into());
-        m.insert("timestamp".into(), record.timestamp.into());
-        if self.key {
-            m.insert("key".into(), record.key.clone().into());
-        }
-        if self.wants_value {
-            let value = match &self.value {
+        let value = if self.wants_value {
+            match &self.value {
                 None => Some(record.value().clone()),
                 Some(tree) => tree.apply(record.value()),
-            };
-            if let Some(v) = value {
-                m.insert("value".into(), v);
             }
-        }
-        Bytes::from(serde_json::to_vec(&Value::Object(m)).unwrap_or_default())
+        } else {
+            None
+        };
+        Bytes::from(crate::protocol::write_projected(record, self.key, value))
     }
 }
 
@@ -446,7 +438,7 @@ impl Shape {
             None => whole
                 .get_or_insert_with(|| {
                     let mut out = Vec::with_capacity(96 + record.value_json.len());
-                    record.write_json(&mut out);
+                    crate::protocol::write_record(record, &mut out);
                     Bytes::from(out)
                 })
                 .clone(),

@@ -22,9 +22,9 @@ use cel::Env;
 use tokio::sync::{Notify, watch};
 
 use crate::config::SlowClientPolicy;
-use crate::decode::Record;
 use crate::filter::Shape;
 use crate::metrics::{DropReason, Metrics};
+use crate::record::Record;
 
 /// One subscription of one connection.
 #[derive(Debug)]

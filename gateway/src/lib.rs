@@ -25,14 +25,16 @@
 pub mod app;
 pub mod auth;
 pub mod config;
-pub mod dead_letter;
 pub mod decode;
 pub mod demo;
 pub mod filter;
 pub mod http;
 pub mod hub;
+pub mod kafka;
+pub mod log_limit;
 pub mod metrics;
 pub mod protocol;
+pub mod record;
 pub mod services;
 pub mod session;
 pub mod sink;

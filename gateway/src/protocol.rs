@@ -1,13 +1,20 @@
 //! WebSocket protocol v1 (see README "Protocol"): the client's JSON requests and the server's JSON
 //! replies. Input: a text frame; output: a [`ClientMessage`] or a [`ProtocolError`] that becomes
 //! an `error` frame. Pure functions, no I/O.
+//!
+//! Wire format v1 is written here and nowhere else: the record envelope
+//! (`{"partition":..,"offset":..,"timestamp":..,"key":..,"value":..}`, whole or projected), the
+//! `records` frame around rendered envelopes, the other server frames, and the start positions
+//! a client names. It depends on no server module: the hub calls [`write_record`] and
+//! [`write_projected`], the session and SSE call [`records_frame`], and `lakewire tail` reads
+//! and writes the same types.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hub::Delivery;
+use crate::record::Record;
 
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -230,24 +237,62 @@ impl ProtocolError {
     }
 }
 
-/// Writes `{"type":"records","id":...,"records":[...]}` for deliveries that all belong to the
-/// subscription `id`.
-pub fn records_frame(id: &str, deliveries: &[&Delivery]) -> String {
-    let body: usize = deliveries.iter().map(|d| d.bytes.len() + 1).sum();
+/// Writes `{"type":"records","id":...,"records":[...]}` around records (each an envelope, see
+/// [`write_record`]) that all belong to the subscription `id`.
+pub fn records_frame(id: &str, records: &[&[u8]]) -> String {
+    let body: usize = records.iter().map(|r| r.len() + 1).sum();
     let mut out = Vec::with_capacity(48 + id.len() + body);
     out.extend_from_slice(br#"{"type":"records","id":"#);
     // Writing JSON into a Vec cannot fail; the results are ignored for that reason.
     let _ = serde_json::to_writer(&mut out, id);
     out.extend_from_slice(br#","records":["#);
-    for (i, d) in deliveries.iter().enumerate() {
+    for (i, r) in records.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&d.bytes);
+        out.extend_from_slice(r);
     }
     let _ = out.write_all(b"]}");
     // serde_json writes UTF-8 only.
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends the whole record envelope
+/// `{"partition":..,"offset":..,"timestamp":..,"key":..,"value":..}` to `out`.
+pub fn write_record(record: &Record, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        r#"{{"partition":{},"offset":{},"timestamp":"#,
+        record.partition, record.offset
+    );
+    match record.timestamp {
+        Some(t) => {
+            let _ = write!(out, "{t}");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(br#","key":"#);
+    let _ = serde_json::to_writer(&mut *out, &record.key);
+    out.extend_from_slice(br#","value":"#);
+    out.extend_from_slice(&record.value_json);
+    out.push(b'}');
+}
+
+/// The envelope of a projection (`fields`): `partition`, `offset` and `timestamp` always, `key`
+/// when asked for, and `value` when there is one to send (the projected part of the value).
+pub fn write_projected(record: &Record, key: bool, value: Option<serde_json::Value>) -> Vec<u8> {
+    let mut m = serde_json::Map::new();
+    m.insert("partition".into(), record.partition.into());
+    m.insert("offset".into(), record.offset.into());
+    m.insert("timestamp".into(), record.timestamp.into());
+    if key {
+        m.insert("key".into(), record.key.clone().into());
+    }
+    if let Some(v) = value {
+        m.insert("value".into(), v);
+    }
+    serde_json::to_vec(&serde_json::Value::Object(m)).unwrap_or_default()
 }
 
 #[cfg(test)]

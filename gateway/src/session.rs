@@ -453,7 +453,8 @@ impl Session<'_> {
         for (sub, ds) in groups {
             metrics.ws_records_sent.inc_by(ds.len() as u64);
             metrics.ws_frames_sent.inc();
-            let frame = protocol::records_frame(&sub.id, &ds);
+            let records: Vec<&[u8]> = ds.iter().map(|d| &d.bytes[..]).collect();
+            let frame = protocol::records_frame(&sub.id, &records);
             metrics.ws_bytes_sent.inc_by(frame.len() as u64);
             frames.push(frame);
         }
@@ -482,7 +483,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::decode::Record;
+    use crate::record::Record;
 
     /// A WebSocket made of two channels.
     struct ChannelSocket {

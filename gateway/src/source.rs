@@ -9,24 +9,24 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
-use crate::decode::{Decoder, RawRecord, Record};
+use crate::decode::Decoder;
 use crate::hub::{Delivery, Renderer, Subscription, TopicHub};
+use crate::kafka::{KafkaClients, KafkaContext};
+use crate::log_limit::LogLimiter;
 use crate::metrics::{Metrics, TopicLabels};
+use crate::record::{RawRecord, Record};
 
 /// A Kafka operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,82 +49,11 @@ pub enum SourceError {
     Worker(String),
 }
 
-/// Logs at most once per interval; counts what it held back.
-#[derive(Debug)]
-pub struct LogLimiter {
-    epoch: Instant,
-    last_ms: AtomicU64,
-    held: AtomicU64,
-}
-
-impl Default for LogLimiter {
-    fn default() -> Self {
-        Self {
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            held: AtomicU64::new(0),
-        }
-    }
-}
-
-impl LogLimiter {
-    const INTERVAL_MS: u64 = 10_000;
-
-    /// `Some(n)` when a line may be logged now (`n` lines were held back since the last one).
-    pub fn allow(&self) -> Option<u64> {
-        // Offset by one interval so that the very first line always passes.
-        let now = self.epoch.elapsed().as_millis() as u64 + Self::INTERVAL_MS;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= Self::INTERVAL_MS
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            Some(self.held.swap(0, Ordering::Relaxed))
-        } else {
-            self.held.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
-/// Receives librdkafka's errors and logs for one client: counted, and logged at a limited rate
-/// through `tracing`.
-pub struct SourceContext {
-    label: String,
-    metrics: Metrics,
-    limiter: LogLimiter,
-}
-
-impl ClientContext for SourceContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        use rdkafka::config::RDKafkaLogLevel as L;
-        match level {
-            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
-                if let Some(held) = self.limiter.allow() {
-                    tracing::warn!(client = %self.label, facility = fac, held_back = held, "librdkafka: {message}");
-                }
-            }
-            _ => tracing::debug!(client = %self.label, facility = fac, "librdkafka: {message}"),
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        Metrics::topic_counter(&self.metrics.kafka_errors, &self.label).inc();
-        if let Some(held) = self.limiter.allow() {
-            tracing::warn!(client = %self.label, held_back = held, %error, "Kafka client error: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for SourceContext {}
-
 /// The gateway's handle on the Kafka cluster: makes consumers and answers metadata questions.
 #[derive(Clone)]
 pub struct Kafka {
-    config: KafkaConfig,
-    admin: Arc<BaseConsumer<SourceContext>>,
+    clients: KafkaClients,
+    admin: Arc<BaseConsumer<KafkaContext>>,
     metrics: Metrics,
     timeout: Duration,
 }
@@ -132,11 +61,13 @@ pub struct Kafka {
 impl Kafka {
     /// Connects lazily: nothing is sent until the first request.
     pub fn new(config: &KafkaConfig, metrics: Metrics) -> Result<Self, SourceError> {
-        let admin = client_config(config, "admin")
-            .create_with_context(context("admin", &metrics))
+        let clients = KafkaClients::new(config, &metrics);
+        let admin = clients
+            .assigned_consumer("admin")
+            .create_with_context(clients.context("admin"))
             .map_err(SourceError::Client)?;
         Ok(Self {
-            config: config.clone(),
+            clients,
             admin: Arc::new(admin),
             metrics,
             timeout: Duration::from_millis(config.request_timeout_ms),
@@ -144,16 +75,17 @@ impl Kafka {
     }
 
     /// A consumer for `topic` (not yet assigned).
-    pub fn consumer(&self, topic: &str) -> Result<StreamConsumer<SourceContext>, SourceError> {
-        client_config(&self.config, topic)
-            .create_with_context(context(topic, &self.metrics))
+    pub fn consumer(&self, topic: &str) -> Result<StreamConsumer<KafkaContext>, SourceError> {
+        self.clients
+            .assigned_consumer(topic)
+            .create_with_context(self.clients.context(topic))
             .map_err(SourceError::Client)
     }
 
     /// Runs a blocking librdkafka call on the blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&BaseConsumer<SourceContext>, Duration) -> T + Send + 'static,
+        f: impl FnOnce(&BaseConsumer<KafkaContext>, Duration) -> T + Send + 'static,
     ) -> Result<T, SourceError> {
         let admin = self.admin.clone();
         let timeout = self.timeout;
@@ -253,42 +185,6 @@ impl Kafka {
     }
 }
 
-fn context(label: &str, metrics: &Metrics) -> SourceContext {
-    SourceContext {
-        label: label.to_string(),
-        metrics: metrics.clone(),
-        limiter: LogLimiter::default(),
-    }
-}
-
-fn client_config(config: &KafkaConfig, purpose: &str) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &config.brokers)
-        // Partitions are assigned explicitly; the group id only names the client in broker logs.
-        .set("group.id", format!("lakewire-ws-{purpose}"))
-        .set("client.id", format!("lakewire-{purpose}"))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("socket.keepalive.enable", "true");
-    for (k, v) in &config.properties {
-        cc.set(k, v);
-    }
-    cc
-}
-
-fn headers(m: &BorrowedMessage<'_>) -> Vec<(String, Option<String>)> {
-    use rdkafka::message::Headers as _;
-    m.headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| (h.key.to_string(), h.value.map(crate::decode::key_text)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn raw<'a>(m: &'a BorrowedMessage<'a>) -> RawRecord<'a> {
     RawRecord {
         partition: m.partition(),
@@ -296,12 +192,13 @@ fn raw<'a>(m: &'a BorrowedMessage<'a>) -> RawRecord<'a> {
         timestamp: m.timestamp().to_millis(),
         key: m.key(),
         payload: m.payload(),
+        headers: m.headers(),
     }
 }
 
 /// Assigns `consumer` to `topic`'s partitions, each at the given next offset.
 fn assign_at(
-    consumer: &StreamConsumer<SourceContext>,
+    consumer: &StreamConsumer<KafkaContext>,
     topic: &str,
     offsets: impl Iterator<Item = (i32, i64)>,
 ) -> Result<(), SourceError> {
@@ -351,7 +248,7 @@ impl Reader {
                 let raw = raw(&m);
                 self.decoder.prepare(&raw).await;
                 match self.decoder.decode(&raw) {
-                    Ok(record) => Some(Arc::new(record.with_headers(headers(&m)))),
+                    Ok(record) => Some(Arc::new(record)),
                     Err(e) => {
                         self.metrics.decode_error(topic, e.reason());
                         if let Some(held) = self.limiter.allow() {
@@ -596,14 +493,5 @@ mod tests {
         if let Err(e) = Kafka::new(&config, Metrics::default()) {
             panic!("{e}");
         }
-    }
-
-    #[test]
-    fn log_limiter_lets_one_line_through_per_interval() {
-        let l = LogLimiter::default();
-        assert_eq!(l.allow(), Some(0));
-        assert_eq!(l.allow(), None);
-        assert_eq!(l.allow(), None);
-        assert_eq!(l.held.load(Ordering::Relaxed), 2);
     }
 }

@@ -254,7 +254,8 @@ fn events(state: SseState, max: usize) -> impl Stream<Item = Result<Event, Infal
                         let next = st.position.entry(d.partition).or_insert(0);
                         *next = (*next).max(d.offset + 1);
                     }
-                    let frame = protocol::records_frame(ID, &live);
+                    let records: Vec<&[u8]> = live.iter().map(|d| &d.bytes[..]).collect();
+                    let frame = protocol::records_frame(ID, &records);
                     metrics.ws_records_sent.inc_by(live.len() as u64);
                     metrics.ws_frames_sent.inc();
                     metrics.ws_bytes_sent.inc_by(frame.len() as u64);

@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 
 use lakewire::config::{Config, PayloadFormat, SchemaRegistryConfig, TopicConfig};
-use lakewire::decode::{DecodeContext, Decoder, RawRecord};
+use lakewire::decode::{DecodeContext, Decoder};
 use lakewire::metrics::Metrics;
+use lakewire::record::RawRecord;
 use lakewire_integration_tests::registry::TestRegistry;
 use serde_json::Value;
 
@@ -74,6 +75,7 @@ async fn python_avro_vectors_decode_to_the_mapping() -> anyhow::Result<()> {
             timestamp: None,
             key: None,
             payload: Some(&payload),
+            headers: None,
         };
         decoder.prepare(&raw).await;
         match decoder.decode(&raw) {

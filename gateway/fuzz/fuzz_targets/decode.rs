@@ -17,7 +17,8 @@ use std::sync::{Arc, OnceLock};
 
 use lakewire::config::{Config, PayloadFormat, TopicConfig};
 use lakewire::decode::schema::ParsedSchema;
-use lakewire::decode::{DecodeContext, Decoder, RawRecord};
+use lakewire::decode::{DecodeContext, Decoder};
+use lakewire::record::RawRecord;
 use lakewire::metrics::Metrics;
 use libfuzzer_sys::fuzz_target;
 use serde::de::IgnoredAny;
@@ -182,6 +183,7 @@ fuzz_target!(|data: &[u8]| {
         timestamp: Some(1_732_690_000_000),
         key: None,
         payload: Some(payload),
+        headers: None,
     };
     if let Ok(record) = decoder.decode(&raw) {
         if let Err(e) = serde_json::from_slice::<IgnoredAny>(&record.value_json) {
@@ -191,7 +193,7 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         let mut out = Vec::new();
-        record.write_json(&mut out);
+        lakewire::protocol::write_record(&record, &mut out);
         if let Err(e) = serde_json::from_slice::<IgnoredAny>(&out) {
             panic!(
                 "envelope is not JSON ({e}): {:?}",

@@ -72,6 +72,7 @@ fn raw<'a>(key: Option<&'a [u8]>, payload: &'a [u8]) -> RawRecord<'a> {
         timestamp: None,
         key,
         payload: Some(payload),
+        headers: None,
     }
 }
 

@@ -16,8 +16,8 @@ use tokio::sync::OnceCell;
 
 use super::schema::ParsedSchema;
 use crate::config::SchemaRegistryConfig;
+use crate::log_limit::LogLimiter;
 use crate::metrics::Metrics;
-use crate::source::LogLimiter;
 
 /// How long an id the registry did not know stays known as missing before it is asked again.
 const MISSING_TTL: Duration = Duration::from_secs(60);
@@ -244,7 +244,7 @@ impl Registry {
 }
 
 /// The certificates of a PEM file.
-pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, RegistryError> {
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, RegistryError> {
     let pem = std::fs::read(path)
         .map_err(|e| RegistryError::CaFile(format!("cannot read {}: {e}", path.display())))?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)

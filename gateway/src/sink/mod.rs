@@ -49,8 +49,9 @@ use self::arrow::{BatchBuilder, Meta};
 use self::register::{Pending, Registrar, TableInfo};
 use self::storage::{FileName, HIVE_DEFAULT_PARTITION, Storage, escape_value};
 use crate::config::{Config, SinkCompression, SinkConfig};
-use crate::decode::{DecodeError, Decoder, RawRecord};
+use crate::decode::{DecodeError, Decoder};
 use crate::metrics::{DecodeErrorLabels, Metrics, PartitionLabels, TableLabels};
+use crate::record::RawRecord;
 
 /// The sink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -532,6 +533,7 @@ impl Worker {
             timestamp: m.timestamp().to_millis(),
             key: m.key(),
             payload: m.payload(),
+            headers: None,
         };
         let t = &self.tables[ti];
         let Some(payload) = raw.payload else {

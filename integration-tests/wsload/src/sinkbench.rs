@@ -722,12 +722,13 @@ mod tests {
         let d = lakewire::decode::Decoder::new(&config.topics[0], &cx)?;
         let enc = Encoded::orders(2)?;
         for i in 0..2 {
-            let r = d.decode(&lakewire::decode::RawRecord {
+            let r = d.decode(&lakewire::record::RawRecord {
                 partition: 0,
                 offset: i as i64,
                 timestamp: Some(0),
                 key: None,
                 payload: Some(enc.get(i)),
+                headers: None,
             })?;
             let v = r.value();
             assert_eq!(v["id"], 1_000_000 + i as i64, "{v}");

@@ -8,25 +8,35 @@
 
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
 
+use super::DecodeError;
 use crate::config::KafkaConfig;
-use crate::decode::{DecodeError, RawRecord};
+use crate::kafka::{ClientLog, KafkaClients};
 use crate::metrics::Metrics;
+use crate::record::RawRecord;
 
 /// The dead-letter producer could not be created.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot create the dead-letter producer: {0}")]
 pub struct DeadLetterError(#[source] rdkafka::error::KafkaError);
 
-/// Counts deliveries per dead-letter topic.
+/// Counts deliveries per dead-letter topic; logs through the shared [`ClientLog`].
 pub struct DeliveryCounter {
     metrics: Metrics,
+    log: ClientLog,
 }
 
-impl ClientContext for DeliveryCounter {}
+impl ClientContext for DeliveryCounter {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.log.error(error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryCounter {
     /// The source topic, for the metric label.
@@ -65,15 +75,13 @@ impl std::fmt::Debug for DeadLetters {
 impl DeadLetters {
     /// A producer on the configured cluster (it connects lazily).
     pub fn new(config: &KafkaConfig, metrics: Metrics) -> Result<Self, DeadLetterError> {
-        let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &config.brokers)
-            .set("client.id", "lakewire-dead-letters")
-            .set("linger.ms", "20");
-        for (k, v) in &config.properties {
-            cc.set(k, v);
-        }
-        let producer = cc
-            .create_with_context(DeliveryCounter { metrics })
+        let clients = KafkaClients::new(config, &metrics);
+        let producer = clients
+            .producer("lakewire-dead-letters", 20)
+            .create_with_context(DeliveryCounter {
+                log: clients.log("dead-letters"),
+                metrics,
+            })
             .map_err(DeadLetterError)?;
         Ok(Self { producer })
     }
