@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::record::Record;
 
 /// A request from a client.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ClientMessage {
     Subscribe(Subscribe),
@@ -295,6 +295,97 @@ pub fn write_projected(record: &Record, key: bool, value: Option<serde_json::Val
     serde_json::to_vec(&serde_json::Value::Object(m)).unwrap_or_default()
 }
 
+impl ClientMessage {
+    /// The request's JSON text, as a client sends it (`lakewire tail`).
+    pub fn to_json(&self) -> String {
+        // Serializing these plain values cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Written by hand for the field order of docs/protocol.md (`id`, `topic`, `from`, then
+/// `filter` and `fields` when set), the order `lakewire tail` has always sent; a derive would
+/// follow the declaration order, which also orders the "expected one of" list of a
+/// `bad_request` about an unknown field.
+impl Serialize for Subscribe {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let len = 3 + usize::from(self.filter.is_some()) + usize::from(self.fields.is_some());
+        let mut st = s.serialize_struct("Subscribe", len)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("topic", &self.topic)?;
+        st.serialize_field("from", &self.from)?;
+        match &self.filter {
+            Some(f) => st.serialize_field("filter", f)?,
+            None => st.skip_field("filter")?,
+        }
+        match &self.fields {
+            Some(f) => st.serialize_field("fields", f)?,
+            None => st.skip_field("fields")?,
+        }
+        st.end()
+    }
+}
+
+/// The inverse of its `Deserialize`: `"latest"`, `"earliest"`, `{"timestamp":<ms>}`,
+/// `{"offsets":{"<partition>":<offset>}}` (partitions in ascending order).
+impl Serialize for StartFrom {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        match self {
+            StartFrom::Latest => s.serialize_str("latest"),
+            StartFrom::Earliest => s.serialize_str("earliest"),
+            StartFrom::Timestamp(ts) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("timestamp", ts)?;
+                m.end()
+            }
+            StartFrom::Offsets(offsets) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("offsets", offsets)?;
+                m.end()
+            }
+        }
+    }
+}
+
+/// A server frame as a client reads it (owned): the frames and fields `lakewire tail` acts on.
+/// Other fields are ignored, and a frame of another type is [`ServerFrame::Other`]. The server
+/// writes these frames with [`ServerMessage`] and [`records_frame`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame {
+    Subscribed {
+        /// Per partition, the first offset the subscription can deliver. The keys are the
+        /// partition numbers as the JSON has them (strings): a tagged enum's fields cannot
+        /// read a string key as an integer.
+        #[serde(default)]
+        start: BTreeMap<String, i64>,
+    },
+    Records {
+        /// The records as sent (the envelope of docs/protocol.md, projected by `fields`).
+        #[serde(default)]
+        records: Vec<serde_json::Value>,
+    },
+    Lagged {
+        dropped: u64,
+    },
+    Gap {
+        partition: i32,
+        requested: i64,
+        first_available: i64,
+    },
+    Error {
+        #[serde(default)]
+        code: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
+    },
+    /// `unsubscribed`, `authenticated`, `pong` or a type this client does not know.
+    #[serde(other)]
+    Other,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,5 +479,91 @@ mod tests {
             r#"{"type":"error","id":"s1","code":"bad_filter","message":"x"}"#
         );
         assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn every_start_position_round_trips() -> anyhow::Result<()> {
+        for from in [
+            StartFrom::Latest,
+            StartFrom::Earliest,
+            StartFrom::Timestamp(1_795_766_400_000),
+            StartFrom::Timestamp(-5),
+            StartFrom::Offsets(BTreeMap::from([(0, 42), (3, 7), (10, 0)])),
+            StartFrom::Offsets(BTreeMap::new()),
+        ] {
+            let text = serde_json::to_string(&from)?;
+            assert_eq!(serde_json::from_str::<StartFrom>(&text)?, from, "{text}");
+            let sub = ClientMessage::Subscribe(Subscribe {
+                id: "a".into(),
+                topic: "t".into(),
+                filter: None,
+                fields: None,
+                from: from.clone(),
+            });
+            assert_eq!(parse(&sub.to_json())?, sub);
+        }
+        assert_eq!(
+            serde_json::to_string(&StartFrom::Offsets(BTreeMap::from([(10, 1), (2, 3)])))?,
+            r#"{"offsets":{"2":3,"10":1}}"#
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn client_messages_serialize_as_documented_and_parse_back() -> anyhow::Result<()> {
+        let sub = ClientMessage::Subscribe(Subscribe {
+            id: "s1".into(),
+            topic: "orders".into(),
+            filter: Some("value.amount > 100.0".into()),
+            fields: Some(vec!["value.id".into()]),
+            from: StartFrom::Latest,
+        });
+        assert_eq!(
+            sub.to_json(),
+            r#"{"op":"subscribe","id":"s1","topic":"orders","from":"latest","filter":"value.amount > 100.0","fields":["value.id"]}"#
+        );
+        for m in [
+            sub,
+            ClientMessage::Unsubscribe { id: "s1".into() },
+            ClientMessage::Ping,
+            ClientMessage::Auth { token: "t".into() },
+        ] {
+            assert_eq!(parse(&m.to_json())?, m);
+        }
+        assert_eq!(ClientMessage::Ping.to_json(), r#"{"op":"ping"}"#);
+        Ok(())
+    }
+
+    #[test]
+    fn server_frames_read_back_what_the_server_writes() -> anyhow::Result<()> {
+        let read = |t: &str| serde_json::from_str::<ServerFrame>(t);
+        let start = BTreeMap::from([(0, 42), (1, 0)]);
+        let subscribed = ServerMessage::Subscribed {
+            id: "s1",
+            topic: "t",
+            partitions: &[0, 1],
+            start: &start,
+        };
+        assert_eq!(
+            read(&subscribed.to_json())?,
+            ServerFrame::Subscribed {
+                start: BTreeMap::from([("0".into(), 42), ("1".into(), 0)])
+            }
+        );
+        assert_eq!(
+            read(r#"{"type":"records","id":"s1","records":[{"partition":0,"offset":1}]}"#)?,
+            ServerFrame::Records {
+                records: vec![serde_json::json!({"partition":0,"offset":1})]
+            }
+        );
+        assert_eq!(
+            read(&ProtocolError::new(None, ErrorCode::UnknownTopic, "no").to_json())?,
+            ServerFrame::Error {
+                code: Some("unknown_topic".into()),
+                message: Some("no".into())
+            }
+        );
+        assert_eq!(read(&ServerMessage::Pong.to_json())?, ServerFrame::Other);
+        Ok(())
     }
 }

@@ -5,16 +5,20 @@
 //! Like `lakewire-client.js`, it reconnects with backoff and resumes from the next offset of
 //! every partition (the `subscribed` frame's `start` for a partition it has seen nothing of), so
 //! a gateway restart loses and repeats nothing that is still in Kafka.
+//!
+//! It writes its `subscribe` and reads the server's frames with the [`crate::protocol`] types.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::protocol::{ClientMessage, ServerFrame, StartFrom, Subscribe};
 
 /// What `lakewire tail` was asked for.
 #[derive(Debug, Clone)]
@@ -25,7 +29,7 @@ pub struct TailArgs {
     pub filter: Option<String>,
     pub fields: Vec<String>,
     /// The protocol's `from`, already parsed.
-    pub from: Value,
+    pub from: StartFrom,
     pub token: Option<String>,
     pub table: bool,
     pub colour: bool,
@@ -47,19 +51,16 @@ pub enum TailError {
 
 /// Parses `--from`: `latest`, `earliest`, offsets (`0:42,1:17`), a time in ms since the epoch,
 /// an RFC 3339 UTC time (`2026-11-27T08:00:00Z`), or a time ago (`-30s`, `-5m`, `-2h`, `-1d`).
-pub fn parse_from(s: &str, now_ms: i64) -> Result<Value, String> {
+pub fn parse_from(s: &str, now_ms: i64) -> Result<StartFrom, String> {
     let s = s.trim();
     match s {
-        "latest" | "earliest" => return Ok(json!(s)),
+        "latest" => return Ok(StartFrom::Latest),
+        "earliest" => return Ok(StartFrom::Earliest),
         _ => {}
     }
     if s.contains(':') && !s.contains('T') {
         // The same `partition:offset,...` form as an SSE position (Last-Event-ID).
-        let offsets: serde_json::Map<String, serde_json::Value> = crate::sse::parse_position(s)?
-            .into_iter()
-            .map(|(p, o)| (p.to_string(), json!(o)))
-            .collect();
-        return Ok(json!({ "offsets": offsets }));
+        return crate::sse::parse_position(s).map(StartFrom::Offsets);
     }
     if let Some(ago) = s.strip_prefix('-') {
         let (n, unit) = ago.split_at(ago.len().saturating_sub(1));
@@ -73,19 +74,17 @@ pub fn parse_from(s: &str, now_ms: i64) -> Result<Value, String> {
             "d" => 86_400_000,
             _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
         };
-        return Ok(json!({ "timestamp": now_ms - n * ms }));
+        return Ok(StartFrom::Timestamp(now_ms - n * ms));
     }
     if let Ok(ms) = s.parse::<i64>() {
-        return Ok(json!({ "timestamp": ms }));
+        return Ok(StartFrom::Timestamp(ms));
     }
-    rfc3339_ms(s)
-        .map(|ms| json!({ "timestamp": ms }))
-        .ok_or_else(|| {
-            format!(
-                "{s:?}: expected latest, earliest, PARTITION:OFFSET[,...], ms since the epoch, \
+    rfc3339_ms(s).map(StartFrom::Timestamp).ok_or_else(|| {
+        format!(
+            "{s:?}: expected latest, earliest, PARTITION:OFFSET[,...], ms since the epoch, \
                  an RFC 3339 UTC time or -N(s|m|h|d)"
-            )
-        })
+        )
+    })
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fff]Z` to ms since the epoch.
@@ -132,14 +131,12 @@ pub struct Positions {
 }
 
 impl Positions {
-    /// Takes a `subscribed` frame's `start`.
-    pub fn subscribed(&mut self, frame: &Value) {
-        if let Some(start) = frame["start"].as_object() {
-            for (p, o) in start {
-                if let (Ok(p), Some(o)) = (p.parse::<i32>(), o.as_i64()) {
-                    let e = self.next.entry(p).or_insert(o);
-                    *e = (*e).max(o);
-                }
+    /// Takes a `subscribed` frame's `start` (partition numbers as text, as in the JSON).
+    pub fn subscribed(&mut self, start: &BTreeMap<String, i64>) {
+        for (p, &o) in start {
+            if let Ok(p) = p.parse::<i32>() {
+                let e = self.next.entry(p).or_insert(o);
+                *e = (*e).max(o);
             }
         }
         self.known = true;
@@ -155,16 +152,11 @@ impl Positions {
 
     /// The `from` for the next (re)subscribe: `initial` until the server has said where the
     /// subscription starts.
-    pub fn from(&self, initial: &Value) -> Value {
+    pub fn from(&self, initial: &StartFrom) -> StartFrom {
         if !self.known {
             return initial.clone();
         }
-        let offsets: serde_json::Map<String, Value> = self
-            .next
-            .iter()
-            .map(|(p, o)| (p.to_string(), json!(o)))
-            .collect();
-        json!({ "offsets": offsets })
+        StartFrom::Offsets(self.next.clone())
     }
 }
 
@@ -335,6 +327,17 @@ pub async fn run(
     }
 }
 
+/// The `subscribe` request of a (re)connection: from where `positions` says to resume.
+fn subscribe(args: &TailArgs, positions: &Positions) -> ClientMessage {
+    ClientMessage::Subscribe(Subscribe {
+        id: "tail".into(),
+        topic: args.topic.clone(),
+        filter: args.filter.clone(),
+        fields: (!args.fields.is_empty()).then(|| args.fields.clone()),
+        from: positions.from(&args.from),
+    })
+}
+
 fn notice(msg: &str) {
     let _ = writeln!(std::io::stderr().lock(), "lakewire tail: {msg}");
 }
@@ -360,19 +363,8 @@ async fn connection(
         }
         Err(e) => return Ok(Ended::Lost(e.to_string())),
     };
-    let mut sub = json!({
-        "op": "subscribe",
-        "id": "tail",
-        "topic": args.topic,
-        "from": positions.from(&args.from),
-    });
-    if let Some(f) = &args.filter {
-        sub["filter"] = json!(f);
-    }
-    if !args.fields.is_empty() {
-        sub["fields"] = json!(args.fields);
-    }
-    if let Err(e) = ws.send(Message::text(sub.to_string())).await {
+    let sub = subscribe(args, positions).to_json();
+    if let Err(e) = ws.send(Message::text(sub)).await {
         return Ok(Ended::Lost(e.to_string()));
     }
     let stdout = std::io::stdout();
@@ -391,20 +383,18 @@ async fn connection(
             }
             _ => continue,
         };
-        let Ok(frame) = serde_json::from_str::<Value>(text) else {
+        let Ok(frame) = serde_json::from_str::<ServerFrame>(text) else {
             continue;
         };
-        match frame["type"].as_str() {
-            Some("subscribed") => {
+        match frame {
+            ServerFrame::Subscribed { start } => {
                 *backoff = Duration::from_millis(250);
-                positions.subscribed(&frame);
+                positions.subscribed(&start);
             }
-            Some("records") => {
+            ServerFrame::Records { records } => {
                 let mut out = stdout.lock();
-                let written = frame["records"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let written = records
+                    .iter()
                     .try_for_each(|r| {
                         positions.record(r);
                         printer.print(&mut out, r)
@@ -419,21 +409,23 @@ async fn connection(
                     Err(e) => return Err(e.into()),
                 }
             }
-            Some("lagged") => notice(&format!(
-                "lagged: the gateway dropped {} record(s) this client could not take in time",
-                frame["dropped"]
+            ServerFrame::Lagged { dropped } => notice(&format!(
+                "lagged: the gateway dropped {dropped} record(s) this client could not take in time"
             )),
-            Some("gap") => notice(&format!(
-                "gap: partition {} offset {} is no longer in Kafka; resuming at {}",
-                frame["partition"], frame["requested"], frame["first_available"]
+            ServerFrame::Gap {
+                partition,
+                requested,
+                first_available,
+            } => notice(&format!(
+                "gap: partition {partition} offset {requested} is no longer in Kafka; resuming at {first_available}"
             )),
-            Some("error") => {
+            ServerFrame::Error { code, message } => {
                 return Err(TailError::Refused {
-                    code: frame["code"].as_str().unwrap_or("error").to_string(),
-                    message: frame["message"].as_str().unwrap_or_default().to_string(),
+                    code: code.unwrap_or_else(|| "error".into()),
+                    message: message.unwrap_or_default(),
                 });
             }
-            _ => {}
+            ServerFrame::Other => {}
         }
     }
     Ok(Ended::Lost("closed".into()))
@@ -442,10 +434,17 @@ async fn connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// What a `from` looks like on the wire.
+    fn wire(from: Result<StartFrom, String>) -> Result<Value, String> {
+        from.and_then(|f| serde_json::to_value(f).map_err(|e| e.to_string()))
+    }
 
     #[test]
     fn from_accepts_every_documented_form() {
         let now = 1_000_000_000;
+        let parse_from = |s: &str, now: i64| wire(parse_from(s, now));
         assert_eq!(parse_from("latest", now), Ok(json!("latest")));
         assert_eq!(parse_from("earliest", now), Ok(json!("earliest")));
         assert_eq!(
@@ -481,17 +480,84 @@ mod tests {
     }
 
     #[test]
-    fn positions_resume_every_partition() {
-        let initial = json!("latest");
+    fn positions_resume_every_partition() -> anyhow::Result<()> {
+        let initial = StartFrom::Latest;
         let mut p = Positions::default();
+        let subscribed = |p: &mut Positions, frame: Value| -> anyhow::Result<()> {
+            match serde_json::from_value(frame)? {
+                ServerFrame::Subscribed { start } => p.subscribed(&start),
+                other => anyhow::bail!("not subscribed: {other:?}"),
+            }
+            Ok(())
+        };
+        let from = |p: &Positions| wire(Ok(p.from(&initial)));
         assert_eq!(p.from(&initial), initial, "before subscribed: as asked");
-        p.subscribed(&json!({"type":"subscribed","partitions":[0,1],"start":{"0":10,"1":4}}));
+        subscribed(
+            &mut p,
+            json!({"type":"subscribed","partitions":[0,1],"start":{"0":10,"1":4}}),
+        )?;
         p.record(&json!({"partition":0,"offset":10}));
         p.record(&json!({"partition":0,"offset":11}));
-        assert_eq!(p.from(&initial), json!({"offsets": {"0": 12, "1": 4}}));
+        assert_eq!(from(&p), Ok(json!({"offsets": {"0": 12, "1": 4}})));
         // A resume's `subscribed` does not move a position back.
-        p.subscribed(&json!({"type":"subscribed","partitions":[0,1],"start":{"0":12,"1":4}}));
-        assert_eq!(p.from(&initial), json!({"offsets": {"0": 12, "1": 4}}));
+        subscribed(
+            &mut p,
+            json!({"type":"subscribed","partitions":[0,1],"start":{"0":12,"1":4}}),
+        )?;
+        assert_eq!(from(&p), Ok(json!({"offsets": {"0": 12, "1": 4}})));
+        Ok(())
+    }
+
+    #[test]
+    fn the_subscribe_request_is_the_one_tail_always_sent() -> anyhow::Result<()> {
+        // How tail built it with `json!` before it used the protocol types.
+        let old = |args: &TailArgs, from: Value| {
+            let mut sub = json!({
+                "op": "subscribe",
+                "id": "tail",
+                "topic": args.topic,
+                "from": from,
+            });
+            if let Some(f) = &args.filter {
+                sub["filter"] = json!(f);
+            }
+            if !args.fields.is_empty() {
+                sub["fields"] = json!(args.fields);
+            }
+            sub.to_string()
+        };
+        let mut args = TailArgs {
+            url: "ws://h".into(),
+            topic: "trades".into(),
+            filter: None,
+            fields: Vec::new(),
+            from: parse_from("-5m", 1_000_000_000).map_err(anyhow::Error::msg)?,
+            token: None,
+            table: false,
+            colour: false,
+        };
+        let mut positions = Positions::default();
+        let text = subscribe(&args, &positions).to_json();
+        assert_eq!(text, old(&args, serde_json::to_value(&args.from)?));
+        assert_eq!(
+            text,
+            r#"{"op":"subscribe","id":"tail","topic":"trades","from":{"timestamp":999700000}}"#
+        );
+        args.filter = Some("value.side == 'buy'".into());
+        args.fields = vec!["value.symbol".into(), "value.side".into()];
+        positions.subscribed(&BTreeMap::from([("1".into(), 4), ("0".into(), 10)]));
+        let text = subscribe(&args, &positions).to_json();
+        assert_eq!(text, old(&args, json!({"offsets": {"0": 10, "1": 4}})));
+        for from in ["latest", "earliest", "0:42,3:7", "1700000000000"] {
+            args.from = parse_from(from, 0).map_err(anyhow::Error::msg)?;
+            let asked = subscribe(&args, &Positions::default()).to_json();
+            assert_eq!(
+                asked,
+                old(&args, serde_json::to_value(&args.from)?),
+                "{from}"
+            );
+        }
+        Ok(())
     }
 
     #[test]

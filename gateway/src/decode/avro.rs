@@ -30,7 +30,7 @@ const MAX_EMPTY_ITEMS: u64 = 1 << 16;
 /// Appends the JSON text of the Avro datum `data` (schema `plan`) to `out`. On error `out` may
 /// hold a partial value; the caller discards it.
 pub fn to_json(plan: &Plan, data: &[u8], out: &mut Vec<u8>) -> Result<(), AvroError> {
-    let mut r = Reader { data, pos: 0 };
+    let mut r = AvroCursor { data, pos: 0 };
     r.value(plan, plan.root, out, 0)?;
     match data.len() - r.pos {
         0 => Ok(()),
@@ -40,12 +40,12 @@ pub fn to_json(plan: &Plan, data: &[u8], out: &mut Vec<u8>) -> Result<(), AvroEr
 
 /// A cursor over one Avro datum; also used by the sink's Arrow decoder
 /// ([`crate::sink::arrow`]), which reads the same binary encoding into Arrow builders.
-pub(crate) struct Reader<'a> {
+pub(crate) struct AvroCursor<'a> {
     pub(crate) data: &'a [u8],
     pub(crate) pos: usize,
 }
 
-impl<'a> Reader<'a> {
+impl<'a> AvroCursor<'a> {
     #[inline]
     pub(crate) fn long(&mut self) -> Result<i64, AvroError> {
         let mut value: u64 = 0;

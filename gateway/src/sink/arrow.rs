@@ -22,7 +22,7 @@
 //! | other unions | Struct of nullable `member<i>` fields (i = branch index), one set per row; null when the `null` branch is taken (Spark's layout) |
 //!
 //! Recursive schemas have no Arrow form and are refused. The reading primitives are the gateway's
-//! ([`crate::decode::avro::Reader`]).
+//! ([`crate::decode::avro::AvroCursor`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,7 +43,7 @@ use arrow_buffer::{NullBuffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{ArrowError, DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
 use serde_json::{Map, Value};
 
-use crate::decode::avro::{AvroError, Reader};
+use crate::decode::avro::{AvroCursor, AvroError};
 use crate::decode::schema::full_name;
 
 /// Deeper nesting is refused (it also stops recursive schemas).
@@ -216,7 +216,7 @@ impl Col {
         }
     }
 
-    fn read(&mut self, r: &mut Reader<'_>, depth: u32) -> Result<(), AvroError> {
+    fn read(&mut self, r: &mut AvroCursor<'_>, depth: u32) -> Result<(), AvroError> {
         if depth > MAX_DEPTH {
             return Err(AvroError::Invalid("nesting too deep"));
         }
@@ -869,7 +869,7 @@ impl BatchBuilder {
 
     /// Appends the datum `data`. On error nothing of it is kept; the rows before it are.
     pub fn append(&mut self, data: &[u8], meta: Meta) -> Result<(), AvroError> {
-        let mut r = Reader { data, pos: 0 };
+        let mut r = AvroCursor { data, pos: 0 };
         let read = self
             .root
             .read(&mut r, 0)
