@@ -1,6 +1,6 @@
 //! Kafka clients: the one place that turns `[kafka]` into librdkafka settings, for every client
 //! Lakewire makes (the WebSocket path's assigned consumers and its metadata client, the sink's
-//! group consumer, the dead-letter producer, the demo's producer), and the client context they
+//! group consumer, the dead-letter producer, the demo's producer and admin client), and the client context they
 //! share. Input: [`KafkaConfig`]; output: a [`ClientConfig`] to create a client from, and a
 //! [`ClientLog`] for its context.
 //!
@@ -100,6 +100,14 @@ impl KafkaClients {
         cc.set("bootstrap.servers", &self.config.brokers)
             .set("client.id", client_id)
             .set("linger.ms", linger_ms.to_string());
+        self.with_properties(cc)
+    }
+
+    /// An admin client (creating topics) named `client_id`.
+    pub fn admin(&self, client_id: &str) -> ClientConfig {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &self.config.brokers)
+            .set("client.id", client_id);
         self.with_properties(cc)
     }
 

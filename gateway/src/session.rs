@@ -133,7 +133,7 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let (mut socket, reader) = socket.split();
-    let mut reader = Reader::spawn(reader);
+    let mut reader = FrameReader::spawn(reader);
     let ws = &services.config.websocket;
     let metrics = services.metrics.clone();
     metrics.ws_connections.inc();
@@ -226,7 +226,7 @@ where
 /// reads it.
 async fn close_handshake<S, E>(
     socket: &mut S,
-    reader: &mut Reader<E>,
+    reader: &mut FrameReader<E>,
     code: u16,
     reason: &'static str,
 ) where
@@ -262,12 +262,12 @@ async fn close_handshake<S, E>(
 /// (128 KiB by default) before each attempt, even one that finds nothing to read. Under fan-out
 /// that memset was 40% of the gateway's CPU (BENCHMARKS.md, "WebSocket fan-out"). The reader task
 /// is woken only when the socket has something to read.
-struct Reader<E> {
+struct FrameReader<E> {
     frames: tokio::sync::mpsc::Receiver<Result<Message, E>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl<E: Send + 'static> Reader<E> {
+impl<E: Send + 'static> FrameReader<E> {
     fn spawn<R>(mut stream: R) -> Self
     where
         R: Stream<Item = Result<Message, E>> + Unpin + Send + 'static,
@@ -291,7 +291,7 @@ impl<E: Send + 'static> Reader<E> {
     }
 }
 
-impl<E> Drop for Reader<E> {
+impl<E> Drop for FrameReader<E> {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -730,7 +730,7 @@ mod tests {
             Ok(Message::Close(None)),
             Ok(Message::text("after close")),
         ];
-        let mut reader = Reader::spawn(futures_util::stream::iter(frames));
+        let mut reader = FrameReader::spawn(futures_util::stream::iter(frames));
         let mut got = Vec::new();
         while let Some(Ok(m)) = reader.next().await {
             got.push(match m {
@@ -747,7 +747,7 @@ mod tests {
             Err(std::io::Error::other("reset")),
             Ok(Message::text("never")),
         ];
-        let mut reader = Reader::spawn(futures_util::stream::iter(frames));
+        let mut reader = FrameReader::spawn(futures_util::stream::iter(frames));
         assert!(matches!(reader.next().await, Some(Err(_))));
         assert!(reader.next().await.is_none());
     }

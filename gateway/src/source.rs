@@ -1,7 +1,7 @@
-//! Source stage: reads Kafka. Input: the configured topics; output: decoded `Arc<Record>`s,
-//! published to the topic's [`TopicHub`] (the live consumer, one per topic, shared by every
-//! client) or pushed to one subscription's queue (a replay reader, for a subscription that starts
-//! in the past).
+//! Source stage: reads Kafka. Input: the configured topics; output: decoded `Arc<Record>`s
+//! handed to the topic's [`TopicHub`]: published to every subscription by the live consumer (one
+//! per topic, shared by every client), or delivered to one subscription by a replay reader (for
+//! a subscription that starts in the past).
 //!
 //! The WebSocket path never commits offsets: consumers are assigned partitions explicitly, with
 //! no consumer group, and a live consumer starts at each partition's high watermark at the time
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
 use crate::decode::Decoder;
-use crate::hub::{Delivery, Renderer, Subscription, TopicHub};
+use crate::hub::{Subscription, TopicHub};
 use crate::kafka::{KafkaClients, KafkaContext};
 use crate::log_limit::LogLimiter;
 use crate::metrics::{Metrics, TopicLabels};
@@ -216,7 +216,7 @@ fn assign_at(
 
 /// Turns what a consumer returns into decoded records, counting (and logging at a limited rate)
 /// what it read, what failed to decode and the consumer's errors.
-struct Reader {
+struct RecordIntake {
     topic: String,
     decoder: Arc<Decoder>,
     metrics: Metrics,
@@ -225,7 +225,7 @@ struct Reader {
     limiter: LogLimiter,
 }
 
-impl Reader {
+impl RecordIntake {
     fn new(decoder: Arc<Decoder>, metrics: &Metrics, read: &Family<TopicLabels, Counter>) -> Self {
         let topic = decoder.topic().to_string();
         Self {
@@ -327,7 +327,7 @@ pub async fn run_live(
             }
         }
     };
-    let reader = Reader::new(decoder, &metrics, &metrics.kafka_records);
+    let reader = RecordIntake::new(decoder, &metrics, &metrics.kafka_records);
     let mut batch: Vec<Arc<Record>> = Vec::with_capacity(LIVE_BATCH);
     loop {
         let first = tokio::select! {
@@ -377,7 +377,7 @@ pub async fn run_replay(
     }
     let consumer = kafka.consumer(&format!("{topic}-replay"))?;
     assign_at(&consumer, &topic, next.iter().map(|(&p, &o)| (p, o)))?;
-    let reader = Reader::new(decoder, &kafka.metrics, &kafka.metrics.kafka_replay_records);
+    let reader = RecordIntake::new(decoder, &kafka.metrics, &kafka.metrics.kafka_replay_records);
     // While the reader sits at the end of the log, the hand-over is retried on this tick.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -409,25 +409,12 @@ pub async fn run_replay(
         if record.offset < expected {
             continue;
         }
-        let rendered = Renderer::new(&record, hub.env()).render(&sub.shape);
-        match rendered {
-            Ok(Some(bytes)) => {
-                let delivery = Delivery {
-                    sub: sub.clone(),
-                    bytes,
-                    partition: p,
-                    offset: record.offset,
-                };
-                let pushed = tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    ok = sub.queue.push_waiting(delivery) => ok,
-                };
-                if !pushed {
-                    return Ok(());
-                }
-            }
-            Ok(None) => {}
-            Err(e) => hub.filter_failed(&sub.shape.key, &e),
+        let delivered = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            ok = hub.deliver_replayed(&sub, &record) => ok,
+        };
+        if !delivered {
+            return Ok(());
         }
         let after = record.offset + 1;
         if hub.try_go_live(&sub, p, after) {

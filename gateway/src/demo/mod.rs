@@ -17,9 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError};
@@ -178,11 +176,7 @@ pub async fn start(listen: SocketAddr, env: &[(String, String)]) -> Result<Demo,
                 .map_err(|e| DemoError::Schema(e.to_string()))
         })
         .collect::<Result<Vec<u64>, _>>()?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "5")
-        .create()
-        .map_err(DemoError::Producer)?;
+    let producer = synthetic::producer(&brokers)?;
     let cancel = CancellationToken::new();
     let outputs = TOPICS
         .iter()

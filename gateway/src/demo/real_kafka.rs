@@ -6,11 +6,9 @@
 
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
-use super::synthetic::{produce, single_object_prefix};
+use super::synthetic::{self, produce, single_object_prefix};
 use super::{DemoError, TOPICS};
 use crate::decode::schema::ParsedSchema;
 
@@ -53,11 +51,7 @@ pub async fn produce_to(
         };
         outputs.push((topic, prefix));
     }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .create()
-        .map_err(DemoError::Producer)?;
+    let producer = synthetic::producer(brokers)?;
     let cancel = CancellationToken::new();
     tracing::info!(
         brokers,
@@ -79,9 +73,10 @@ pub async fn produce_to(
 async fn create_topics(brokers: &str, names: &[String]) -> Result<(), DemoError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
+    let clients = synthetic::clients(brokers);
+    let admin: AdminClient<crate::kafka::KafkaContext> = clients
+        .admin("lakewire-demo-admin")
+        .create_with_context(clients.context("demo-admin"))
         .map_err(|e| DemoError::Topics(e.to_string()))?;
     let topics: Vec<NewTopic<'_>> = TOPICS
         .iter()

@@ -7,6 +7,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+
+use crate::config::KafkaConfig;
+use crate::kafka::{KafkaClients, KafkaContext};
+use crate::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 use super::TOPICS;
@@ -21,7 +25,7 @@ pub(super) fn single_object_prefix(fp: u64) -> Vec<u8> {
 /// Writes synthetic trades, sensor readings and orders until `cancel`, each topic at its rate:
 /// `outputs[i]` is the Kafka topic of `TOPICS[i]` and the framing before each Avro body.
 pub(super) async fn produce(
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaContext>,
     outputs: Vec<(String, Vec<u8>)>,
     cancel: CancellationToken,
 ) {
@@ -239,6 +243,28 @@ impl XorShift {
         self.0 ^= self.0 << 17;
         self.0 % n.max(1)
     }
+}
+
+/// The client factory for the demo's own clients on `brokers`.
+pub(super) fn clients(brokers: &str) -> KafkaClients {
+    KafkaClients::new(
+        &KafkaConfig {
+            brokers: brokers.to_string(),
+            properties: Default::default(),
+            request_timeout_ms: 10_000,
+        },
+        &Metrics::default(),
+    )
+}
+
+/// The demo's producer on `brokers` (from the shared client factory: its librdkafka logs are
+/// rate-limited like the gateway's own clients').
+pub(super) fn producer(brokers: &str) -> Result<FutureProducer<KafkaContext>, super::DemoError> {
+    let clients = clients(brokers);
+    clients
+        .producer("lakewire-demo", 5)
+        .create_with_context(clients.context("demo"))
+        .map_err(super::DemoError::Producer)
 }
 
 #[cfg(test)]

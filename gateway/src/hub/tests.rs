@@ -1,0 +1,282 @@
+use super::*;
+use crate::config::SlowClientPolicy;
+
+fn record(partition: i32, offset: i64, value: &str) -> Arc<Record> {
+    Arc::new(Record::new(
+        Arc::from("t"),
+        partition,
+        offset,
+        None,
+        None,
+        Bytes::copy_from_slice(value.as_bytes()),
+    ))
+}
+
+fn shape(filter: Option<&str>) -> Arc<Shape> {
+    let limits = crate::filter::Limits {
+        max_filter_bytes: 1000,
+        max_filter_nodes: 1000,
+        max_fields: 10,
+    };
+    match Shape::new(filter, None, &crate::filter::env(), &limits) {
+        Ok(s) => Arc::new(s),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn queue(capacity: usize, policy: SlowClientPolicy, m: &Metrics) -> Arc<ClientQueue> {
+    ClientQueue::new(capacity, 1 << 20, policy, m.clone())
+}
+
+fn sub(id: &str, q: &Arc<ClientQueue>, live: bool) -> Arc<Subscription> {
+    Subscription::new(1, id.into(), q.clone(), shape(None), live)
+}
+
+fn delivery(s: &Arc<Subscription>, offset: i64) -> Delivery {
+    Delivery {
+        sub: s.clone(),
+        bytes: Bytes::from(format!("{{\"o\":{offset}}}")),
+        partition: 0,
+        offset,
+    }
+}
+
+fn offsets(next: Next) -> (Vec<(Arc<str>, u64)>, Vec<i64>) {
+    match next {
+        Next::Batch { lagged, deliveries } => {
+            (lagged, deliveries.iter().map(|d| d.offset).collect())
+        }
+        Next::Overflowed => panic!("unexpected overflow"),
+    }
+}
+
+fn hub(m: &Metrics) -> Arc<TopicHub> {
+    let h = TopicHub::new("t", crate::filter::env(), m.clone());
+    h.set_assigned(Some(BTreeMap::from([(0, 0), (1, 0)])));
+    h
+}
+
+#[tokio::test]
+async fn fan_out_reaches_every_subscription_in_order() {
+    let m = Metrics::default();
+    let hub = hub(&m);
+    let qa = queue(8, SlowClientPolicy::Drop, &m);
+    let qb = queue(8, SlowClientPolicy::Drop, &m);
+    hub.add(sub("a", &qa, true));
+    hub.add(sub("b", &qb, true));
+    assert_eq!(hub.shape_count(), 1, "same shape, one group");
+    for o in 0..3 {
+        hub.publish(record(0, o, "{}"));
+    }
+    assert_eq!(offsets(qa.next(10).await).1, vec![0, 1, 2]);
+    assert_eq!(offsets(qb.next(2).await).1, vec![0, 1]);
+    assert_eq!(offsets(qb.next(2).await).1, vec![2]);
+    assert_eq!(m.ws_queued_records.get(), 0);
+}
+
+#[tokio::test]
+async fn one_rendering_per_shape_is_shared_by_its_subscribers() {
+    let m = Metrics::default();
+    let hub = hub(&m);
+    let qa = queue(8, SlowClientPolicy::Drop, &m);
+    let qb = queue(8, SlowClientPolicy::Drop, &m);
+    let qc = queue(8, SlowClientPolicy::Drop, &m);
+    let big = shape(Some("value.n > 1"));
+    hub.add(Subscription::new(
+        1,
+        "a".into(),
+        qa.clone(),
+        big.clone(),
+        true,
+    ));
+    hub.add(Subscription::new(
+        2,
+        "b".into(),
+        qb.clone(),
+        shape(Some("value.n > 1")),
+        true,
+    ));
+    hub.add(Subscription::new(
+        3,
+        "c".into(),
+        qc.clone(),
+        shape(Some("value.n <= 1")),
+        true,
+    ));
+    assert_eq!(hub.shape_count(), 2);
+    for n in 0..4 {
+        hub.publish(record(0, n, &format!("{{\"n\":{n}}}")));
+    }
+    let (Next::Batch { deliveries: da, .. }, Next::Batch { deliveries: db, .. }) =
+        (qa.next(10).await, qb.next(10).await)
+    else {
+        panic!("overflow")
+    };
+    assert_eq!(da.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![2, 3]);
+    // The same bytes, not copies.
+    assert_eq!(da[0].bytes.as_ptr(), db[0].bytes.as_ptr());
+    assert_eq!(offsets(qc.next(10).await).1, vec![0, 1]);
+}
+
+#[tokio::test]
+async fn drop_policy_drops_oldest_and_counts_lag() {
+    let m = Metrics::default();
+    let q = queue(3, SlowClientPolicy::Drop, &m);
+    let s = sub("s", &q, true);
+    for o in 0..10 {
+        q.push(delivery(&s, o));
+    }
+    let (lagged, got) = offsets(q.next(100).await);
+    assert_eq!(got, vec![7, 8, 9], "newest kept");
+    assert_eq!(lagged, vec![(Arc::from("s"), 7)]);
+    assert_eq!(
+        m.ws_dropped_records
+            .get_or_create(&crate::metrics::DropLabels {
+                reason: "slow_client"
+            })
+            .get(),
+        7
+    );
+}
+
+#[tokio::test]
+async fn byte_bound_applies_before_the_record_bound() {
+    let m = Metrics::default();
+    let q = ClientQueue::new(1000, 2048, SlowClientPolicy::Drop, m.clone());
+    let s = sub("s", &q, true);
+    for o in 0..100 {
+        q.push(Delivery {
+            sub: s.clone(),
+            bytes: Bytes::from(vec![b' '; 500]),
+            partition: 0,
+            offset: o,
+        });
+        assert!(q.bytes() <= 2048, "{} bytes queued", q.bytes());
+    }
+    let (lagged, got) = offsets(q.next(1000).await);
+    assert_eq!(got, vec![96, 97, 98, 99]);
+    assert_eq!(lagged[0].1, 96);
+}
+
+#[tokio::test]
+async fn disconnect_policy_reports_overflow() {
+    let m = Metrics::default();
+    let q = queue(2, SlowClientPolicy::Disconnect, &m);
+    let s = sub("s", &q, true);
+    for o in 0..3 {
+        q.push(delivery(&s, o));
+    }
+    assert!(matches!(q.next(10).await, Next::Overflowed));
+    assert_eq!(m.ws_queued_records.get(), 0);
+}
+
+#[tokio::test]
+async fn a_published_batch_reaches_each_subscription_in_order_by_shape() {
+    let m = Metrics::default();
+    let hub = hub(&m);
+    let qa = queue(8, SlowClientPolicy::Drop, &m);
+    let qb = queue(8, SlowClientPolicy::Drop, &m);
+    hub.add(sub("a", &qa, true));
+    hub.add(Subscription::new(
+        2,
+        "b".into(),
+        qb.clone(),
+        shape(Some("value.n % 2 == 1")),
+        true,
+    ));
+    let batch: Vec<_> = (0..6)
+        .map(|n| record(n as i32 % 2, n, &format!("{{\"n\":{n}}}")))
+        .collect();
+    hub.publish_batch(&batch);
+    assert_eq!(offsets(qa.next(100).await).1, vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(offsets(qb.next(100).await).1, vec![1, 3, 5]);
+    assert_eq!(hub.published_next(), BTreeMap::from([(0, 5), (1, 6)]));
+}
+
+#[tokio::test]
+async fn a_batch_applies_the_slow_client_policy_record_by_record() {
+    let m = Metrics::default();
+    let q = queue(3, SlowClientPolicy::Drop, &m);
+    let s = sub("s", &q, true);
+    q.push_many((0..10).map(|o| delivery(&s, o)));
+    let (lagged, got) = offsets(q.next(100).await);
+    assert_eq!(got, vec![7, 8, 9], "newest kept");
+    assert_eq!(lagged, vec![(Arc::from("s"), 7)]);
+
+    let q = queue(2, SlowClientPolicy::Disconnect, &m);
+    let s = sub("s", &q, true);
+    q.push_many((0..3).map(|o| delivery(&s, o)));
+    assert!(matches!(q.next(10).await, Next::Overflowed));
+    q.push_many((3..5).map(|o| delivery(&s, o)));
+    assert!(matches!(q.next(10).await, Next::Overflowed));
+}
+
+#[tokio::test]
+async fn replay_push_waits_for_room_and_loses_nothing() {
+    let q = queue(2, SlowClientPolicy::Drop, &Metrics::default());
+    let s = sub("s", &q, false);
+    let writer = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            for o in 0..50 {
+                if !q.push_waiting(delivery(&s, o)).await {
+                    return false;
+                }
+            }
+            true
+        })
+    };
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        let (lagged, batch) = offsets(q.next(1).await);
+        assert!(lagged.is_empty());
+        got.extend(batch);
+    }
+    assert_eq!(got, (0..50).collect::<Vec<_>>());
+    assert!(matches!(writer.await, Ok(true)));
+}
+
+#[tokio::test]
+async fn closed_queue_releases_waiting_replay() {
+    let q = queue(1, SlowClientPolicy::Drop, &Metrics::default());
+    let s = sub("s", &q, false);
+    q.push(delivery(&s, 0));
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move { q.push_waiting(delivery(&s, 1)).await })
+    };
+    tokio::task::yield_now().await;
+    q.close();
+    assert!(matches!(waiter.await, Ok(false)));
+    assert!(q.is_empty());
+}
+
+#[tokio::test]
+async fn hand_over_from_replay_to_live_has_no_gap_and_no_duplicate() {
+    let m = Metrics::default();
+    let hub = hub(&m);
+    let q = queue(100, SlowClientPolicy::Drop, &m);
+    let s = sub("s", &q, false);
+    hub.add(s.clone());
+    // Live has published offsets 0..5 of partition 0 before the replay catches up.
+    for o in 0..5 {
+        hub.publish(record(0, o, "{}"));
+    }
+    assert!(q.is_empty(), "not live yet: nothing from the live consumer");
+    // The reader has delivered up to offset 2: still behind.
+    assert!(!hub.try_go_live(&s, 0, 3));
+    // It reaches the live position: partition 0 goes live at 5.
+    assert!(hub.try_go_live(&s, 0, 5));
+    hub.publish(record(0, 5, "{}"));
+    // Partition 1 is still replaying: live records of it are not delivered...
+    hub.publish(record(1, 0, "{}"));
+    // ...until its reader, ahead of the live consumer, hands over at 2.
+    assert!(hub.try_go_live(&s, 1, 2));
+    hub.publish(record(1, 1, "{}"));
+    hub.publish(record(1, 2, "{}"));
+    let Next::Batch { deliveries, .. } = q.next(100).await else {
+        panic!("overflow")
+    };
+    let got: Vec<(i32, i64)> = deliveries.iter().map(|d| (d.partition, d.offset)).collect();
+    assert_eq!(got, vec![(0, 5), (1, 2)]);
+}
