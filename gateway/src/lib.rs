@@ -1,26 +1,31 @@
 //! Lakewire: a Kafka-to-WebSocket streaming gateway for real-time data lakes.
 //!
-//! A record's path through the modules:
+//! A record's path through the modules, in order:
 //!
-//! - [`source`]: one Kafka consumer per topic (and a short-lived reader per replaying
-//!   subscription) reads raw records;
-//! - [`decode`]: turns each into a [`decode::Record`] once, however many clients read it (JSON,
-//!   or Avro in the Confluent, single-object or raw framing); what it cannot decode is counted,
-//!   skipped and, if configured, copied by [`dead_letter`] to a dead-letter topic;
-//! - [`hub`]: renders it once per distinct subscription shape ([`filter`]: CEL filter and field
-//!   projection) and hands the bytes to every subscription of that shape through each client's
-//!   bounded queue, applying the slow-client policy when a queue is full;
-//! - [`session`]: one per WebSocket connection, speaks [`protocol`] v1 and writes `records`
-//!   frames;
-//! - [`sse`]: the same stream as server-sent events at `/sse`;
-//! - [`http`]: the listener's routes (served over TLS by [`tls`] when configured) (`/ws`, `/sse`, `/metrics`, `/healthz`, `/readyz`,
-//!   `/api/topics`).
+//! 1. [`source`]: one Kafka consumer per topic (and a short-lived reader per replaying
+//!    subscription) reads a [`record::RawRecord`] (clients from [`kafka`]);
+//! 2. [`decode`]: turns it into a [`record::Record`] once, however many clients read it (JSON,
+//!    or Avro in the Confluent, single-object or raw framing); what it cannot decode is counted,
+//!    skipped and, if configured, copied to a dead-letter topic ([`decode::dead_letter`]);
+//! 3. [`hub`]: renders it once per distinct subscription shape ([`filter`]: CEL filter and field
+//!    projection; the envelope written by [`protocol`]) and hands the bytes to every
+//!    subscription of that shape through each client's bounded queue ([`hub::queue`]: the
+//!    slow-client policy applies when it is full); replayed records go through it too;
+//! 4. [`session`] (WebSocket, speaking [`protocol`] v1) or [`sse`] (server-sent events) takes
+//!    them from the queue and writes `records` frames; both start and stop subscriptions
+//!    through [`subscribe`].
 //!
-//! Around them: [`auth`] (JWT and origin checks before any WebSocket), [`config`] (TOML + `LAKEWIRE_*` environment), [`metrics`] (every metric, declared
-//! once), [`app`] (wires the stages, owns shutdown) and [`demo`] (an in-process broker and a
-//! synthetic producer for `lakewire demo`). [`tail`] is the other side: `lakewire tail`, a
-//! terminal client of the protocol. [`sink`] is the other way out: the same topics as Parquet
-//! files in Hive partitions (a consumer group of its own; `lakewire run --role sink`).
+//! The other way out: [`sink`] writes the same topics as Parquet files in Hive partitions (a
+//! consumer group of its own; `lakewire run --role sink`).
+//!
+//! Around them: [`config`] (plain data: TOML + `LAKEWIRE_*` environment, the checks that need
+//! nothing but the data), [`app`] (builds and wires the stages, owns shutdown; `lakewire check`
+//! builds them dry), [`services`] (the state connections share, connection limits), [`http`]
+//! (the listener's routes: `/ws`, `/sse`, `/metrics`, `/healthz`, `/readyz`, `/api/topics`;
+//! over TLS by [`tls`] when configured), [`auth`] (JWT and origin checks before any
+//! connection), [`metrics`] (every metric, declared once), [`log_limit`] (rate-limited logs),
+//! [`demo`] (an in-process broker and a synthetic producer for `lakewire demo`) and [`tail`]
+//! (`lakewire tail`, a terminal client of the protocol).
 
 pub mod app;
 pub mod auth;

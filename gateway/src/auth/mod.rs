@@ -8,7 +8,7 @@
 //! present, well formed and match. The
 //! `topics` claim (name configurable) lists topic names or glob patterns (`orders.*`).
 //!
-//! The keys come from [`keys`] (those in the configuration) or [`jwks`] (a JWKS URL's); this
+//! The keys come from `keys.rs` (those in the configuration) or `jwks.rs` (a JWKS URL's); this
 //! module checks tokens and origins with them.
 
 use std::sync::Arc;

@@ -8,8 +8,8 @@
 //! This module is plain data and the checks that need nothing but the data (ranges, names,
 //! keys that go together). It reads no file but the configuration itself: a schema, key or
 //! certificate file is read where its component is built (`lakewire check` builds them all,
-//! dry; see [`crate::app::check`]). One file per section: [`sources`] (`[kafka]`,
-//! `[[topics]]`, `[schema_registry]`), [`websocket`], [`auth`], [`sink`]; [`env`] reads the
+//! dry; see [`crate::app::check`]). One file per section: `sources.rs` (`[kafka]`,
+//! `[[topics]]`, `[schema_registry]`), `websocket.rs`, `auth.rs`, `sink.rs`; `env.rs` reads the
 //! `LAKEWIRE_*` overrides.
 
 mod auth;

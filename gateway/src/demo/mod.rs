@@ -9,8 +9,8 @@
 //! demo producer of `docker-compose.yml`): it creates the topics, and with a schema registry
 //! registers the schemas and writes the Confluent framing instead of single-object.
 //!
-//! This module runs the in-process demo; [`synthetic`] makes the records and writes them at the
-//! topics' rates, and [`real_kafka`] is `produce_to`'s topic creation and schema registration.
+//! This module runs the in-process demo; `synthetic.rs` makes the records and writes them at the
+//! topics' rates, and `real_kafka.rs` is `produce_to`'s topic creation and schema registration.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
