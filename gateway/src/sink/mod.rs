@@ -6,7 +6,7 @@
 //!
 //! One worker thread (not an async worker: decoding and Parquet encoding are CPU work) owns the
 //! consumer and, per assigned partition, at most one open file: its rows in Arrow builders
-//! ([`arrow`]). A file is closed when it reaches `roll_rows` rows or `roll_bytes` Avro bytes,
+//! ([`avro_to_arrow`]). A file is closed when it reaches `roll_rows` rows or `roll_bytes` Avro bytes,
 //! when the next record belongs to another Hive partition or has another writer schema, or
 //! after `roll_interval_ms`. Closing encodes the batches to Parquet, puts the file in place
 //! whole (hidden temporary name, then rename; or one completed upload), and only then commits
@@ -21,7 +21,7 @@
 //! landed file but before the storage listing of a new owner can then duplicate rows
 //! (at-least-once; documented).
 
-pub mod arrow;
+pub mod avro_to_arrow;
 pub mod metastore;
 pub mod register;
 pub mod storage;
@@ -45,7 +45,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::arrow::{BatchBuilder, Meta};
+use self::avro_to_arrow::{BatchBuilder, Meta};
 use self::register::{Pending, Registrar, TableInfo};
 use self::storage::{FileName, HIVE_DEFAULT_PARTITION, Storage, escape_value};
 use crate::config::{Config, SinkCompression, SinkConfig};

@@ -11,7 +11,7 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
 use bytes::Bytes;
 
-use super::arrow::{BatchBuilder, Meta};
+use super::avro_to_arrow::{BatchBuilder, Meta};
 use super::storage::{FileName, Storage};
 use super::*;
 use crate::config::SinkConfig;
