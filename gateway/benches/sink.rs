@@ -3,7 +3,7 @@
 //! cycled), with the gateway's JSON decode measured in the same run as the baseline:
 //!
 //! - `json` (baseline): `Decoder::decode`, the WebSocket path (Avro → JSON text);
-//! - `arrow`: Avro → Arrow builders → `RecordBatch` (`sink::arrow::BatchBuilder`), files of
+//! - `arrow`: Avro → Arrow builders → `RecordBatch` (`sink::avro_to_arrow::BatchBuilder`), files of
 //!   100,000 rows;
 //! - `parquet zstd` / `parquet snappy`: the same, plus the Parquet encoding of each file
 //!   (`sink::encode`): everything the sink worker does per record except Kafka and storage I/O;
@@ -22,7 +22,7 @@ use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use lakewire::config::SinkCompression;
 use lakewire::record::RawRecord;
-use lakewire::sink::arrow::{BatchBuilder, Meta};
+use lakewire::sink::avro_to_arrow::{BatchBuilder, Meta};
 
 #[path = "common/order_decoder.rs"]
 mod order_decoder;

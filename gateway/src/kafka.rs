@@ -46,11 +46,7 @@ impl KafkaClients {
 
     /// The log and error sink of a client named `label` (the `topic` label of its errors).
     pub fn log(&self, label: &str) -> ClientLog {
-        ClientLog {
-            label: label.to_string(),
-            metrics: self.metrics.clone(),
-            limiter: LogLimiter::default(),
-        }
+        ClientLog::new(label, &self.metrics)
     }
 
     /// The context of a client that needs nothing else of its context than logging.
@@ -130,6 +126,15 @@ pub struct ClientLog {
 }
 
 impl ClientLog {
+    /// The log of a client named `label`, counting its errors into `metrics`.
+    pub fn new(label: &str, metrics: &Metrics) -> Self {
+        Self {
+            label: label.to_string(),
+            metrics: metrics.clone(),
+            limiter: LogLimiter::default(),
+        }
+    }
+
     /// What [`ClientContext::log`] receives.
     pub fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         use RDKafkaLogLevel as L;

@@ -39,7 +39,7 @@ pub fn to_json(plan: &Plan, data: &[u8], out: &mut Vec<u8>) -> Result<(), AvroEr
 }
 
 /// A cursor over one Avro datum; also used by the sink's Arrow decoder
-/// ([`crate::sink::arrow`]), which reads the same binary encoding into Arrow builders.
+/// ([`crate::sink::avro_to_arrow`]), which reads the same binary encoding into Arrow builders.
 pub(crate) struct AvroCursor<'a> {
     pub(crate) data: &'a [u8],
     pub(crate) pos: usize,

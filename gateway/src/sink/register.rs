@@ -15,8 +15,9 @@ use object_store::path::Path;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::hive_paths::dir_values;
 use super::metastore::{Metastore, MetastoreError};
-use super::storage::{Storage, dir_values, partition_dirs};
+use super::storage::{Storage, partition_dirs};
 use crate::metrics::Metrics;
 
 /// One partition to register.

@@ -4,7 +4,8 @@
 //! that start-up and partition assignment resume from.
 //!
 //! File names: `<table>/<k=v>/.../<topic>+<partition>+<startOffset>+<endOffset>.parquet`, the
-//! offsets in decimal without padding, the end offset inclusive.
+//! offsets in decimal without padding, the end offset inclusive ([`super::hive_paths`] makes
+//! and parses them).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use futures_util::StreamExt as _;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 
+use super::hive_paths::FileName;
 use crate::config::SinkConfig;
 
 /// Prefix of files being written; readers (Hive, Spark, DuckDB, pyarrow) skip names starting
@@ -24,44 +26,6 @@ pub const TEMP_PREFIX: &str = "_tmp.";
 #[derive(Debug, thiserror::Error)]
 #[error("sink.root: {0}")]
 pub struct StorageSetupError(String);
-
-/// A landed file's name, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileName {
-    pub topic: String,
-    pub partition: i32,
-    pub start: i64,
-    pub end: i64,
-}
-
-impl FileName {
-    /// `<topic>+<partition>+<start>+<end>.parquet`
-    pub fn render(&self) -> String {
-        format!(
-            "{}+{}+{}+{}.parquet",
-            self.topic, self.partition, self.start, self.end
-        )
-    }
-
-    /// The parsed name of a landed file (not a temporary one).
-    pub fn parse(name: &str) -> Option<Self> {
-        let stem = name.strip_suffix(".parquet")?;
-        let mut parts = stem.rsplitn(4, '+');
-        let end = parts.next()?.parse().ok()?;
-        let start = parts.next()?.parse().ok()?;
-        let partition = parts.next()?.parse().ok()?;
-        let topic = parts.next()?;
-        if topic.is_empty() || topic.starts_with(['_', '.']) {
-            return None;
-        }
-        Some(Self {
-            topic: topic.to_string(),
-            partition,
-            start,
-            end,
-        })
-    }
-}
 
 /// One landed file found by a listing.
 #[derive(Debug, Clone)]
@@ -255,7 +219,7 @@ impl Storage {
 }
 
 /// A store path for `rel` (a table, a Hive directory `k=v/...` whose values are already
-/// Hive-escaped by [`escape_value`], and a file name) taken as it is. `Path::from` would
+/// Hive-escaped by [`escape_value`](super::hive_paths::escape_value), and a file name) taken as it is. `Path::from` would
 /// percent-encode it a second time (`%` to `%25`, every non-ASCII byte), so the folder would
 /// not be the one Hive, Spark and the metastore's location name.
 fn object_path(rel: &str) -> object_store::Result<Path> {
@@ -288,95 +252,4 @@ fn chrono_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// A Hive partition value made safe for a path segment (Hive's escaping: `%XX` for `/`, `=`,
-/// `%`, control characters and the other characters Hive escapes).
-pub fn escape_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        if c.is_control()
-            || matches!(
-                c,
-                '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '{' | '[' | ']' | '^'
-            )
-        {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    if out.is_empty() {
-        HIVE_DEFAULT_PARTITION.to_string()
-    } else {
-        out
-    }
-}
-
-/// Undoes [`escape_value`].
-pub fn unescape_value(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Hive's name for a null or empty partition value.
-pub const HIVE_DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
-
-/// The values of a partition directory `k1=v1/k2=v2`, in order.
-pub fn dir_values(dir: &str) -> Vec<String> {
-    dir.split('/')
-        .filter(|s| !s.is_empty())
-        .map(|seg| unescape_value(seg.split_once('=').map_or(seg, |(_, v)| v)))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_round_trip() {
-        let n = FileName {
-            topic: "orders.v1".into(),
-            partition: 3,
-            start: 100,
-            end: 199,
-        };
-        assert_eq!(n.render(), "orders.v1+3+100+199.parquet");
-        assert_eq!(FileName::parse(&n.render()), Some(n));
-        assert_eq!(FileName::parse("_tmp.1.orders+3+1+2.parquet"), None);
-        assert_eq!(FileName::parse("orders+3+1+2.parquet#1"), None);
-        assert_eq!(FileName::parse("part-0.parquet"), None);
-    }
-
-    #[test]
-    fn partition_values_escape_and_round_trip() {
-        for v in ["EUR", "a/b=c", "50%", "x:y", "ünï"] {
-            let e = escape_value(v);
-            assert!(!e.contains('/') && !e.contains('='), "{e}");
-            assert_eq!(dir_values(&format!("k={e}")), vec![v.to_string()]);
-        }
-        assert_eq!(escape_value(""), HIVE_DEFAULT_PARTITION);
-        assert_eq!(
-            dir_values("dt=2026-11-27/hr=09"),
-            vec!["2026-11-27".to_string(), "09".to_string()]
-        );
-    }
 }

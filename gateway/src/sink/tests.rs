@@ -11,8 +11,9 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
 use bytes::Bytes;
 
-use super::arrow::{BatchBuilder, Meta};
-use super::storage::{FileName, Storage};
+use super::avro_to_arrow::{BatchBuilder, Meta};
+use super::hive_paths::{self, FileName};
+use super::storage::{self, Storage};
 use super::*;
 use crate::config::SinkConfig;
 
@@ -288,15 +289,6 @@ fn parquet_round_trip_keeps_types_and_values() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn timestamps_give_utc_date_and_hour() -> anyhow::Result<()> {
-    assert_eq!(civil_from_days(0), (1970, 1, 1));
-    assert_eq!(civil_from_days(20_419), (2025, 11, 27));
-    assert_eq!(civil_from_days(-1), (1969, 12, 31));
-    assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-    Ok(())
-}
-
 /// A sink on a local folder `lake` under `dir`, with no tables.
 fn local_sink(dir: &std::path::Path) -> SinkConfig {
     SinkConfig {
@@ -355,7 +347,7 @@ async fn hive_escaped_partition_values_are_the_folders_on_disk() -> anyhow::Resu
     let st = Storage::new(&local_sink(dir.path()))?;
     let values = ["a/b", "Zürich", "x:y=z", "50%", "q?#*\"", "ünï ✓"];
     for (i, v) in values.iter().enumerate() {
-        let hive = format!("k={}", storage::escape_value(v));
+        let hive = format!("k={}", hive_paths::escape_value(v));
         let name = FileName {
             topic: "t".into(),
             partition: 0,
@@ -382,7 +374,7 @@ async fn hive_escaped_partition_values_are_the_folders_on_disk() -> anyhow::Resu
     let (files, _) = st.list("tbl").await?;
     let mut got: Vec<String> = files
         .iter()
-        .flat_map(|f| storage::dir_values(&f.dir))
+        .flat_map(|f| hive_paths::dir_values(&f.dir))
         .collect();
     got.sort();
     let mut want: Vec<String> = values.iter().map(|v| v.to_string()).collect();
@@ -399,11 +391,17 @@ fn the_consumer_fetches_again_soon_after_its_queue_drains_unless_told_otherwise(
                 \n[sink]\nroot = \"/tmp/x\"\n\n[[sink.tables]]\ntopic = \"t\"\n";
     let config = Config::from_toml_and_env(&format!("{base}{rest}"), &[], "test")?;
     let sink = config.sink.clone().context("no [sink]")?;
-    let cc = consumer_config(&config, &sink);
+    let cc = consumer_config(
+        &crate::kafka::KafkaClients::new(&config.kafka, &Metrics::default()),
+        &sink,
+    );
     assert_eq!(cc.get("fetch.queue.backoff.ms"), Some("10"));
     let text = format!("{base}[kafka.properties]\n\"fetch.queue.backoff.ms\" = \"250\"\n{rest}");
     let config = Config::from_toml_and_env(&text, &[], "test")?;
-    let cc = consumer_config(&config, &sink);
+    let cc = consumer_config(
+        &crate::kafka::KafkaClients::new(&config.kafka, &Metrics::default()),
+        &sink,
+    );
     assert_eq!(cc.get("fetch.queue.backoff.ms"), Some("250"));
     Ok(())
 }

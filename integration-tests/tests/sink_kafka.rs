@@ -5,9 +5,13 @@
 //! and a restart still give exactly N rows and no visible temporary file; a topic whose schema
 //! gains an optional field still lands; an unreachable metastore delays registration only; two
 //! workers in one group, one killed: the survivor takes over with no file written twice.
-//! With `TEST_S3_ENDPOINT` (integration-tests/bin/s3: S3Proxy), the same through S3. With the
-//! `real-metastore` feature and `TEST_HIVE_METASTORE`, Spark SQL reads what the sink registered in
-//! a real Hive Metastore, including a new column and the partitions of a metastore outage.
+//! With the `real-s3` feature and `TEST_S3_ENDPOINT` (integration-tests/bin/s3: S3Proxy), the
+//! same through S3. With the `real-metastore` feature and `TEST_HIVE_METASTORE`, Spark SQL reads
+//! what the sink registered in a real Hive Metastore, including a new column and the partitions
+//! of a metastore outage.
+//!
+//! The `lakewire` binary is the one `process::lakewire_bin` finds (`cargo build -p lakewire`
+//! first, as `run-all` does, or `LAKEWIRE_BIN`).
 #![cfg(feature = "real-kafka")]
 
 use std::path::{Path, PathBuf};
@@ -16,12 +20,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use apache_avro::types::Value as AV;
+use lakewire_integration_tests::process::lakewire_bin;
 use lakewire_integration_tests::{brokers, create_topic, unique_topic as unique};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lakewire");
 const ORDER: &str = include_str!("../../schemas/order.avsc");
 /// The records' first timestamp: three hours before the hour this test process started in
 /// (brokers refuse timestamps over an hour ahead and delete segments older than their retention,
@@ -40,16 +44,13 @@ fn base_ts() -> i64 {
 
 fn python() -> PathBuf {
     std::env::var_os("TEST_PYTHON").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../integration-tests/.cache/venv/bin/python")
-        },
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python"),
         PathBuf::from,
     )
 }
 
 fn check_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../integration-tests/sink/check.py")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sink/check.py")
 }
 
 /// What check.py reads from the table.
@@ -118,7 +119,7 @@ impl Sink {
             .create(true)
             .append(true)
             .open(log)?;
-        let child = Command::new(BIN)
+        let child = Command::new(lakewire_bin()?)
             .args(["run", "--role", "sink", "--config"])
             .arg(config)
             .env("RUST_LOG", "info,lakewire::sink=debug")
@@ -600,10 +601,10 @@ fn inodes(dir: &Path) -> std::collections::BTreeMap<String, u64> {
         let p = e.path();
         if p.is_dir() {
             out.extend(inodes(&p));
-        } else if visible_parquet(&e.file_name().to_string_lossy()) {
-            if let Ok(m) = e.metadata() {
-                out.insert(p.display().to_string(), m.ino());
-            }
+        } else if visible_parquet(&e.file_name().to_string_lossy())
+            && let Ok(m) = e.metadata()
+        {
+            out.insert(p.display().to_string(), m.ino());
         }
     }
     out
@@ -751,7 +752,7 @@ mod hive {
     use lakewire_integration_tests::metastore::{OwnMetastore, run, shared_uri, spark_columns};
 
     fn it_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../integration-tests")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
     }
 
     /// What Spark SQL (Hive support, through the metastore at `uri`) reads of `table`.
