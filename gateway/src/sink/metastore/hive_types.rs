@@ -6,7 +6,6 @@ use arrow_schema::{DataType, Field, Schema};
 use hive_metastore::FieldSchema;
 
 use super::MetastoreError;
-use super::tables::field_schema;
 
 /// The Hive columns of `schema`, leaving out fields named like a partition key.
 pub(super) fn hive_columns(
@@ -93,4 +92,13 @@ pub fn hive_type(data_type: &DataType) -> Result<String, String> {
         D::RunEndEncoded(_, values) => hive_type(values.data_type())?,
         D::Null | D::Duration(_) | D::Interval(_) | D::Union(_, _) => return unsupported(),
     })
+}
+
+/// One Hive column: its name and Hive type.
+pub(super) fn field_schema(name: &str, hive_type: &str) -> FieldSchema {
+    FieldSchema {
+        name: Some(pilota::FastStr::new(name)),
+        r#type: Some(pilota::FastStr::new(hive_type)),
+        comment: None,
+    }
 }

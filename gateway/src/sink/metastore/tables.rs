@@ -15,7 +15,7 @@ use hive_metastore::{
 use pilota::{AHashMap, FastStr};
 use volo_thrift::MaybeException;
 
-use super::hive_types::hive_columns;
+use super::hive_types::{field_schema, hive_columns};
 use super::{HiveTable, Metastore, MetastoreError};
 
 /// The serde and formats of the tables this module creates.
@@ -333,14 +333,6 @@ fn storage_descriptor(cols: Vec<FieldSchema>, location: &str) -> StorageDescript
         parameters: Some(AHashMap::default()),
         stored_as_sub_directories: Some(false),
         ..Default::default()
-    }
-}
-
-pub(super) fn field_schema(name: &str, hive_type: &str) -> FieldSchema {
-    FieldSchema {
-        name: Some(fs(name)),
-        r#type: Some(fs(hive_type)),
-        comment: None,
     }
 }
 
