@@ -13,10 +13,13 @@
 //! - [`sinkbench`]: the sink scenario, Kafka → Parquet files end to end, against the decode path.
 
 pub mod gateway;
+pub mod idle;
 pub mod kafkalat;
+pub mod landed;
 pub mod load;
 pub mod procstat;
 pub mod produce;
+pub mod report;
 pub mod scan;
 pub mod sinkbench;
 pub mod ws;

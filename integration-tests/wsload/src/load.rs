@@ -183,20 +183,20 @@ impl Outcome {
 }
 
 /// Counters shared by the client tasks (one thread: no locks).
-struct Stats {
-    hist: Histogram<u64>,
-    deliveries: u64,
-    frames: u64,
-    lagged_frames: u64,
-    dropped: u64,
-    errors: u64,
-    closed: u64,
-    subscribed: usize,
-    first_error: Option<String>,
+pub(crate) struct Stats {
+    pub(crate) hist: Histogram<u64>,
+    pub(crate) deliveries: u64,
+    pub(crate) frames: u64,
+    pub(crate) lagged_frames: u64,
+    pub(crate) dropped: u64,
+    pub(crate) errors: u64,
+    pub(crate) closed: u64,
+    pub(crate) subscribed: usize,
+    pub(crate) first_error: Option<String>,
 }
 
 impl Stats {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         Ok(Self {
             // 1 µs .. 10 min, 3 significant digits.
             hist: Histogram::new_with_bounds(1, 600_000_000, 3)?,
@@ -212,15 +212,15 @@ impl Stats {
     }
 }
 
-struct Shared {
-    protocol: Protocol,
+pub(crate) struct Shared {
+    pub(crate) protocol: Protocol,
     /// Room made in a connection's read buffer before each read.
-    read_chunk: usize,
-    stats: RefCell<Stats>,
-    control: Arc<Control>,
-    scanner: Scanner,
+    pub(crate) read_chunk: usize,
+    pub(crate) stats: RefCell<Stats>,
+    pub(crate) control: Arc<Control>,
+    pub(crate) scanner: Scanner,
     /// Bounds how many clients connect at once.
-    connecting: Semaphore,
+    pub(crate) connecting: Semaphore,
 }
 
 /// The subscribe request of client `i` (for Centrifugo, its connect and subscribe commands in
@@ -254,7 +254,7 @@ pub fn subscribe_request(protocol: Protocol, topic: &str, i: usize, filter: Filt
 }
 
 /// Drives one connection until it closes or the task is aborted.
-async fn client(
+pub(crate) async fn client(
     addr: SocketAddr,
     local: Option<std::net::IpAddr>,
     request: String,
@@ -573,217 +573,8 @@ async fn measure(
     })
 }
 
-/// Loopback source addresses the idle connections are spread over.
-const IDLE_SOURCES: usize = 32;
-
-/// What the idle-connections scenario measured.
-#[derive(Debug, Clone)]
-pub struct IdleOutcome {
-    pub protocol: Protocol,
-    pub connections: usize,
-    /// Seconds to open and subscribe them all.
-    pub open_secs: f64,
-    /// The server's resident memory before the connections and with them open, KiB.
-    pub rss_before_kib: u64,
-    pub rss_after_kib: u64,
-}
-
-impl IdleOutcome {
-    /// Resident memory per connection, KiB.
-    pub fn per_connection_kib(&self) -> f64 {
-        self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64
-            / self.connections.max(1) as f64
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "wsload": "connections",
-            "server": self.protocol.name(),
-            "connections": self.connections,
-            "open_s": (self.open_secs * 10.0).round() / 10.0,
-            "rss_before_mib": (self.rss_before_kib as f64 / 102.4).round() / 10.0,
-            "rss_after_mib": (self.rss_after_kib as f64 / 102.4).round() / 10.0,
-            "rss_per_connection_kib": (self.per_connection_kib() * 10.0).round() / 10.0,
-        })
-    }
-
-    pub fn table_row(&self) -> String {
-        format!(
-            "{:>10} {:>11} {:>8.1} {:>12.1} {:>12.1} {:>14.1}",
-            self.protocol.name(),
-            self.connections,
-            self.open_secs,
-            self.rss_before_kib as f64 / 1024.0,
-            self.rss_after_kib as f64 / 1024.0,
-            self.per_connection_kib()
-        )
-    }
-
-    pub fn table_header() -> String {
-        format!(
-            "{:>10} {:>11} {:>8} {:>12} {:>12} {:>14}",
-            "server", "connections", "open s", "RSS0 MiB", "RSS MiB", "KiB/connection"
-        )
-    }
-}
-
-/// Opens `n` subscribed connections that receive nothing (no records are produced), and
-/// measures the server's resident memory before and with them (after `settle`). Connections
-/// come from 127.0.0.1..=127.0.0.32 in turn, so that 20,000+ of them neither run out of source
-/// ports nor pass the gateway's default `max_connections_per_ip` (1,000). Must be called inside
-/// a `LocalSet`.
-pub async fn idle(
-    protocol: Protocol,
-    addr: SocketAddr,
-    topic: &str,
-    n: usize,
-    server_pid: u32,
-    settle: Duration,
-) -> anyhow::Result<IdleOutcome> {
-    if let Some(limit) = procstat::open_files_limit()
-        && (limit as usize) < n + 64
-    {
-        bail!("the open-files limit is {limit}, too low for {n} connections: raise it (ulimit -n)");
-    }
-    let shared = Rc::new(Shared {
-        protocol,
-        // Idle connections: small buffers, so that the tool's own memory stays small.
-        read_chunk: 4096,
-        stats: RefCell::new(Stats::new()?),
-        control: Arc::new(Control::default()),
-        scanner: Scanner::default(),
-        connecting: Semaphore::new(64),
-    });
-    let (_, rss_before_kib) = procstat::rss_kib(server_pid)?;
-    let t0 = Instant::now();
-    let tasks: Vec<JoinHandle<()>> = (0..n)
-        .map(|i| {
-            let shared = shared.clone();
-            let req = subscribe_request(protocol, topic, i, FilterMode::None);
-            let local = std::net::IpAddr::from([127, 0, 0, 1 + (i % IDLE_SOURCES) as u8]);
-            tokio::task::spawn_local(async move {
-                if let Err(e) = client(addr, Some(local), req, false, shared.clone()).await {
-                    let mut st = shared.stats.borrow_mut();
-                    st.errors += 1;
-                    st.first_error.get_or_insert_with(|| format!("{e:#}"));
-                }
-            })
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let result = loop {
-        {
-            let st = shared.stats.borrow();
-            if st.subscribed == n {
-                break Ok(());
-            }
-            if st.errors > 0 || st.closed > 0 || Instant::now() > deadline {
-                break Err(anyhow::anyhow!(
-                    "{} of {n} connections subscribed ({} closed); first error: {}",
-                    st.subscribed,
-                    st.closed,
-                    st.first_error.as_deref().unwrap_or("none (timed out)")
-                ));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let open_secs = t0.elapsed().as_secs_f64();
-    let outcome = match result {
-        Ok(()) => {
-            tokio::time::sleep(settle).await;
-            let (_, rss_after_kib) = procstat::rss_kib(server_pid)?;
-            let st = shared.stats.borrow();
-            if st.errors > 0 || st.closed > 0 {
-                Err(anyhow::anyhow!(
-                    "{} errors, {} connections closed while idle; first error: {}",
-                    st.errors,
-                    st.closed,
-                    st.first_error.as_deref().unwrap_or("-")
-                ))
-            } else {
-                Ok(IdleOutcome {
-                    protocol,
-                    connections: n,
-                    open_secs,
-                    rss_before_kib,
-                    rss_after_kib,
-                })
-            }
-        }
-        Err(e) => Err(e),
-    };
-    for t in &tasks {
-        t.abort();
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    outcome
-}
-
-/// The header of the human table.
-pub fn table_header() -> String {
-    format!(
-        "{:>10} {:>7} {:>6} {:>5} {:>11} {:>9} {:>5} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6}  {}",
-        "server",
-        "rate/s",
-        "fast",
-        "stall",
-        "deliv/s",
-        "deliv%",
-        "rec/f",
-        "p50ms",
-        "p90ms",
-        "p99ms",
-        "maxms",
-        "lagged",
-        "gwCPU%",
-        "gwMiB",
-        "kfCPU%",
-        "tlCPU%",
-        "mach%",
-        "othCPU",
-        "ok"
-    )
-}
-
-fn opt(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{v:.0}"))
-}
-
-/// One row of the human table.
-pub fn table_row(o: &Outcome) -> String {
-    let pct = o.expected.map_or("-".into(), |e| {
-        format!("{:.2}", o.deliveries as f64 / e.max(1) as f64 * 100.0)
-    });
-    format!(
-        "{:>10} {:>7} {:>6} {:>5} {:>11.0} {:>9} {:>5.1} {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} {:>6} {:>6} {:>6} {:>6.0} {:>5.0} {:>6.0}  {}",
-        o.protocol.name(),
-        o.rate,
-        o.fast,
-        o.stalled,
-        o.deliveries_per_s(),
-        pct,
-        o.deliveries as f64 / o.frames.max(1) as f64,
-        o.p50_ms,
-        o.p90_ms,
-        o.p99_ms,
-        o.max_ms,
-        o.lagged_frames,
-        opt(o.gateway_cpu_pct),
-        opt(o.gateway_peak_rss_kib.map(|k| k as f64 / 1024.0)),
-        opt(o.broker_cpu_pct),
-        o.tool_cpu_pct,
-        o.machine_busy_pct,
-        o.others_cpu_pct,
-        if o.sustainable {
-            "yes".to_string()
-        } else {
-            format!("no: {}", o.why_not.join("; "))
-        }
-    )
-}
+pub use crate::idle::{IdleOutcome, idle};
+pub use crate::report::{table_header, table_row};
 
 #[cfg(test)]
 mod tests {

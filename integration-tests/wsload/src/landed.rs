@@ -1,0 +1,102 @@
+//! Checks what the sink landed under a table's folder (`wsload sink`): file names, offsets
+//! covered exactly once, and rows by the Parquet footers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+
+/// What landed under a table's folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Landed {
+    pub files: usize,
+    pub bytes: u64,
+    pub rows: u64,
+}
+
+/// Checks the table folder `dir` after the sink reported N records: only
+/// `<topic>+<partition>+<start>+<end>.parquet` files (no temporary or other file), each
+/// partition `p`'s offsets `0..counts[p]` covered exactly once by their names, and each file
+/// holding `end - start + 1` rows by its Parquet footer. Errors say what is wrong.
+pub fn check_landed(dir: &Path, topic: &str, counts: &[u64]) -> anyhow::Result<Landed> {
+    let mut files = Vec::new();
+    walk(dir, &mut files)?;
+    let mut ranges: BTreeMap<i32, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut landed = Landed {
+        files: 0,
+        bytes: 0,
+        rows: 0,
+    };
+    for f in &files {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("odd file name {}", f.display()))?;
+        let (p, start, end) = parse_name(name, topic)
+            .with_context(|| format!("{}: not a landed file of the sink", f.display()))?;
+        let rows = parquet_rows(f)?;
+        if rows != end - start + 1 {
+            bail!(
+                "{}: {rows} rows, but its name covers {} offsets",
+                f.display(),
+                end - start + 1
+            );
+        }
+        ranges.entry(p).or_default().push((start, end));
+        landed.files += 1;
+        landed.bytes += std::fs::metadata(f)?.len();
+        landed.rows += rows;
+    }
+    for (p, want) in counts.iter().enumerate() {
+        let mut rs = ranges.remove(&(p as i32)).unwrap_or_default();
+        rs.sort_unstable();
+        let mut next = 0u64;
+        for (start, end) in rs {
+            if start != next {
+                bail!(
+                    "partition {p}: a file starts at offset {start}, expected {next} (gap or overlap)"
+                );
+            }
+            next = end + 1;
+        }
+        if next != *want {
+            bail!("partition {p}: files cover offsets 0..{next}, expected 0..{want}");
+        }
+    }
+    if let Some(p) = ranges.keys().next() {
+        bail!("files of partition {p}, which the topic does not have");
+    }
+    Ok(landed)
+}
+
+/// `<topic>+<partition>+<start>+<end>.parquet` → (partition, start, end).
+pub(crate) fn parse_name(name: &str, topic: &str) -> Option<(i32, u64, u64)> {
+    let rest = name.strip_prefix(topic)?.strip_prefix('+')?;
+    let rest = rest.strip_suffix(".parquet")?;
+    let mut it = rest.split('+');
+    let p = it.next()?.parse().ok()?;
+    let start = it.next()?.parse().ok()?;
+    let end: u64 = it.next()?.parse().ok()?;
+    (it.next().is_none() && end >= start).then_some((p, start, end))
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            walk(&e.path(), out)?;
+        } else {
+            out.push(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Rows of a Parquet file, from its footer.
+fn parquet_rows(path: &Path) -> anyhow::Result<u64> {
+    use parquet::file::reader::FileReader as _;
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let r = parquet::file::reader::SerializedFileReader::new(f)
+        .with_context(|| format!("{}: not a Parquet file", path.display()))?;
+    Ok(r.metadata().file_metadata().num_rows().max(0) as u64)
+}
