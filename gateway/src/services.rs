@@ -136,7 +136,11 @@ impl Services {
         let metrics = Metrics::default();
         let prometheus = metrics::prometheus_registry(&metrics);
         let kafka = Kafka::new(&config.kafka, metrics.clone())?;
-        let hub = Hub::new(config.topics.iter().map(|t| t.name.as_str()), &metrics);
+        let hub = Hub::new(
+            config.topics.iter().map(|t| t.name.as_str()),
+            &metrics,
+            config.websocket.max_filters_per_topic,
+        );
         let cx = DecodeContext::new(&config, &metrics)?;
         let decoders = Decoder::for_topics(&config, &cx)?;
         let (auth, jwks) = Authenticator::new(&config.auth, &metrics).map_err(BuildError::Auth)?;

@@ -346,8 +346,11 @@ pub async fn run_live(
             batch.extend(reader.take(m).await);
         }
         if !batch.is_empty() {
-            hub.publish_batch(&batch);
-            batch.clear();
+            hub.deliver_live(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(LIVE_BATCH),
+            ))
+            .await;
         }
     }
     hub.set_assigned(None);

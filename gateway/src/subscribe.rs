@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::filter::{Shape, ShapeError};
+use crate::filter::{self, ShapeError};
 use crate::hub::{ClientQueue, Subscription, TopicHub};
 use crate::protocol::{self, ErrorCode, ProtocolError, ServerMessage, StartFrom};
 use crate::services::Services;
@@ -59,12 +59,15 @@ pub async fn start(
             format!("topic {:?} is not served by this gateway", req.topic),
         ));
     };
-    let shape = Shape::new(
-        req.filter.as_deref(),
-        req.fields.as_deref(),
-        topic.env(),
-        &(&services.config.websocket).into(),
+    // Compiled off the runtime threads: parsing recurses per nesting level and the trial
+    // evaluation runs the filter once.
+    let shape = filter::compile_shape(
+        req.filter.clone(),
+        req.fields.clone(),
+        topic.env().clone(),
+        (&services.config.websocket).into(),
     )
+    .await
     .map_err(|e| match e {
         ShapeError::BadFilter(m) => err(ErrorCode::BadFilter, m),
         ShapeError::BadFields(m) => err(ErrorCode::BadRequest, m),
@@ -74,7 +77,9 @@ pub async fn start(
     let sub = Subscription::new(conn, Arc::from(id), queue.clone(), Arc::new(shape), live);
     let (partitions, start, replay, gaps) = if live {
         let partitions = topic.wait_assigned(timeout).await.unwrap_or_default();
-        topic.add(sub.clone());
+        topic
+            .add(sub.clone())
+            .map_err(|e| err(ErrorCode::TooManySubscriptions, e.to_string()))?;
         (partitions, topic.published_next(), None, Vec::new())
     } else {
         let plan = replay_plan(services, &req.topic, &req.from)
@@ -90,7 +95,9 @@ pub async fn start(
             return Err(err(ErrorCode::UnknownTopic, "no decoder for topic".into()));
         };
         // In the hub first (not yet live), so the replay reader can hand partitions over.
-        topic.add(sub.clone());
+        topic
+            .add(sub.clone())
+            .map_err(|e| err(ErrorCode::TooManySubscriptions, e.to_string()))?;
         let token = cancel.child_token();
         tokio::spawn({
             let kafka = services.kafka.clone();

@@ -74,6 +74,11 @@ pub struct WebSocketConfig {
     /// Most syntax-tree nodes in a filter (bounds its evaluation cost per record).
     #[serde(default = "default_max_filter_nodes")]
     pub max_filter_nodes: usize,
+    /// Most distinct filters (filter and `fields` together) one topic serves: every record of
+    /// the topic is checked against each. A subscription with a new one past this is refused
+    /// (`too_many_subscriptions`); one that uses a filter in use is not.
+    #[serde(default = "default_max_filters_per_topic")]
+    pub max_filters_per_topic: usize,
     /// Most paths in a subscription's `fields`.
     #[serde(default = "default_max_fields")]
     pub max_fields: usize,
@@ -113,6 +118,9 @@ const fn default_max_filter_bytes() -> usize {
 const fn default_max_filter_nodes() -> usize {
     512
 }
+const fn default_max_filters_per_topic() -> usize {
+    10_000
+}
 const fn default_max_fields() -> usize {
     64
 }
@@ -148,6 +156,7 @@ impl Default for WebSocketConfig {
             max_messages_per_second: default_max_messages_per_second(),
             max_filter_bytes: default_max_filter_bytes(),
             max_filter_nodes: default_max_filter_nodes(),
+            max_filters_per_topic: default_max_filters_per_topic(),
             max_fields: default_max_fields(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
         }
@@ -193,6 +202,9 @@ impl WebSocketConfig {
                 "websocket.max_filter_bytes / max_filter_nodes / max_fields".into(),
                 "must be at least 1".into(),
             ));
+        }
+        if self.max_filters_per_topic == 0 {
+            return bad("max_filters_per_topic", "must be at least 1");
         }
         if self.max_subscriptions == 0 {
             return bad("max_subscriptions", "must be at least 1");

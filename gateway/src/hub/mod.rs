@@ -33,7 +33,18 @@ pub use self::queue::{ClientQueue, Delivery, Next, Subscription};
 struct Group {
     shape: Arc<Shape>,
     subs: Vec<Arc<Subscription>>,
+    /// The most evaluation steps its filter takes per record (see [`crate::filter`]).
+    steps: u64,
 }
+
+/// A batch whose filters may take more steps than this in all is rendered on the blocking
+/// pool, off the runtime threads: a costly filter slows its own topic, not `/healthz` or
+/// other sessions. (A step is well under a microsecond: this is about a millisecond.)
+const INLINE_STEPS: u64 = 20_000;
+
+/// A batch rendered for the shapes of a snapshot: per shape, in the snapshot's order, the
+/// records it sends (bytes, partition, offset).
+type Rendered = Vec<Vec<(Bytes, i32, i64)>>;
 
 #[derive(Debug, Default)]
 struct HubState {
@@ -52,6 +63,19 @@ pub struct TopicHub {
     filter_errors: prometheus_client::metrics::counter::Counter,
     /// The partitions the live consumer is assigned to; `None` until it is.
     assigned: watch::Sender<Option<Vec<i32>>>,
+    /// The most distinct shapes (filter + projection) the topic takes
+    /// (`websocket.max_filters_per_topic`): each is evaluated for every record.
+    max_shapes: usize,
+}
+
+/// A subscription with a new shape on a topic that has as many as it may.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "topic {topic:?} already has {max} distinct filters and projections, the limit (websocket.max_filters_per_topic): use one that is in use, or try again later"
+)]
+pub struct TooManyShapes {
+    pub topic: Arc<str>,
+    pub max: usize,
 }
 
 impl std::fmt::Debug for TopicHub {
@@ -90,7 +114,7 @@ impl<'r> Renderer<'r> {
 
 impl TopicHub {
     /// A hub for `name` with no subscriptions, not yet assigned.
-    pub fn new(name: &str, env: Arc<Env>, metrics: Metrics) -> Arc<Self> {
+    pub fn new(name: &str, env: Arc<Env>, metrics: Metrics, max_shapes: usize) -> Arc<Self> {
         Arc::new(Self {
             name: Arc::from(name),
             state: RwLock::new(HubState::default()),
@@ -98,6 +122,7 @@ impl TopicHub {
             env,
             metrics,
             assigned: watch::Sender::new(None),
+            max_shapes,
         })
     }
 
@@ -131,33 +156,112 @@ impl TopicHub {
     }
 
     /// Publishes records (in order) read together from Kafka: each is rendered once per shape,
-    /// and each subscription gets its share in one [`ClientQueue::push_many`].
+    /// and each subscription gets its share in one [`ClientQueue::push_many`]. Renders on the
+    /// calling thread (see [`TopicHub::deliver_live`]).
     pub fn publish_batch(&self, records: &[Arc<Record>]) {
-        // Under the write lock: subscribing and the replay hand-over wait for a publish to
-        // finish, which is what makes the hand-over exact. (There is one publisher per topic.)
-        let mut st = self.write();
-        // One renderer per record, shared by every shape (it keeps the record's CEL context
-        // and whole JSON between shapes).
+        let (shapes, _) = self.snapshot();
+        let rendered = self.render(&shapes, records);
+        self.commit(&shapes, records, rendered);
+    }
+
+    /// Like [`TopicHub::publish_batch`], but a batch whose filters may be costly is rendered
+    /// on the blocking pool. Either way the topic's lock is held only to hand the rendered
+    /// records to the queues, not while filters run.
+    pub async fn deliver_live(self: &Arc<Self>, records: Vec<Arc<Record>>) {
+        let (shapes, steps) = self.snapshot();
+        if steps.saturating_mul(records.len() as u64) <= INLINE_STEPS {
+            let rendered = self.render(&shapes, &records);
+            self.commit(&shapes, &records, rendered);
+            return;
+        }
+        let hub = self.clone();
+        let rendered = tokio::task::spawn_blocking(move || {
+            let rendered = hub.render(&shapes, &records);
+            (shapes, records, rendered)
+        })
+        .await;
+        match rendered {
+            Ok((shapes, records, rendered)) => self.commit(&shapes, &records, rendered),
+            Err(e) => {
+                // Only a panic in a filter gets here; its records are counted as filter errors.
+                self.filter_errors.inc();
+                tracing::error!(topic = %self.name, error = %e, "rendering a batch failed");
+            }
+        }
+    }
+
+    /// The shapes on the topic now, and the most steps their filters take per record in all.
+    fn snapshot(&self) -> (Vec<Arc<Shape>>, u64) {
+        let st = self.read();
+        let steps = st
+            .groups
+            .iter()
+            .fold(0u64, |acc, g| acc.saturating_add(g.steps));
+        (st.groups.iter().map(|g| g.shape.clone()).collect(), steps)
+    }
+
+    /// Renders `records` for each of `shapes`, sharing each record's CEL context and whole
+    /// JSON between shapes. Takes no lock.
+    fn render(&self, shapes: &[Arc<Shape>], records: &[Arc<Record>]) -> Rendered {
         let mut renderers: Vec<Renderer<'_>> = records
             .iter()
             .map(|r| Renderer::new(r, &self.env))
             .collect();
-        let mut rendered: Vec<(Bytes, i32, i64)> = Vec::with_capacity(records.len());
-        for group in &st.groups {
-            rendered.clear();
-            for (record, renderer) in records.iter().zip(&mut renderers) {
-                match renderer.render(&group.shape) {
-                    Ok(Some(b)) => rendered.push((b, record.partition, record.offset)),
-                    Ok(None) => {}
-                    Err(e) => self.filter_failed(&group.shape.key, &e),
-                }
+        shapes
+            .iter()
+            .map(|shape| self.render_shape(shape, records, &mut renderers))
+            .collect()
+    }
+
+    fn render_shape(
+        &self,
+        shape: &Shape,
+        records: &[Arc<Record>],
+        renderers: &mut [Renderer<'_>],
+    ) -> Vec<(Bytes, i32, i64)> {
+        let mut out = Vec::new();
+        for (record, renderer) in records.iter().zip(renderers) {
+            match renderer.render(shape) {
+                Ok(Some(b)) => out.push((b, record.partition, record.offset)),
+                Ok(None) => {}
+                Err(e) => self.filter_failed(&shape.key, &e),
             }
-            if rendered.is_empty() {
+        }
+        out
+    }
+
+    /// Hands a rendered batch to the subscriptions, under the write lock: subscribing and the
+    /// replay hand-over wait for this, which is what makes the hand-over exact (one publisher
+    /// per topic). A shape added while the batch was rendered is rendered here.
+    fn commit(&self, shapes: &[Arc<Shape>], records: &[Arc<Record>], rendered: Rendered) {
+        let index: HashMap<*const Shape, usize> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (Arc::as_ptr(s), i))
+            .collect();
+        let mut st = self.write();
+        let mut late_renderers: Option<Vec<Renderer<'_>>> = None;
+        let mut late;
+        for group in &st.groups {
+            let for_group: &[(Bytes, i32, i64)] = match index.get(&Arc::as_ptr(&group.shape)) {
+                Some(&i) => &rendered[i],
+                None => {
+                    let renderers = late_renderers.get_or_insert_with(|| {
+                        records
+                            .iter()
+                            .map(|r| Renderer::new(r, &self.env))
+                            .collect()
+                    });
+                    late = self.render_shape(&group.shape, records, renderers);
+                    &late
+                }
+            };
+            if for_group.is_empty() {
                 continue;
             }
             for sub in &group.subs {
                 sub.queue.push_many(
-                    rendered
+                    for_group
                         .iter()
                         .filter(|(_, p, o)| sub.takes_live(*p, *o))
                         .map(|(bytes, partition, offset)| Delivery {
@@ -203,15 +307,26 @@ impl TopicHub {
     /// Adds a subscription. A live one (`latest`) receives every record published from now on;
     /// one that is not yet live receives records of a partition once its replay reader hands
     /// that partition over.
-    pub fn add(&self, sub: Arc<Subscription>) {
+    /// A subscription with a shape the topic does not have yet is refused when it has
+    /// `max_shapes` already.
+    pub fn add(&self, sub: Arc<Subscription>) -> Result<(), TooManyShapes> {
         let mut st = self.write();
+        let shapes = st.groups.len();
         match st.groups.iter_mut().find(|g| g.shape.key == sub.shape.key) {
             Some(g) => g.subs.push(sub),
+            None if shapes >= self.max_shapes => {
+                return Err(TooManyShapes {
+                    topic: self.name.clone(),
+                    max: self.max_shapes,
+                });
+            }
             None => st.groups.push(Group {
+                steps: sub.shape.steps(),
                 shape: sub.shape.clone(),
                 subs: vec![sub],
             }),
         }
+        Ok(())
     }
 
     /// Removes a subscription (no-op when it is not there).
@@ -299,13 +414,17 @@ pub struct Hub {
 
 impl Hub {
     /// A hub for each of `topics`.
-    pub fn new<'a>(topics: impl IntoIterator<Item = &'a str>, metrics: &Metrics) -> Self {
+    pub fn new<'a>(
+        topics: impl IntoIterator<Item = &'a str>,
+        metrics: &Metrics,
+        max_shapes: usize,
+    ) -> Self {
         let env = crate::filter::env();
         Self {
             topics: topics
                 .into_iter()
                 .map(|t| {
-                    let hub = TopicHub::new(t, env.clone(), metrics.clone());
+                    let hub = TopicHub::new(t, env.clone(), metrics.clone(), max_shapes);
                     (hub.name().clone(), hub)
                 })
                 .collect(),

@@ -32,6 +32,11 @@ fn sub(id: &str, q: &Arc<ClientQueue>, live: bool) -> Arc<Subscription> {
     Subscription::new(1, id.into(), q.clone(), shape(None), live)
 }
 
+/// Adds `s` to `hub`, which must take it.
+fn add(hub: &TopicHub, s: Arc<Subscription>) {
+    hub.add(s).unwrap_or_else(|e| panic!("{e}"));
+}
+
 fn delivery(s: &Arc<Subscription>, offset: i64) -> Delivery {
     Delivery {
         sub: s.clone(),
@@ -51,7 +56,7 @@ fn offsets(next: Next) -> (Vec<(Arc<str>, u64)>, Vec<i64>) {
 }
 
 fn hub(m: &Metrics) -> Arc<TopicHub> {
-    let h = TopicHub::new("t", crate::filter::env(), m.clone());
+    let h = TopicHub::new("t", crate::filter::env(), m.clone(), 100);
     h.set_assigned(Some(BTreeMap::from([(0, 0), (1, 0)])));
     h
 }
@@ -62,8 +67,8 @@ async fn fan_out_reaches_every_subscription_in_order() {
     let hub = hub(&m);
     let qa = queue(8, SlowClientPolicy::Drop, &m);
     let qb = queue(8, SlowClientPolicy::Drop, &m);
-    hub.add(sub("a", &qa, true));
-    hub.add(sub("b", &qb, true));
+    add(&hub, sub("a", &qa, true));
+    add(&hub, sub("b", &qb, true));
     assert_eq!(hub.shape_count(), 1, "same shape, one group");
     for o in 0..3 {
         hub.publish(record(0, o, "{}"));
@@ -82,27 +87,26 @@ async fn one_rendering_per_shape_is_shared_by_its_subscribers() {
     let qb = queue(8, SlowClientPolicy::Drop, &m);
     let qc = queue(8, SlowClientPolicy::Drop, &m);
     let big = shape(Some("value.n > 1"));
-    hub.add(Subscription::new(
-        1,
-        "a".into(),
-        qa.clone(),
-        big.clone(),
-        true,
-    ));
+    add(
+        &hub,
+        Subscription::new(1, "a".into(), qa.clone(), big.clone(), true),
+    );
     hub.add(Subscription::new(
         2,
         "b".into(),
         qb.clone(),
         shape(Some("value.n > 1")),
         true,
-    ));
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
     hub.add(Subscription::new(
         3,
         "c".into(),
         qc.clone(),
         shape(Some("value.n <= 1")),
         true,
-    ));
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(hub.shape_count(), 2);
     for n in 0..4 {
         hub.publish(record(0, n, &format!("{{\"n\":{n}}}")));
@@ -176,14 +180,15 @@ async fn a_published_batch_reaches_each_subscription_in_order_by_shape() {
     let hub = hub(&m);
     let qa = queue(8, SlowClientPolicy::Drop, &m);
     let qb = queue(8, SlowClientPolicy::Drop, &m);
-    hub.add(sub("a", &qa, true));
+    add(&hub, sub("a", &qa, true));
     hub.add(Subscription::new(
         2,
         "b".into(),
         qb.clone(),
         shape(Some("value.n % 2 == 1")),
         true,
-    ));
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
     let batch: Vec<_> = (0..6)
         .map(|n| record(n as i32 % 2, n, &format!("{{\"n\":{n}}}")))
         .collect();
@@ -257,7 +262,7 @@ async fn hand_over_from_replay_to_live_has_no_gap_and_no_duplicate() {
     let hub = hub(&m);
     let q = queue(100, SlowClientPolicy::Drop, &m);
     let s = sub("s", &q, false);
-    hub.add(s.clone());
+    add(&hub, s.clone());
     // Live has published offsets 0..5 of partition 0 before the replay catches up.
     for o in 0..5 {
         hub.publish(record(0, o, "{}"));
@@ -279,4 +284,83 @@ async fn hand_over_from_replay_to_live_has_no_gap_and_no_duplicate() {
     };
     let got: Vec<(i32, i64)> = deliveries.iter().map(|d| (d.partition, d.offset)).collect();
     assert_eq!(got, vec![(0, 5), (1, 2)]);
+}
+
+#[tokio::test]
+async fn a_topic_takes_at_most_max_shapes_distinct_shapes() {
+    let m = Metrics::default();
+    let hub = TopicHub::new("t", crate::filter::env(), m.clone(), 2);
+    let q = queue(8, SlowClientPolicy::Drop, &m);
+    let with = |id: &str, filter: &str| {
+        Subscription::new(1, id.into(), q.clone(), shape(Some(filter)), true)
+    };
+    assert_eq!(hub.add(with("a", "offset > 1")), Ok(()));
+    assert_eq!(hub.add(with("b", "offset > 2")), Ok(()));
+    // A shape in use is shared, not counted again.
+    assert_eq!(hub.add(with("c", "offset > 1")), Ok(()));
+    let refused = hub.add(with("d", "offset > 3"));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("max_filters_per_topic")),
+        "{refused:?}"
+    );
+    assert_eq!(hub.shape_count(), 2);
+    // Room again once a shape's last subscription goes.
+    let b = hub.read().groups[1].subs[0].clone();
+    hub.remove(&b);
+    assert_eq!(hub.add(with("e", "offset > 3")), Ok(()));
+}
+
+#[tokio::test]
+async fn a_shape_added_while_a_batch_renders_still_gets_the_batch() {
+    // Filters run outside the topic's lock: a subscription that arrives between the snapshot
+    // and the hand-over must not miss the batch (its `subscribed` start names it).
+    let m = Metrics::default();
+    let hub = hub(&m);
+    let qa = queue(8, SlowClientPolicy::Drop, &m);
+    let qb = queue(8, SlowClientPolicy::Drop, &m);
+    add(&hub, sub("a", &qa, true));
+    let records = vec![record(0, 0, r#"{"n":1}"#), record(0, 1, r#"{"n":2}"#)];
+    let (shapes, _) = hub.snapshot();
+    let rendered = hub.render(&shapes, &records);
+    hub.add(Subscription::new(
+        2,
+        "b".into(),
+        qb.clone(),
+        shape(Some("value.n > 1")),
+        true,
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    hub.commit(&shapes, &records, rendered);
+    assert_eq!(offsets(qa.next(10).await).1, vec![0, 1]);
+    assert_eq!(offsets(qb.next(10).await).1, vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn costly_batches_render_off_the_runtime_and_arrive_in_order() {
+    let m = Metrics::default();
+    let hub = hub(&m);
+    let q = queue(1000, SlowClientPolicy::Drop, &m);
+    let list: Vec<String> = (1..=80).map(|i| i.to_string()).collect();
+    let costly = format!(
+        "[{l}].exists(key, [{l}].exists(offset, key * offset == value.n))",
+        l = list.join(",")
+    );
+    let s = Subscription::new(1, "c".into(), q.clone(), shape(Some(&costly)), true);
+    assert!(s.shape.steps() > INLINE_STEPS, "{}", s.shape.steps());
+    add(&hub, s);
+    for batch in 0..3 {
+        let records = (0..4)
+            .map(|i| {
+                let o = batch * 4 + i;
+                // Only products of two numbers up to 80 match (6401 = 37 × 173).
+                let n = if o % 2 == 0 { 6_400 } else { 6_401 };
+                record(0, o, &format!(r#"{{"n":{n}}}"#))
+            })
+            .collect();
+        hub.deliver_live(records).await;
+    }
+    assert_eq!(offsets(q.next(100).await).1, vec![0, 2, 4, 6, 8, 10]);
+    assert_eq!(hub.published_next().get(&0), Some(&12));
 }
