@@ -18,8 +18,8 @@ use std::sync::{Arc, OnceLock};
 use lakewire::config::{Config, PayloadFormat, TopicConfig};
 use lakewire::decode::schema::ParsedSchema;
 use lakewire::decode::{DecodeContext, Decoder};
-use lakewire::record::RawRecord;
 use lakewire::metrics::Metrics;
+use lakewire::record::RawRecord;
 use libfuzzer_sys::fuzz_target;
 use serde::de::IgnoredAny;
 

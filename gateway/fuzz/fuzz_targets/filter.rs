@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use lakewire::decode::Record;
+use lakewire::record::Record;
 use lakewire::filter::{self, Limits, Shape};
 use libfuzzer_sys::fuzz_target;
 use serde::de::IgnoredAny;
