@@ -131,6 +131,9 @@ pub async fn start_role(config: Config, role: Role) -> Result<Running, AppError>
     })?;
     let shutdown = CancellationToken::new();
     let sources = TaskTracker::new();
+    // The sink lands its open files on shutdown: it gets `sink.shutdown_timeout_ms` for that,
+    // not the sessions' grace period.
+    let sink_tasks = TaskTracker::new();
     let sink = if role == Role::Gateway {
         None
     } else {
@@ -139,7 +142,7 @@ pub async fn start_role(config: Config, role: Role) -> Result<Running, AppError>
             &services.decoders,
             services.metrics.clone(),
             shutdown.child_token(),
-            &sources,
+            &sink_tasks,
         )?
     };
     let gateway_topics = if role == Role::Sink {
@@ -194,6 +197,13 @@ pub async fn start_role(config: Config, role: Role) -> Result<Running, AppError>
         };
     sources.close();
     let grace = Duration::from_millis(services.config.websocket.shutdown_grace_ms);
+    let sink_grace = Duration::from_millis(
+        services
+            .config
+            .sink
+            .as_ref()
+            .map_or(0, |s| s.shutdown_timeout_ms),
+    );
     let task = tokio::spawn({
         let services = services.clone();
         let shutdown = shutdown.clone();
@@ -201,14 +211,24 @@ pub async fn start_role(config: Config, role: Role) -> Result<Running, AppError>
             let server = tokio::spawn(server);
             shutdown.cancelled().await;
             services.sessions.close();
+            sink_tasks.close();
             let done = async {
                 sources.wait().await;
                 services.sessions.wait().await;
             };
-            if tokio::time::timeout(grace, done).await.is_err() {
+            let (sessions, sink) = tokio::join!(
+                tokio::time::timeout(grace, done),
+                tokio::time::timeout(sink_grace, sink_tasks.wait())
+            );
+            if sessions.is_err() {
                 tracing::warn!(
                     sessions = services.sessions.len(),
                     "shutdown grace period over; closing the remaining connections"
+                );
+            }
+            if sink.is_err() {
+                tracing::warn!(
+                    "sink.shutdown_timeout_ms over with files still open; their records will be read again"
                 );
             }
             // The server future ends when its in-flight HTTP requests end; upgraded WebSocket

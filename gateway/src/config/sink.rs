@@ -28,6 +28,11 @@ pub struct SinkConfig {
     /// file boundaries depend on timing: at-least-once, see docs/configuration.md).
     #[serde(default)]
     pub roll_interval_ms: u64,
+    /// On SIGTERM / ctrl-c, how long the sink may take to land its open files (one attempt
+    /// each) before the process exits anyway; the records of a file not landed are read again
+    /// by the next owner of its partition.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
     /// `thrift://host:port` of a Hive Metastore to register tables and partitions in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metastore_uri: Option<String>,
@@ -42,6 +47,9 @@ pub struct SinkConfig {
     pub tables: Vec<SinkTableConfig>,
 }
 
+const fn default_shutdown_timeout_ms() -> u64 {
+    50_000
+}
 fn default_sink_group() -> String {
     "lakewire-sink".into()
 }
@@ -126,6 +134,9 @@ impl Config {
         }
         if sink.group_id.trim().is_empty() {
             return bad("group_id", "must not be empty");
+        }
+        if sink.shutdown_timeout_ms == 0 {
+            return bad("shutdown_timeout_ms", "must be greater than 0");
         }
         if sink.roll_rows == 0 {
             return bad("roll_rows", "must be at least 1");

@@ -298,6 +298,7 @@ fn local_sink(dir: &std::path::Path) -> SinkConfig {
         roll_rows: 10,
         roll_bytes: 1 << 20,
         roll_interval_ms: 0,
+        shutdown_timeout_ms: 50_000,
         metastore_uri: None,
         database: "default".into(),
         s3: None,
