@@ -44,6 +44,9 @@ pub enum Ended {
     TokenExpired,
     RateLimited,
     SocketError,
+    /// A write did not complete within `websocket.write_timeout_ms` (the client stopped reading
+    /// at the TCP level): no close frame can reach it.
+    WriteTimeout,
 }
 
 impl Ended {
@@ -56,7 +59,7 @@ impl Ended {
             Ended::FrameTooBig => Some((close::TOO_BIG, "frame too large")),
             Ended::RateLimited => Some((close::POLICY, "too many messages")),
             Ended::SlowConsumer => Some((close::SLOW_CONSUMER, "slow consumer")),
-            Ended::ClientClosed | Ended::SocketError => None,
+            Ended::ClientClosed | Ended::SocketError | Ended::WriteTimeout => None,
         }
     }
 
@@ -70,6 +73,7 @@ impl Ended {
             Ended::TokenExpired => "token_expired",
             Ended::RateLimited => "rate_limited",
             Ended::SocketError => "socket_error",
+            Ended::WriteTimeout => "write_timeout",
         }
     }
 }
@@ -154,6 +158,7 @@ where
     let mut rate = RateLimit::new(ws.max_messages_per_second);
     let max_records = ws.max_records_per_frame;
     let idle_timeout = Duration::from_millis(ws.idle_timeout_ms);
+    let write_timeout = Duration::from_millis(ws.write_timeout_ms);
     let mut keepalive = tokio::time::interval(Duration::from_millis(ws.ping_interval_ms));
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keepalive.reset();
@@ -171,8 +176,9 @@ where
                 if last_heard.elapsed() >= idle_timeout {
                     break Ended::Idle;
                 }
-                if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                    break Ended::SocketError;
+                let ping = vec![Message::Ping(bytes::Bytes::new())];
+                if let Err(ended) = write(&mut socket, ping, &session, &cancel, write_timeout).await {
+                    break ended;
                 }
             }
             incoming = reader.next() => match incoming {
@@ -193,8 +199,8 @@ where
                         break Ended::RateLimited;
                     }
                     let replies = session.handle(&msg).await;
-                    if send_all(&mut socket, replies).await.is_err() {
-                        break Ended::SocketError;
+                    if let Err(ended) = write(&mut socket, texts(replies), &session, &cancel, write_timeout).await {
+                        break ended;
                     }
                 }
             },
@@ -204,8 +210,8 @@ where
                 }
                 Next::Batch { lagged, deliveries } => {
                     let frames = session.frames(lagged, &deliveries);
-                    if send_all(&mut socket, frames).await.is_err() {
-                        break Ended::SocketError;
+                    if let Err(ended) = write(&mut socket, texts(frames), &session, &cancel, write_timeout).await {
+                        break ended;
                     }
                 }
             },
@@ -217,7 +223,8 @@ where
     }
     metrics.ws_connections.dec();
     metrics.closed(ended.label());
-    let _ = socket.close().await;
+    // Bounded too: a client that stopped reading never takes the close.
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close()).await;
     ended
 }
 
@@ -297,7 +304,7 @@ impl<E> Drop for FrameReader<E> {
     }
 }
 
-async fn send_all<S, E>(socket: &mut S, frames: Vec<String>) -> Result<(), E>
+async fn send_all<S, E>(socket: &mut S, frames: Vec<Message>) -> Result<(), E>
 where
     S: Sink<Message, Error = E> + Unpin,
 {
@@ -305,9 +312,39 @@ where
         return Ok(());
     }
     for f in frames {
-        socket.feed(Message::text(f)).await?;
+        socket.feed(f).await?;
     }
     socket.flush().await
+}
+
+fn texts(frames: Vec<String>) -> Vec<Message> {
+    frames.into_iter().map(Message::text).collect()
+}
+
+/// Writes `frames` within `limit`. A client that stops reading at the TCP level leaves a write
+/// pending forever; meanwhile the session still ends on shutdown, on token expiry and on a
+/// queue overflow under the `disconnect` policy, and after `limit` it ends on its own.
+async fn write<S, E>(
+    socket: &mut S,
+    frames: Vec<Message>,
+    session: &Session<'_>,
+    cancel: &CancellationToken,
+    limit: Duration,
+) -> Result<(), Ended>
+where
+    S: Sink<Message, Error = E> + Unpin,
+{
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Ended::Shutdown),
+        _ = sleep_until(session.expires) => Err(Ended::TokenExpired),
+        _ = session.queue.overflowed() => Err(Ended::SlowConsumer),
+        sent = tokio::time::timeout(limit, send_all(socket, frames)) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ended::SocketError),
+            Err(_) => Err(Ended::WriteTimeout),
+        },
+    }
 }
 
 /// True when a read failed because the client's message exceeded the configured size.

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_lakewire");
 
 /// A child process killed when the test ends, whichever way it ends.
@@ -238,7 +240,6 @@ mod restart {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    use lakewire::config::Config;
     use rdkafka::config::ClientConfig;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -248,18 +249,7 @@ mod restart {
         let toml = format!(
             "[kafka]\nbrokers = \"{brokers}\"\n\n[[topics]]\nname = \"t\"\nformat = \"json\"\n\n[websocket]\nlisten = \"127.0.0.1:{port}\"\n"
         );
-        let running = lakewire::app::start(Config::from_toml_and_env(&toml, &[], "test")?).await?;
-        let hub = running
-            .services
-            .hub
-            .topic("t")
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("no topic"))?;
-        anyhow::ensure!(
-            hub.wait_assigned(Duration::from_secs(10)).await.is_some(),
-            "the live consumer was not assigned"
-        );
-        Ok(running)
+        super::common::start_ready(&toml, "t").await
     }
 
     async fn produce(

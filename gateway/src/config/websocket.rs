@@ -74,6 +74,10 @@ pub struct WebSocketConfig {
     /// Most syntax-tree nodes in a filter (bounds its evaluation cost per record).
     #[serde(default = "default_max_filter_nodes")]
     pub max_filter_nodes: usize,
+    /// How long one write to a client may take; a client that stops reading at the TCP level
+    /// (its receive buffer full) is disconnected after this.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
     /// Most distinct filters (filter and `fields` together) one topic serves: every record of
     /// the topic is checked against each. A subscription with a new one past this is refused
     /// (`too_many_subscriptions`); one that uses a filter in use is not.
@@ -118,6 +122,9 @@ const fn default_max_filter_bytes() -> usize {
 const fn default_max_filter_nodes() -> usize {
     512
 }
+const fn default_write_timeout_ms() -> u64 {
+    10_000
+}
 const fn default_max_filters_per_topic() -> usize {
     10_000
 }
@@ -156,6 +163,7 @@ impl Default for WebSocketConfig {
             max_messages_per_second: default_max_messages_per_second(),
             max_filter_bytes: default_max_filter_bytes(),
             max_filter_nodes: default_max_filter_nodes(),
+            write_timeout_ms: default_write_timeout_ms(),
             max_filters_per_topic: default_max_filters_per_topic(),
             max_fields: default_max_fields(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
@@ -202,6 +210,9 @@ impl WebSocketConfig {
                 "websocket.max_filter_bytes / max_filter_nodes / max_fields".into(),
                 "must be at least 1".into(),
             ));
+        }
+        if self.write_timeout_ms == 0 {
+            return bad("write_timeout_ms", "must be greater than 0");
         }
         if self.max_filters_per_topic == 0 {
             return bad("max_filters_per_topic", "must be at least 1");

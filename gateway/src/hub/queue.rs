@@ -272,6 +272,21 @@ impl ClientQueue {
         }
     }
 
+    /// Resolves once the queue has overflowed under the `disconnect` policy (what
+    /// [`ClientQueue::next`] reports as [`Next::Overflowed`]), without taking anything.
+    pub async fn overflowed(&self) {
+        loop {
+            let ready = self.ready.notified();
+            tokio::pin!(ready);
+            // Registered before checking, so an overflow between the check and the wait wakes it.
+            ready.as_mut().enable();
+            if self.lock().overflowed {
+                return;
+            }
+            ready.await;
+        }
+    }
+
     /// Empties and closes the queue; later pushes are ignored and waiting replays give up.
     pub fn close(&self) {
         let mut st = self.lock();
