@@ -71,6 +71,17 @@ impl KafkaClients {
         self.with_properties(cc)
     }
 
+    /// A replay reader: an assigned consumer with a small prefetch (librdkafka's default queues
+    /// up to 64 MiB and 100,000 records per consumer), set after `[kafka]`'s properties so one
+    /// connection's replays stay small whatever the live consumers use.
+    pub fn replay_consumer(&self, purpose: &str) -> ClientConfig {
+        let mut cc = self.assigned_consumer(purpose);
+        cc.set("queued.max.messages.kbytes", "2048")
+            .set("queued.min.messages", "1000")
+            .set("fetch.max.bytes", "2097152");
+        cc
+    }
+
     /// A member of the consumer group `group_id` that commits its offsets itself (the sink).
     pub fn group_consumer(&self, group_id: &str, client_id: &str) -> ClientConfig {
         let mut cc = ClientConfig::new();

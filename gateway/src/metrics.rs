@@ -103,6 +103,8 @@ pub struct Metrics {
     pub ws_connections: Gauge,
     /// Active subscriptions over all connections.
     pub ws_subscriptions: Gauge,
+    /// Replay readers running (subscriptions reading the past, until they catch up).
+    pub ws_replays: Gauge,
     /// Records queued for clients and not yet written, over all connections.
     pub ws_queued_records: Gauge,
     /// Records written to clients.
@@ -181,6 +183,7 @@ impl Default for Metrics {
             source_ready: Family::default(),
             ws_connections: Gauge::default(),
             ws_subscriptions: Gauge::default(),
+            ws_replays: Gauge::default(),
             ws_queued_records: Gauge::default(),
             ws_records_sent: Counter::default(),
             ws_frames_sent: Counter::default(),
@@ -275,6 +278,11 @@ impl Metrics {
             "ws_subscriptions",
             "Active subscriptions over all connections",
             self.ws_subscriptions.clone(),
+        );
+        r.register(
+            "ws_replays",
+            "Replay readers running (subscriptions reading the past, until they catch up)",
+            self.ws_replays.clone(),
         );
         r.register(
             "ws_queued_records",

@@ -121,7 +121,34 @@ pub struct Services {
     /// The JWKS cache to refresh in the background, when one is configured.
     pub jwks: Option<Arc<crate::auth::Jwks>>,
     limits: ConnLimits,
+    /// Replay readers running: in all, and per connection.
+    replays: std::sync::Mutex<(usize, HashMap<u64, usize>)>,
     conn_ids: AtomicU64,
+}
+
+/// A running replay reader's place under `websocket.max_replays` and
+/// `max_replays_per_connection`; dropping it (when the reader ends) frees the place.
+pub struct ReplaySlot {
+    services: Arc<Services>,
+    conn: u64,
+}
+
+impl Drop for ReplaySlot {
+    fn drop(&mut self) {
+        let mut r = self
+            .services
+            .replays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        r.0 = r.0.saturating_sub(1);
+        if let Some(n) = r.1.get_mut(&self.conn) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                r.1.remove(&self.conn);
+            }
+        }
+        self.services.metrics.ws_replays.dec();
+    }
 }
 
 impl std::fmt::Debug for Services {
@@ -148,6 +175,7 @@ impl Services {
             auth,
             jwks,
             limits: ConnLimits::default(),
+            replays: std::sync::Mutex::new((0, HashMap::new())),
             config,
             hub,
             kafka,
@@ -159,8 +187,66 @@ impl Services {
         }))
     }
 
+    /// A place for one more replay reader of connection `conn`, if the limits allow it; else
+    /// why not (the message names the limit).
+    pub fn admit_replay(self: &Arc<Self>, conn: u64) -> Result<ReplaySlot, String> {
+        let ws = &self.config.websocket;
+        let mut r = self.replays.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = r.1.get(&conn).copied().unwrap_or(0);
+        if mine >= ws.max_replays_per_connection {
+            return Err(format!(
+                "this connection already has {mine} subscriptions reading the past, the limit (websocket.max_replays_per_connection); subscribe from \"latest\", or once one has caught up"
+            ));
+        }
+        if r.0 >= ws.max_replays {
+            return Err(format!(
+                "the gateway already runs {} replays, its limit (websocket.max_replays); try again later or subscribe from \"latest\"",
+                r.0
+            ));
+        }
+        r.0 += 1;
+        *r.1.entry(conn).or_insert(0) += 1;
+        self.metrics.ws_replays.inc();
+        Ok(ReplaySlot {
+            services: self.clone(),
+            conn,
+        })
+    }
+
     /// A fresh connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn services(per_connection: usize, all: usize) -> Arc<Services> {
+        let toml = format!(
+            "[kafka]\nbrokers = \"127.0.0.1:1\"\n\n[websocket]\nmax_replays_per_connection = {per_connection}\nmax_replays = {all}\n"
+        );
+        let config =
+            Config::from_toml_and_env(&toml, &[], "test").unwrap_or_else(|e| panic!("{e}"));
+        Services::new(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn replays_are_capped_per_connection_and_in_all_and_freed_on_drop() {
+        let s = services(2, 3);
+        let a1 = s.admit_replay(1).unwrap_or_else(|e| panic!("{e}"));
+        let _a2 = s.admit_replay(1).unwrap_or_else(|e| panic!("{e}"));
+        let e = s.admit_replay(1).err().unwrap_or_default();
+        assert!(e.contains("max_replays_per_connection"), "{e}");
+        let _b1 = s.admit_replay(2).unwrap_or_else(|e| panic!("{e}"));
+        let e = s.admit_replay(3).err().unwrap_or_default();
+        assert!(e.contains("websocket.max_replays)"), "{e}");
+        assert_eq!(s.metrics.ws_replays.get(), 3);
+        drop(a1);
+        assert_eq!(s.metrics.ws_replays.get(), 2);
+        // The freed place serves any connection.
+        let _c1 = s.admit_replay(3).unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.admit_replay(1).is_err(), "over the total again");
     }
 }

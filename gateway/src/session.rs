@@ -79,7 +79,7 @@ impl Ended {
 }
 
 struct Session<'a> {
-    services: &'a Services,
+    services: &'a Arc<Services>,
     conn: u64,
     queue: Arc<ClientQueue>,
     subs: HashMap<String, ActiveSub>,

@@ -74,6 +74,18 @@ impl Kafka {
         })
     }
 
+    /// A replay reader's consumer for `topic` (not yet assigned), with a small prefetch.
+    pub fn replay_consumer(
+        &self,
+        topic: &str,
+    ) -> Result<StreamConsumer<KafkaContext>, SourceError> {
+        let purpose = format!("{topic}-replay");
+        self.clients
+            .replay_consumer(&purpose)
+            .create_with_context(self.clients.context(&purpose))
+            .map_err(SourceError::Client)
+    }
+
     /// A consumer for `topic` (not yet assigned).
     pub fn consumer(&self, topic: &str) -> Result<StreamConsumer<KafkaContext>, SourceError> {
         self.clients
@@ -218,6 +230,9 @@ fn assign_at(
 /// what it read, what failed to decode and the consumer's errors.
 struct RecordIntake {
     topic: String,
+    /// Copy undecodable records to the topic's dead-letter topic (the live consumer does; a
+    /// replay, which reads them again, does not).
+    dead_letters: bool,
     decoder: Arc<Decoder>,
     metrics: Metrics,
     read: Counter,
@@ -232,10 +247,17 @@ impl RecordIntake {
             read: Metrics::topic_counter(read, &topic),
             errors: Metrics::topic_counter(&metrics.kafka_errors, &topic),
             topic,
+            dead_letters: true,
             decoder,
             metrics: metrics.clone(),
             limiter: LogLimiter::default(),
         }
+    }
+
+    /// The intake of a replay: undecodable records are counted, not dead-lettered again.
+    fn without_dead_letters(mut self) -> Self {
+        self.dead_letters = false;
+        self
     }
 
     /// The decoded record, or `None` when there is none to pass on (counted and logged). Waits
@@ -261,7 +283,9 @@ impl RecordIntake {
                                 "skipping undecodable record: {e}"
                             );
                         }
-                        self.decoder.dead_letter(&raw, &e);
+                        if self.dead_letters {
+                            self.decoder.dead_letter(&raw, &e);
+                        }
                         None
                     }
                 }
@@ -274,6 +298,21 @@ impl RecordIntake {
                     tracing::warn!(topic, error = %e, held_back = held, "Kafka consume error");
                 }
                 None
+            }
+        }
+    }
+}
+
+/// Holds a consumer and drops it on the blocking pool: librdkafka's close waits for its
+/// threads and its broker connections, which would hold a runtime thread.
+struct OffRuntimeDrop<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> Drop for OffRuntimeDrop<T> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || drop(c))),
+                Err(_) => drop(c),
             }
         }
     }
@@ -378,9 +417,15 @@ pub async fn run_replay(
     if next.is_empty() {
         return Ok(());
     }
-    let consumer = kafka.consumer(&format!("{topic}-replay"))?;
-    assign_at(&consumer, &topic, next.iter().map(|(&p, &o)| (p, o)))?;
-    let reader = RecordIntake::new(decoder, &kafka.metrics, &kafka.metrics.kafka_replay_records);
+    // Dropped on the blocking pool: closing a librdkafka consumer waits for its threads.
+    let owned = OffRuntimeDrop(Some(kafka.replay_consumer(&topic)?));
+    let Some(consumer) = owned.0.as_ref() else {
+        return Ok(());
+    };
+    assign_at(consumer, &topic, next.iter().map(|(&p, &o)| (p, o)))?;
+    // What a replay meets was met by the live consumer first, and dead-lettered then.
+    let reader = RecordIntake::new(decoder, &kafka.metrics, &kafka.metrics.kafka_replay_records)
+        .without_dead_letters();
     // While the reader sits at the end of the log, the hand-over is retried on this tick.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

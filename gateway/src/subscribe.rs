@@ -45,7 +45,7 @@ pub struct Started {
 /// compiles the shape, and for a start in the past plans and spawns the replay reader (stopped
 /// by `cancel` or by ending the subscription).
 pub async fn start(
-    services: &Services,
+    services: &Arc<Services>,
     conn: u64,
     queue: &Arc<ClientQueue>,
     cancel: &CancellationToken,
@@ -82,6 +82,9 @@ pub async fn start(
             .map_err(|e| err(ErrorCode::TooManySubscriptions, e.to_string()))?;
         (partitions, topic.published_next(), None, Vec::new())
     } else {
+        let slot = services
+            .admit_replay(conn)
+            .map_err(|m| err(ErrorCode::TooManySubscriptions, m))?;
         let plan = replay_plan(services, &req.topic, &req.from)
             .await
             .map_err(|e| match e {
@@ -109,6 +112,8 @@ pub async fn start(
                 if let Err(e) = source::run_replay(kafka, decoder, topic, sub, start, token).await {
                     tracing::warn!(error = %e, "replay reader failed");
                 }
+                // The place is freed once the reader has caught up (or stopped).
+                drop(slot);
             }
         });
         (plan.partitions, plan.start, Some(token), plan.gaps)

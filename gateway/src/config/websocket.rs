@@ -74,6 +74,14 @@ pub struct WebSocketConfig {
     /// Most syntax-tree nodes in a filter (bounds its evaluation cost per record).
     #[serde(default = "default_max_filter_nodes")]
     pub max_filter_nodes: usize,
+    /// Subscriptions of one connection that may read the past at once (each has a Kafka
+    /// reader of its own until it catches up); one more is refused (`too_many_subscriptions`).
+    #[serde(default = "default_max_replays_per_connection")]
+    pub max_replays_per_connection: usize,
+    /// Replay readers the whole gateway runs at once (each holds up to 2 MiB of prefetched
+    /// records and its own broker connections).
+    #[serde(default = "default_max_replays")]
+    pub max_replays: usize,
     /// How long one write to a client may take; a client that stops reading at the TCP level
     /// (its receive buffer full) is disconnected after this.
     #[serde(default = "default_write_timeout_ms")]
@@ -122,6 +130,12 @@ const fn default_max_filter_bytes() -> usize {
 const fn default_max_filter_nodes() -> usize {
     512
 }
+const fn default_max_replays_per_connection() -> usize {
+    4
+}
+const fn default_max_replays() -> usize {
+    128
+}
 const fn default_write_timeout_ms() -> u64 {
     10_000
 }
@@ -163,6 +177,8 @@ impl Default for WebSocketConfig {
             max_messages_per_second: default_max_messages_per_second(),
             max_filter_bytes: default_max_filter_bytes(),
             max_filter_nodes: default_max_filter_nodes(),
+            max_replays_per_connection: default_max_replays_per_connection(),
+            max_replays: default_max_replays(),
             write_timeout_ms: default_write_timeout_ms(),
             max_filters_per_topic: default_max_filters_per_topic(),
             max_fields: default_max_fields(),
@@ -208,6 +224,12 @@ impl WebSocketConfig {
         if self.max_filter_bytes == 0 || self.max_filter_nodes == 0 || self.max_fields == 0 {
             return Err((
                 "websocket.max_filter_bytes / max_filter_nodes / max_fields".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.max_replays_per_connection == 0 || self.max_replays == 0 {
+            return Err((
+                "websocket.max_replays_per_connection / max_replays".into(),
                 "must be at least 1".into(),
             ));
         }
