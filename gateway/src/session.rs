@@ -23,6 +23,11 @@ use crate::subscribe::{self, ActiveSub, sleep_until};
 pub mod close {
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (an unmasked frame, RSV bits, a reserved
+    /// opcode, a bad control or continuation frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message or close reason that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// A client frame was larger than `websocket.max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
     /// The client sent more messages per second than `websocket.max_messages_per_second`.
@@ -44,6 +49,10 @@ pub enum Ended {
     TokenExpired,
     RateLimited,
     SocketError,
+    /// The client broke the WebSocket protocol (RFC 6455 §7.4.1: 1002).
+    ProtocolError,
+    /// A text message or close reason was not UTF-8 (1007).
+    InvalidData,
     /// A write did not complete within `websocket.write_timeout_ms` (the client stopped reading
     /// at the TCP level): no close frame can reach it.
     WriteTimeout,
@@ -57,6 +66,8 @@ impl Ended {
             Ended::Idle => Some((close::GOING_AWAY, "idle timeout")),
             Ended::TokenExpired => Some((close::TOKEN_EXPIRED, "token expired")),
             Ended::FrameTooBig => Some((close::TOO_BIG, "frame too large")),
+            Ended::ProtocolError => Some((close::PROTOCOL_ERROR, "protocol error")),
+            Ended::InvalidData => Some((close::INVALID_DATA, "invalid UTF-8")),
             Ended::RateLimited => Some((close::POLICY, "too many messages")),
             Ended::SlowConsumer => Some((close::SLOW_CONSUMER, "slow consumer")),
             Ended::ClientClosed | Ended::SocketError | Ended::WriteTimeout => None,
@@ -74,6 +85,8 @@ impl Ended {
             Ended::RateLimited => "rate_limited",
             Ended::SocketError => "socket_error",
             Ended::WriteTimeout => "write_timeout",
+            Ended::ProtocolError => "protocol_error",
+            Ended::InvalidData => "invalid_data",
         }
     }
 }
@@ -184,18 +197,16 @@ where
             incoming = reader.next() => match incoming {
                 None => break Ended::ClientClosed,
                 Some(Err(e)) => {
-                    if is_too_big(&e) {
-                        break Ended::FrameTooBig;
-                    }
                     tracing::debug!(conn = session.conn, error = %e, "WebSocket read failed");
-                    break Ended::SocketError;
+                    break read_error(&e);
                 }
                 Some(Ok(msg)) => {
                     last_heard = tokio::time::Instant::now();
                     if msg.is_close() {
                         break Ended::ClientClosed;
                     }
-                    if (msg.is_text() || msg.is_binary()) && !rate.take() {
+                    // Pings count too: answering them is work the client asks for.
+                    if (msg.is_text() || msg.is_binary() || msg.is_ping()) && !rate.take() {
                         break Ended::RateLimited;
                     }
                     let replies = session.handle(&msg).await;
@@ -347,16 +358,21 @@ where
     }
 }
 
-/// True when a read failed because the client's message exceeded the configured size.
-fn is_too_big(e: &(dyn std::error::Error + 'static)) -> bool {
+/// How a failed read ends the session (RFC 6455 §7.4.1): a message over the configured size
+/// is 1009, invalid UTF-8 1007, any other breach of the protocol 1002; an I/O error has no
+/// close frame.
+fn read_error(e: &(dyn std::error::Error + 'static)) -> Ended {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
-            return true;
+        match err.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(_)) => return Ended::FrameTooBig,
+            Some(tungstenite::Error::Utf8(_)) => return Ended::InvalidData,
+            Some(tungstenite::Error::Protocol(_)) => return Ended::ProtocolError,
+            _ => {}
         }
         cur = err.source();
     }
-    false
+    Ended::SocketError
 }
 
 impl Session<'_> {
