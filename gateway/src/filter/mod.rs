@@ -3,7 +3,14 @@
 //! (or nothing when the filter does not match).
 //!
 //! Subscriptions with the same shape share its output: the hub renders a record once per distinct
-//! shape, not once per client.
+//! shape, not once per client. A filter is compiled to a native predicate over the record
+//! ([`compiled`]) when it can be; any other runs on the `cel` interpreter, with the record
+//! converted to a CEL context only for those.
+
+pub mod compiled;
+#[cfg(test)]
+mod compiled_tests;
+mod view;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,10 +64,12 @@ pub enum ShapeError {
     BadFields(String),
 }
 
-/// A compiled CEL filter.
+/// A CEL filter: parsed and checked, and compiled to a native predicate when
+/// [`compiled`](compiled::Compiled) knows every part of it (else run on the interpreter).
 #[derive(Debug)]
 pub struct Filter {
     program: Program,
+    compiled: Option<compiled::Compiled>,
 }
 
 impl Filter {
@@ -105,7 +114,8 @@ impl Filter {
                 "the filter must be a boolean expression; this one gives {what}"
             ));
         }
-        let filter = Self { program };
+        let compiled = compiled::Compiled::new(program.expression());
+        let filter = Self { program, compiled };
         // A trial run on an empty record finds what only evaluation can: unknown functions and
         // a result that is not a boolean. Errors that depend on the data (a missing field) are
         // expected here and mean nothing.
@@ -132,8 +142,29 @@ impl Filter {
         Ok(filter)
     }
 
-    /// True when the record matches; an evaluation error (a missing field, a wrong type in this
-    /// record) is an error the caller counts as no match.
+    /// The native predicate, when the filter compiled to one.
+    pub fn compiled(&self) -> Option<&compiled::Compiled> {
+        self.compiled.as_ref()
+    }
+
+    /// True when `record` matches; an evaluation error (a missing field, a wrong type in this
+    /// record) is an error the caller counts as no match. A compiled filter reads the record
+    /// itself; any other runs on the interpreter with the record's CEL context, `ctx`, built on
+    /// first use and shared with the other filters that need it.
+    pub fn matches_record<'c>(
+        &self,
+        record: &Record,
+        env: &Arc<Env>,
+        ctx: &mut Option<Context<'c, 'c>>,
+    ) -> Result<bool, String> {
+        match &self.compiled {
+            Some(c) => c.eval(record).map_err(|e| e.to_string()),
+            None => self.matches(ctx.get_or_insert_with(|| context(env, record))),
+        }
+    }
+
+    /// True when the record whose context is `ctx` matches, by the interpreter (whether or not
+    /// the filter compiled); an error as for [`Filter::matches_record`].
     pub fn matches(&self, ctx: &Context<'_, '_>) -> Result<bool, String> {
         match self.program.execute(ctx) {
             Ok(cel::Value::Bool(b)) => Ok(b),
@@ -419,7 +450,8 @@ impl Shape {
 
     /// The record as this shape sends it: `Ok(None)` when the filter does not match,
     /// `Err` when it could not be evaluated (counted as no match by the caller). `ctx` is the
-    /// record's CEL context, built on first use and shared by the shapes that need it.
+    /// record's CEL context, built on first use (by a filter that did not compile) and shared by
+    /// the shapes that need it.
     pub fn render<'c>(
         &self,
         record: &Record,
@@ -428,8 +460,7 @@ impl Shape {
         whole: &mut Option<Bytes>,
     ) -> Result<Option<Bytes>, String> {
         if let Some(f) = &self.filter {
-            let ctx = ctx.get_or_insert_with(|| context(env, record));
-            if !f.matches(ctx)? {
+            if !f.matches_record(record, env, ctx)? {
                 return Ok(None);
             }
         }
