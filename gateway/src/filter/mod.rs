@@ -10,6 +10,8 @@
 pub mod compiled;
 #[cfg(test)]
 mod compiled_tests;
+#[cfg(test)]
+mod differential_tests;
 mod view;
 
 use std::collections::BTreeMap;
