@@ -1,6 +1,6 @@
 //! Avro binary straight into Arrow builders, for the sink. Input: a writer schema's JSON (from
 //! [`crate::decode::schema::ParsedSchema::json`]) and Avro datums after their framing (found by
-//! [`crate::decode::Decoder::value_writer`]); output: Arrow [`RecordBatch`]es with the Kafka
+//! [`crate::decode::Decoder::value_writer`]); output: Arrow `RecordBatch`es with the Kafka
 //! metadata columns `_topic`, `_partition`, `_offset`, `_timestamp` after the value's fields.
 //!
 //! The mapping (also in docs/configuration.md, "Sink type mapping"):
@@ -22,7 +22,7 @@
 //! | other unions | Struct of nullable `member<i>` fields (i = branch index), one set per row; null when the `null` branch is taken (Spark's layout) |
 //!
 //! Recursive schemas have no Arrow form and are refused. The reading primitives are the gateway's
-//! ([`crate::decode::avro::AvroCursor`]).
+//! (`decode::avro::AvroCursor`).
 //!
 //! The parts: `types` compiles the writer schema into a tree of column builders (the mapping
 //! above), `columns` reads datums into those builders and finishes them into arrays, and

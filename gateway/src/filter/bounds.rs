@@ -1,0 +1,216 @@
+//! What bounds a filter's cost: its nesting depth (the `cel` parser and interpreter recurse per
+//! level, and a stack overflow aborts the process), its evaluation steps per record (a static
+//! bound over comprehensions), and where it is compiled (a thread with a large stack, off the
+//! runtime). Input: a filter's text and syntax tree; output: its depth and cost, or a shape
+//! compiled off the runtime ([`compile_shape`]).
+
+use std::sync::Arc;
+
+use cel::Env;
+
+use super::{Limits, Shape, ShapeError};
+
+/// The deepest a filter may nest. The `cel` parser and interpreter recurse once per level, and
+/// a thread's stack is finite: 50 nested parentheses overflowed a 2 MiB stack in the parser (a
+/// debug build), which aborts the whole process. Filters are compiled on a thread with a large
+/// stack ([`compile_shape`]) and refused past this depth, so evaluating one on a runtime
+/// thread stays far from its stack's end.
+pub const MAX_FILTER_DEPTH: usize = 32;
+
+/// The stack of the threads that compile filters: enough for the parser on any text
+/// [`text_depth`] lets through.
+const COMPILE_STACK_BYTES: usize = 256 << 20;
+
+/// At most this many filters compile at once (each on a thread of its own).
+static COMPILING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Builds a subscription's shape off the runtime threads: on a thread with a large stack (the
+/// parser recurses per nesting level) where the trial evaluation also runs, at most four at a
+/// time. What [`Shape::new`] gives, or a `BadFilter` when no thread could be started.
+pub async fn compile_shape(
+    filter: Option<String>,
+    fields: Option<Vec<String>>,
+    env: Arc<Env>,
+    limits: Limits,
+) -> Result<Shape, ShapeError> {
+    let failed =
+        |why: String| ShapeError::BadFilter(format!("cannot compile the filter now: {why}"));
+    let _permit = COMPILING
+        .acquire()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("lakewire-filter".into())
+        .stack_size(COMPILE_STACK_BYTES)
+        .spawn(move || {
+            let _ = tx.send(Shape::new(
+                filter.as_deref(),
+                fields.as_deref(),
+                &env,
+                &limits,
+            ));
+        })
+        .map_err(|e| failed(e.to_string()))?;
+    rx.await
+        .map_err(|_| failed("the compiling thread ended early".into()))?
+}
+
+/// How deep `src` nests, read from the text before the parser sees it: open brackets, plus
+/// runs of the unary operators `!` and `-` (outside string literals).
+pub(super) fn text_depth(src: &str) -> usize {
+    let (mut depth, mut max, mut unary) = (0usize, 0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in src.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            '!' | '-' => unary += 1,
+            c if c.is_whitespace() => {}
+            _ => unary = 0,
+        }
+        max = max.max(depth + unary);
+    }
+    max
+}
+
+/// The depth of the expression tree.
+pub(super) fn ast_depth(e: &cel::common::ast::Expr) -> usize {
+    use cel::common::ast::{EntryExpr, Expr};
+    let entry = |e: &EntryExpr| match e {
+        EntryExpr::MapEntry(me) => ast_depth(&me.key.expr).max(ast_depth(&me.value.expr)),
+        EntryExpr::StructField(f) => ast_depth(&f.value.expr),
+    };
+    1 + match e {
+        Expr::Comprehension(c) => [
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]
+        .iter()
+        .map(|x| ast_depth(&x.expr))
+        .max()
+        .unwrap_or(0),
+        Expr::List(l) => l
+            .elements
+            .iter()
+            .map(|x| ast_depth(&x.expr))
+            .max()
+            .unwrap_or(0),
+        Expr::Map(m) => m.entries.iter().map(|x| entry(&x.expr)).max().unwrap_or(0),
+        Expr::Struct(st) => st.entries.iter().map(|x| entry(&x.expr)).max().unwrap_or(0),
+        Expr::Call(call) => call
+            .target
+            .iter()
+            .map(|t| ast_depth(&t.expr))
+            .chain(call.args.iter().map(|a| ast_depth(&a.expr)))
+            .max()
+            .unwrap_or(0),
+        Expr::Select(s) => ast_depth(&s.operand.expr),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 0,
+    }
+}
+
+/// The most evaluation steps a filter may take per record, by `cost`. A step is one node
+/// evaluated once; the interpreter takes well under a microsecond per step, so a filter at the
+/// limit costs at most a few milliseconds per record. Without it, 512 nodes of nested
+/// comprehensions over literal lists were ~10^28 steps: one subscribe could pin a CPU forever.
+pub const MAX_FILTER_STEPS: u64 = 100_000;
+
+/// How many items a comprehension over a list of the record (`value.items.exists(...)`) is
+/// counted as. The real count is the record's, so its cost grows with the record, as decoding
+/// does; what the budget refuses is nesting that multiplies record sizes.
+pub const RECORD_LIST_BOUND: u64 = 100;
+
+/// A filter's worst-case evaluation cost: `steps` per record, and `items`, the most items the
+/// expression's value can have when it is a list (for a comprehension over it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Cost {
+    pub(super) steps: u64,
+    pub(super) items: u64,
+}
+
+/// The worst-case cost of `e` (saturating: a huge estimate stays huge). A comprehension costs
+/// its range's items times its loop body; a list literal has as many items as elements; a list
+/// from the record has [`RECORD_LIST_BOUND`]; `map` and `filter` keep their range's count.
+pub(super) fn cost(e: &cel::common::ast::Expr) -> Cost {
+    use cel::common::ast::Expr;
+    let leaf = Cost { steps: 1, items: 0 };
+    let sum = |parts: &mut dyn Iterator<Item = Cost>| {
+        parts.fold(leaf, |acc, c| Cost {
+            steps: acc.steps.saturating_add(c.steps),
+            items: 0,
+        })
+    };
+    match e {
+        Expr::Comprehension(c) => {
+            let range = cost(&c.iter_range.expr);
+            let body = [&c.loop_cond, &c.loop_step]
+                .iter()
+                .fold(0u64, |acc, x| acc.saturating_add(cost(&x.expr).steps));
+            let fixed = [&c.accu_init, &c.result]
+                .iter()
+                .fold(range.steps, |acc, x| {
+                    acc.saturating_add(cost(&x.expr).steps)
+                });
+            let items = if range.items == 0 {
+                RECORD_LIST_BOUND
+            } else {
+                range.items
+            };
+            Cost {
+                steps: fixed.saturating_add(items.saturating_mul(body)),
+                // `map` and `filter` give at most as many items as they read.
+                items,
+            }
+        }
+        Expr::List(l) => {
+            let inner = sum(&mut l.elements.iter().map(|x| cost(&x.expr)));
+            Cost {
+                steps: inner.steps,
+                items: l.elements.len().max(1) as u64,
+            }
+        }
+        Expr::Map(m) => sum(&mut m.entries.iter().map(|entry| {
+            use cel::common::ast::EntryExpr;
+            match &entry.expr {
+                EntryExpr::MapEntry(me) => {
+                    let (k, v) = (cost(&me.key.expr), cost(&me.value.expr));
+                    Cost {
+                        steps: k.steps.saturating_add(v.steps),
+                        items: 0,
+                    }
+                }
+                EntryExpr::StructField(f) => cost(&f.value.expr),
+            }
+        })),
+        Expr::Call(call) => sum(&mut call
+            .target
+            .iter()
+            .map(|t| cost(&t.expr))
+            .chain(call.args.iter().map(|a| cost(&a.expr)))),
+        Expr::Select(s) => sum(&mut std::iter::once(cost(&s.operand.expr))),
+        Expr::Struct(st) => sum(&mut st.entries.iter().map(|entry| {
+            use cel::common::ast::EntryExpr;
+            match &entry.expr {
+                EntryExpr::MapEntry(me) => cost(&me.value.expr),
+                EntryExpr::StructField(f) => cost(&f.value.expr),
+            }
+        })),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => leaf,
+    }
+}

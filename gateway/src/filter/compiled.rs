@@ -1,0 +1,484 @@
+//! Compiled filters: a CEL filter turned once, at subscribe time, into a native predicate over
+//! the decoded record. Input: the filter's syntax tree (`cel::Program::expression`); output: a
+//! [`Compiled`] predicate, or `None` when the filter uses anything this compiler does not know
+//! (arithmetic, `size`, macros such as `exists`, conditionals, ...), which then runs on the
+//! interpreter as before.
+//!
+//! Why: the interpreter needs the whole record converted to `cel::Value` for every record; a
+//! compiled filter reads only the fields it names (`view.rs`) and runs its regular
+//! expressions compiled once. It means exactly what the interpreter means, errors included:
+//! a missing field or a wrong type is an error, and `&&` / `||` are CEL's commutative
+//! operators (`false && error` is `false`, `true || error` is `true`, an error otherwise).
+//! `differential_tests` checks that against the interpreter.
+//!
+//! Compiled: comparisons (`==`, `!=`, `<`, `<=`, `>`, `>=`) between field paths (`value.a.b`,
+//! `value["x"]`, `value.list[0]`, `key`, `headers["x"]`, `partition`, `offset`, `timestamp`)
+//! and scalar literals; `in` a list of those or a field; `has(path.f)`; `startsWith`,
+//! `endsWith`, `contains`; `matches` with a literal pattern; `&&`, `||`, `!`; a boolean field
+//! or literal on its own. [`Compiled::equality_terms`] and [`Compiled::range_terms`] describe
+//! the top-level conjuncts, for indexing filters by the fields they pin.
+
+use std::cmp::Ordering;
+
+use cel::common::ast::{CallExpr, Expr, IdedExpr, LiteralValue, operators};
+
+pub use super::view::{Fault, Root};
+use super::view::{View, compare, equals};
+use crate::record::Record;
+
+/// A scalar literal of a filter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Literal {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Double(f64),
+    String(String),
+}
+
+impl Literal {
+    fn from_ast(l: &LiteralValue) -> Option<Self> {
+        Some(match l {
+            LiteralValue::Null => Literal::Null,
+            LiteralValue::Boolean(b) => Literal::Bool(*b.inner()),
+            LiteralValue::Int(i) => Literal::Int(*i.inner()),
+            LiteralValue::UInt(u) => Literal::UInt(*u.inner()),
+            LiteralValue::Double(d) => Literal::Double(*d.inner()),
+            LiteralValue::String(s) => Literal::String(s.inner().to_owned()),
+            // Bytes never equal anything a record holds; the interpreter keeps them.
+            LiteralValue::Bytes(_) => return None,
+        })
+    }
+
+    fn view(&self) -> View<'_> {
+        match self {
+            Literal::Null => View::Null,
+            Literal::Bool(b) => View::Bool(*b),
+            Literal::Int(i) => View::Int(*i),
+            Literal::UInt(u) => View::UInt(*u),
+            Literal::Double(d) => View::Double(*d),
+            Literal::String(s) => View::Str(s),
+        }
+    }
+}
+
+/// One step down a field path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// `.name` or `["name"]`: a map entry.
+    Field(String),
+    /// `[i]`: a list element (an `int` or `uint` literal).
+    Index(i128),
+}
+
+/// A field of the record: a variable and the steps below it, `value.customer["tier"]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldPath {
+    pub root: Root,
+    pub steps: Vec<Step>,
+}
+
+impl FieldPath {
+    fn resolve<'a, 'p>(&'p self, record: &'a Record) -> Result<View<'a>, Fault<'p>> {
+        let mut v = View::variable(record, self.root);
+        for step in &self.steps {
+            v = match step {
+                Step::Field(name) => v.field(name)?,
+                Step::Index(i) => v.element(*i)?,
+            };
+        }
+        Ok(v)
+    }
+}
+
+impl std::fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.root.name())?;
+        for step in &self.steps {
+            match step {
+                Step::Field(name) => write!(f, "[{name:?}]")?,
+                Step::Index(i) => write!(f, "[{i}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a comparison or function compares: a field or a literal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    Path(FieldPath),
+    Lit(Literal),
+}
+
+impl Operand {
+    fn resolve<'a, 'p: 'a>(&'p self, record: &'a Record) -> Result<View<'a>, Fault<'p>> {
+        match self {
+            Operand::Path(p) => p.resolve(record),
+            Operand::Lit(l) => Ok(l.view()),
+        }
+    }
+}
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CmpOp {
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            operators::EQUALS => CmpOp::Eq,
+            operators::NOT_EQUALS => CmpOp::Ne,
+            operators::LESS => CmpOp::Lt,
+            operators::LESS_EQUALS => CmpOp::Le,
+            operators::GREATER => CmpOp::Gt,
+            operators::GREATER_EQUALS => CmpOp::Ge,
+            _ => return None,
+        })
+    }
+
+    /// The operator with its operands swapped: `a < b` is `b > a`.
+    fn flipped(self) -> Self {
+        match self {
+            CmpOp::Lt => CmpOp::Gt,
+            CmpOp::Le => CmpOp::Ge,
+            CmpOp::Gt => CmpOp::Lt,
+            CmpOp::Ge => CmpOp::Le,
+            same => same,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CmpOp::Eq => operators::EQUALS,
+            CmpOp::Ne => operators::NOT_EQUALS,
+            CmpOp::Lt => operators::LESS,
+            CmpOp::Le => operators::LESS_EQUALS,
+            CmpOp::Gt => operators::GREATER,
+            CmpOp::Ge => operators::GREATER_EQUALS,
+        }
+    }
+
+    fn apply<'p>(self, a: View<'_>, b: View<'_>) -> Result<bool, Fault<'p>> {
+        let ordered = |test: fn(Ordering) -> bool| {
+            compare(a, b).map(test).ok_or(Fault::NoSuchOverload {
+                op: self.name(),
+                lhs: a.type_name(),
+                rhs: b.type_name(),
+            })
+        };
+        match self {
+            CmpOp::Eq => Ok(equals(a, b)),
+            CmpOp::Ne => Ok(!equals(a, b)),
+            CmpOp::Lt => ordered(Ordering::is_lt),
+            CmpOp::Le => ordered(Ordering::is_le),
+            CmpOp::Gt => ordered(Ordering::is_gt),
+            CmpOp::Ge => ordered(Ordering::is_ge),
+        }
+    }
+}
+
+/// The string functions that take a string argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrFn {
+    StartsWith,
+    EndsWith,
+    Contains,
+}
+
+/// What `in` looks in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Haystack {
+    /// A list written in the filter: `x in ['a', 'b']`.
+    List(Vec<Operand>),
+    /// A field (a list or a map) or a literal (an error: not a container).
+    Operand(Operand),
+}
+
+/// A compiled predicate. Evaluation is three-valued: true, false, or an error.
+#[derive(Debug)]
+enum Pred {
+    /// A field or literal that must be a boolean.
+    Value(Operand),
+    Cmp(CmpOp, Operand, Operand),
+    In(Operand, Haystack),
+    /// `has(path.field)`.
+    Has(FieldPath, String),
+    Str(StrFn, Operand, Operand),
+    Matches(Operand, Box<regex::Regex>),
+    Not(Box<Pred>),
+    And(Vec<Pred>),
+    Or(Vec<Pred>),
+}
+
+/// A filter compiled to a native predicate.
+#[derive(Debug)]
+pub struct Compiled {
+    pred: Pred,
+}
+
+impl Compiled {
+    /// Compiles the filter's syntax tree; `None` when it uses anything not compiled here.
+    pub fn new(expr: &IdedExpr) -> Option<Self> {
+        pred(&expr.expr).map(|pred| Compiled { pred })
+    }
+
+    /// True when the record matches; an error where the interpreter would give one.
+    pub fn eval<'p>(&'p self, record: &Record) -> Result<bool, Fault<'p>> {
+        self.pred.eval(record)
+    }
+
+    fn conjuncts(&self) -> &[Pred] {
+        match &self.pred {
+            Pred::And(all) => all,
+            one => std::slice::from_ref(one),
+        }
+    }
+
+    /// The top-level conjuncts `path == literal` (either way round): the record cannot match
+    /// unless each of its fields equals its literal (CEL equality: `1 == 1.0`).
+    pub fn equality_terms(&self) -> Vec<(&FieldPath, &Literal)> {
+        self.conjuncts()
+            .iter()
+            .filter_map(|p| match p.path_term()? {
+                (path, CmpOp::Eq, lit) => Some((path, lit)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The top-level conjuncts `path < literal` (and `<=`, `>`, `>=`, either way round), the
+    /// path put first.
+    pub fn range_terms(&self) -> Vec<(&FieldPath, CmpOp, &Literal)> {
+        self.conjuncts()
+            .iter()
+            .filter_map(|p| p.path_term())
+            .filter(|(_, op, _)| !matches!(op, CmpOp::Eq | CmpOp::Ne))
+            .collect()
+    }
+
+    /// The top-level conjuncts `path in [literals]`.
+    pub fn in_terms(&self) -> Vec<(&FieldPath, Vec<&Literal>)> {
+        self.conjuncts()
+            .iter()
+            .filter_map(|p| match p {
+                Pred::In(Operand::Path(path), Haystack::List(items)) => {
+                    let lits: Option<Vec<&Literal>> = items
+                        .iter()
+                        .map(|i| match i {
+                            Operand::Lit(l) => Some(l),
+                            Operand::Path(_) => None,
+                        })
+                        .collect();
+                    Some((path, lits?))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Pred {
+    fn path_term(&self) -> Option<(&FieldPath, CmpOp, &Literal)> {
+        match self {
+            Pred::Cmp(op, Operand::Path(p), Operand::Lit(l)) => Some((p, *op, l)),
+            Pred::Cmp(op, Operand::Lit(l), Operand::Path(p)) => Some((p, op.flipped(), l)),
+            _ => None,
+        }
+    }
+
+    fn eval<'p>(&'p self, record: &Record) -> Result<bool, Fault<'p>> {
+        match self {
+            Pred::Value(o) => match o.resolve(record)? {
+                View::Bool(b) => Ok(b),
+                other => Err(Fault::NotBoolean(other.type_name())),
+            },
+            Pred::Cmp(op, a, b) => op.apply(a.resolve(record)?, b.resolve(record)?),
+            Pred::In(needle, hay) => {
+                let needle = needle.resolve(record)?;
+                match hay {
+                    Haystack::List(items) => {
+                        // The interpreter builds the whole list before it looks.
+                        let mut found = false;
+                        for item in items {
+                            found |= equals(item.resolve(record)?, needle);
+                        }
+                        Ok(found)
+                    }
+                    Haystack::Operand(o) => o.resolve(record)?.holds(needle),
+                }
+            }
+            Pred::Has(path, field) => path.resolve(record)?.has(field),
+            Pred::Str(f, target, arg) => {
+                let arg = arg.resolve(record)?;
+                let target = target.resolve(record)?;
+                let name = match f {
+                    StrFn::StartsWith => "startsWith",
+                    StrFn::EndsWith => "endsWith",
+                    StrFn::Contains => "contains",
+                };
+                match (target, arg) {
+                    (View::Str(t), View::Str(a)) => Ok(match f {
+                        StrFn::StartsWith => t.starts_with(a),
+                        StrFn::EndsWith => t.ends_with(a),
+                        StrFn::Contains => t.contains(a),
+                    }),
+                    (t, a) => Err(Fault::NoSuchOverload {
+                        op: name,
+                        lhs: t.type_name(),
+                        rhs: a.type_name(),
+                    }),
+                }
+            }
+            Pred::Matches(target, re) => match target.resolve(record)? {
+                View::Str(t) => Ok(re.is_match(t)),
+                other => Err(Fault::NoSuchOverload {
+                    op: "matches",
+                    lhs: other.type_name(),
+                    rhs: "string",
+                }),
+            },
+            Pred::Not(p) => p.eval(record).map(|b| !b),
+            Pred::And(all) => junction(all, false, record),
+            Pred::Or(any) => junction(any, true, record),
+        }
+    }
+}
+
+/// CEL's commutative `&&` (`decisive` false) and `||` (true): any operand that gives
+/// `decisive` decides, errors elsewhere notwithstanding; else any error; else `!decisive`.
+fn junction<'p>(preds: &'p [Pred], decisive: bool, record: &Record) -> Result<bool, Fault<'p>> {
+    let mut fault = None;
+    for p in preds {
+        match p.eval(record) {
+            Ok(b) if b == decisive => return Ok(decisive),
+            Ok(_) => {}
+            Err(e) => fault = fault.or(Some(e)),
+        }
+    }
+    fault.map_or(Ok(!decisive), Err)
+}
+
+fn pred(e: &Expr) -> Option<Pred> {
+    match e {
+        Expr::Select(s) if s.test => Some(Pred::Has(path(&s.operand.expr)?, s.field.clone())),
+        Expr::Call(c) => call(c).or_else(|| operand(e).map(Pred::Value)),
+        _ => operand(e).map(Pred::Value),
+    }
+}
+
+fn call(c: &CallExpr) -> Option<Pred> {
+    let name = c.func_name.as_str();
+    match (c.target.as_deref(), c.args.as_slice()) {
+        (None, [a, b]) if name == operators::LOGICAL_AND => {
+            Some(Pred::And(flatten([a, b], |p| match p {
+                Pred::And(v) => Ok(v),
+                other => Err(other),
+            })?))
+        }
+        (None, [a, b]) if name == operators::LOGICAL_OR => {
+            Some(Pred::Or(flatten([a, b], |p| match p {
+                Pred::Or(v) => Ok(v),
+                other => Err(other),
+            })?))
+        }
+        (None, [s, re]) if name == "matches" => matches(&s.expr, &re.expr),
+        (None, [a]) if name == operators::LOGICAL_NOT => Some(Pred::Not(Box::new(pred(&a.expr)?))),
+        (None, [a, b]) if name == operators::IN => {
+            let hay = match &b.expr {
+                Expr::List(l) if l.optional_indices.is_empty() => Haystack::List(
+                    l.elements
+                        .iter()
+                        .map(|e| operand(&e.expr))
+                        .collect::<Option<_>>()?,
+                ),
+                other => Haystack::Operand(operand(other)?),
+            };
+            Some(Pred::In(operand(&a.expr)?, hay))
+        }
+        (None, [a, b]) => {
+            let op = CmpOp::from_name(name)?;
+            Some(Pred::Cmp(op, operand(&a.expr)?, operand(&b.expr)?))
+        }
+        (Some(t), [arg]) => {
+            let f = match name {
+                "startsWith" => StrFn::StartsWith,
+                "endsWith" => StrFn::EndsWith,
+                "contains" => StrFn::Contains,
+                "matches" => return matches(&t.expr, &arg.expr),
+                _ => return None,
+            };
+            Some(Pred::Str(f, operand(&t.expr)?, operand(&arg.expr)?))
+        }
+        _ => None,
+    }
+}
+
+/// `a && b` (or `||`) with nested ones of the same operator made one list: the operators are
+/// commutative and associative, so `(a && b) && c` is `a && b && c` in any order.
+fn flatten(
+    sides: [&IdedExpr; 2],
+    same: impl Fn(Pred) -> Result<Vec<Pred>, Pred>,
+) -> Option<Vec<Pred>> {
+    let mut out = Vec::new();
+    for side in sides {
+        match same(pred(&side.expr)?) {
+            Ok(v) => out.extend(v),
+            Err(one) => out.push(one),
+        }
+    }
+    Some(out)
+}
+
+/// `s.matches('re')` with a literal, valid pattern: compiled now, as `regex` (which the
+/// interpreter uses too) would compile it on every record.
+fn matches(target: &Expr, pattern: &Expr) -> Option<Pred> {
+    let Expr::Literal(LiteralValue::String(p)) = pattern else {
+        return None;
+    };
+    let re = regex::Regex::new(p.inner()).ok()?;
+    Some(Pred::Matches(operand(target)?, Box::new(re)))
+}
+
+fn operand(e: &Expr) -> Option<Operand> {
+    match e {
+        Expr::Literal(l) => Literal::from_ast(l).map(Operand::Lit),
+        _ => path(e).map(Operand::Path),
+    }
+}
+
+fn path(e: &Expr) -> Option<FieldPath> {
+    match e {
+        Expr::Ident(name) => Some(FieldPath {
+            root: Root::parse(name)?,
+            steps: Vec::new(),
+        }),
+        Expr::Select(s) if !s.test => {
+            let mut p = path(&s.operand.expr)?;
+            p.steps.push(Step::Field(s.field.clone()));
+            Some(p)
+        }
+        Expr::Call(c) if c.func_name == operators::INDEX && c.target.is_none() => {
+            let [on, idx] = c.args.as_slice() else {
+                return None;
+            };
+            let mut p = path(&on.expr)?;
+            p.steps.push(match &idx.expr {
+                Expr::Literal(LiteralValue::String(s)) => Step::Field(s.inner().to_owned()),
+                Expr::Literal(LiteralValue::Int(i)) => Step::Index(i128::from(*i.inner())),
+                Expr::Literal(LiteralValue::UInt(u)) => Step::Index(i128::from(*u.inner())),
+                _ => return None,
+            });
+            Some(p)
+        }
+        _ => None,
+    }
+}
