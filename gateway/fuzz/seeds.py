@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpora of the fuzz targets into gateway/fuzz/corpus/<target>/, from the
 tests: the Avro interop vectors (integration-tests/avro/vectors.json), the protocol examples of
-docs/protocol.md, and the filters of gateway/src/filter.rs's tests. Run it after changing any of
+docs/protocol.md, and the filters of gateway/src/filter/mod.rs's tests. Run it after changing any of
 those and commit the seeds with `git add -f` (corpus/ is ignored so that what libFuzzer adds when
 run by hand is not committed; `run` keeps what it finds in grown/<target>/, also ignored)."""
 
