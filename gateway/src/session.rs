@@ -230,7 +230,14 @@ where
     };
     session.end();
     if let Some((code, reason)) = ended.close_frame() {
-        close_handshake(&mut socket, &mut reader, code, reason).await;
+        // A client that is slow, not gone, gets as long for its close frame as for any write;
+        // at shutdown the server is going away and a second is enough.
+        let limit = if ended == Ended::Shutdown {
+            Duration::from_secs(1)
+        } else {
+            write_timeout
+        };
+        close_handshake(&mut socket, &mut reader, code, reason, limit).await;
     }
     metrics.ws_connections.dec();
     metrics.closed(ended.label());
@@ -247,11 +254,11 @@ async fn close_handshake<S, E>(
     reader: &mut FrameReader<E>,
     code: u16,
     reason: &'static str,
+    limit: Duration,
 ) where
     S: Sink<Message, Error = E> + Unpin,
     E: Send + 'static,
 {
-    let limit = Duration::from_secs(1);
     let sent = tokio::time::timeout(
         limit,
         socket.send(Message::Close(Some(CloseFrame {
@@ -263,7 +270,7 @@ async fn close_handshake<S, E>(
     if !matches!(sent, Ok(Ok(()))) {
         return;
     }
-    let _ = tokio::time::timeout(limit, async {
+    let _ = tokio::time::timeout(limit.min(Duration::from_secs(1)), async {
         while let Some(Ok(m)) = reader.next().await {
             if m.is_close() {
                 break;

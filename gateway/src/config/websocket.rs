@@ -83,7 +83,8 @@ pub struct WebSocketConfig {
     #[serde(default = "default_max_replays")]
     pub max_replays: usize,
     /// How long one write to a client may take; a client that stops reading at the TCP level
-    /// (its receive buffer full) is disconnected after this.
+    /// (its receive buffer full) is disconnected after this. Long enough for a client that
+    /// only pauses (it gets `lagged`, or 4008 under `disconnect`, when it reads again).
     #[serde(default = "default_write_timeout_ms")]
     pub write_timeout_ms: u64,
     /// Most distinct filters (filter and `fields` together) one topic serves: every record of
@@ -137,7 +138,7 @@ const fn default_max_replays() -> usize {
     128
 }
 const fn default_write_timeout_ms() -> u64 {
-    10_000
+    60_000
 }
 const fn default_max_filters_per_topic() -> usize {
     10_000
