@@ -9,9 +9,11 @@ use lakewire_wsload::load::FilterMode;
 
 mod scenarios;
 mod setup;
+mod summary;
 
-use scenarios::{banner, connections, decode, kafka_latency, ratio, suite};
+use scenarios::{connections, decode, kafka_latency, suite};
 use setup::Setup;
+use summary::{banner, ratio};
 
 /// Load tool for the Lakewire gateway: real Kafka in, N WebSocket clients out.
 #[derive(Parser)]

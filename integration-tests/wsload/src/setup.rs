@@ -12,7 +12,7 @@ use lakewire_wsload::gateway::{self, Spawned};
 use lakewire_wsload::load::{self, FilterMode, Outcome, Point, Protocol, Watched};
 use lakewire_wsload::{procstat, produce};
 
-use crate::scenarios::{banner, ratio, summary_of};
+use crate::summary::{banner, ratio, summary_of};
 use crate::{Common, SweepArgs};
 
 /// One server under test.
