@@ -76,6 +76,9 @@ pub fn config_toml(brokers: &str, topics: &[&str], extra: &str) -> String {
 /// A protocol v1 client.
 pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Frames read ahead while waiting for a reply (records of an earlier subscription that
+    /// arrived before it), handed out first by [`WsClient::next`].
+    pending: std::collections::VecDeque<Value>,
 }
 
 impl WsClient {
@@ -84,7 +87,10 @@ impl WsClient {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
             .await
             .with_context(|| format!("connecting to ws://{addr}/ws"))?;
-        Ok(Self { ws })
+        Ok(Self {
+            ws,
+            pending: Default::default(),
+        })
     }
 
     /// Sends a JSON text frame.
@@ -102,6 +108,9 @@ impl WsClient {
     /// The next message: `Ok(Some(json))` for a text frame, `Ok(None)` once closed, with the
     /// close frame's code in `last_close`.
     pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Frame> {
+        if let Some(v) = self.pending.pop_front() {
+            return Ok(Frame::Json(v));
+        }
         // One deadline for the whole wait: pings and pongs do not extend it.
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -143,8 +152,29 @@ impl WsClient {
 
     /// Subscribes and returns the `subscribed` reply (an error for any other reply).
     pub async fn subscribe(&mut self, req: Value) -> anyhow::Result<Value> {
+        let id = req["id"].clone();
         self.send(req).await?;
-        let reply = self.next_json(Duration::from_secs(15)).await?;
+        // Records of the connection's other subscriptions may come first: kept for later.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut ahead = Vec::new();
+        let reply = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = match self.next(left).await? {
+                Frame::Json(v) => v,
+                Frame::Closed(c) => bail!("connection closed: {c:?}"),
+            };
+            let other_records =
+                matches!(frame["type"].as_str(), Some("records" | "lagged")) && frame["id"] != id;
+            if other_records {
+                ahead.push(frame);
+            } else {
+                break frame;
+            }
+        };
+        // In front of anything read meanwhile, in the order they came.
+        for v in ahead.into_iter().rev() {
+            self.pending.push_front(v);
+        }
         if reply["type"] != "subscribed" {
             bail!("subscribe refused: {reply}");
         }
@@ -433,7 +463,13 @@ pub async fn connect_with(
                 .get("sec-websocket-protocol")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            Ok((WsClient { ws }, proto))
+            Ok((
+                WsClient {
+                    ws,
+                    pending: Default::default(),
+                },
+                proto,
+            ))
         }
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
         Err(_) => Err(0),
