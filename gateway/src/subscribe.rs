@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::filter::{self, ShapeError};
+use crate::filter::{self, Shape, ShapeError};
 use crate::hub::{ClientQueue, Subscription, TopicHub};
 use crate::protocol::{self, ErrorCode, ProtocolError, ServerMessage, StartFrom};
 use crate::services::Services;
@@ -61,13 +61,20 @@ pub async fn start(
     };
     // Compiled off the runtime threads: parsing recurses per nesting level and the trial
     // evaluation runs the filter once.
-    let shape = filter::compile_shape(
-        req.filter.clone(),
-        req.fields.clone(),
-        topic.env().clone(),
-        (&services.config.websocket).into(),
-    )
-    .await
+    let limits = (&services.config.websocket).into();
+    let shape = match &req.filter {
+        Some(_) => {
+            filter::compile_shape(
+                req.filter.clone(),
+                req.fields.clone(),
+                topic.env().clone(),
+                limits,
+            )
+            .await
+        }
+        // Nothing to parse or evaluate: built here.
+        None => Shape::new(None, req.fields.as_deref(), topic.env(), &limits),
+    }
     .map_err(|e| match e {
         ShapeError::BadFilter(m) => err(ErrorCode::BadFilter, m),
         ShapeError::BadFields(m) => err(ErrorCode::BadRequest, m),
