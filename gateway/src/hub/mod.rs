@@ -174,20 +174,59 @@ impl TopicHub {
             self.commit(&shapes, &records, rendered);
             return;
         }
+        let records = Arc::new(records);
+        let Some(mut rendered) = self
+            .render_off_runtime(shapes.clone(), records.clone())
+            .await
+        else {
+            return;
+        };
+        let mut shapes = shapes;
+        // Shapes subscribed while the batch rendered are rendered the same way before the
+        // hand-over (a few rounds at most: subscribing is rare next to publishing), so the
+        // hand-over renders nothing costly under the lock on a runtime thread.
+        for _ in 0..4 {
+            let late = self.late_shapes(&shapes);
+            if late.is_empty() {
+                break;
+            }
+            let Some(more) = self.render_off_runtime(late.clone(), records.clone()).await else {
+                return;
+            };
+            shapes.extend(late);
+            rendered.extend(more);
+        }
+        self.commit(&shapes, &records, rendered);
+    }
+
+    /// Renders `records` for `shapes` on the blocking pool; `None` if that failed (only a panic
+    /// in a filter: its records are counted as filter errors).
+    async fn render_off_runtime(
+        self: &Arc<Self>,
+        shapes: Vec<Arc<Shape>>,
+        records: Arc<Vec<Arc<Record>>>,
+    ) -> Option<Rendered> {
         let hub = self.clone();
-        let rendered = tokio::task::spawn_blocking(move || {
-            let rendered = hub.render(&shapes, &records);
-            (shapes, records, rendered)
-        })
-        .await;
-        match rendered {
-            Ok((shapes, records, rendered)) => self.commit(&shapes, &records, rendered),
+        match tokio::task::spawn_blocking(move || hub.render(&shapes, &records)).await {
+            Ok(rendered) => Some(rendered),
             Err(e) => {
-                // Only a panic in a filter gets here; its records are counted as filter errors.
                 self.filter_errors.inc();
                 tracing::error!(topic = %self.name, error = %e, "rendering a batch failed");
+                None
             }
         }
+    }
+
+    /// The shapes on the topic now that are not among `known`.
+    fn late_shapes(&self, known: &[Arc<Shape>]) -> Vec<Arc<Shape>> {
+        let known: std::collections::HashSet<*const Shape> =
+            known.iter().map(Arc::as_ptr).collect();
+        self.read()
+            .groups
+            .iter()
+            .filter(|g| !known.contains(&Arc::as_ptr(&g.shape)))
+            .map(|g| g.shape.clone())
+            .collect()
     }
 
     /// The shapes on the topic now, and the most steps their filters take per record in all.
