@@ -64,7 +64,7 @@ impl Literal {
 }
 
 /// One step down a field path.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Step {
     /// `.name` or `["name"]`: a map entry.
     Field(String),
@@ -73,14 +73,15 @@ pub enum Step {
 }
 
 /// A field of the record: a variable and the steps below it, `value.customer["tier"]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FieldPath {
     pub root: Root,
     pub steps: Vec<Step>,
 }
 
 impl FieldPath {
-    fn resolve<'a, 'p>(&'p self, record: &'a Record) -> Result<View<'a>, Fault<'p>> {
+    /// The field's value in `record`; an error where the interpreter gives one.
+    pub fn resolve<'a, 'p>(&'p self, record: &'a Record) -> Result<View<'a>, Fault<'p>> {
         let mut v = View::variable(record, self.root);
         for step in &self.steps {
             v = match step {

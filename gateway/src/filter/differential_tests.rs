@@ -1,6 +1,8 @@
-//! Compiled filters against the interpreter: random records and random filters (every form the
-//! compiler knows, and some it leaves to the interpreter), each pair evaluated both ways. The
-//! results must agree: the same boolean, or an error on both sides (an error counts as no
+//! Compiled and indexed filters against the interpreter: random records and random filters
+//! (every form the compiler knows, and some it leaves to the interpreter), each pair evaluated
+//! both ways. All the filters of a run are in one [`FilterIndex`], as a topic's are; a filter
+//! that is not a candidate for a record counts as `false` without evaluation, as in the hub.
+//! The results must agree: the same boolean, or an error on both sides (an error counts as no
 //! match). Deterministic: a fixed seed per test; `LAKEWIRE_DIFF_CASES` sets the total number of
 //! cases (default 1,000,000, split across the tests below so they run in parallel).
 
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::{Filter, Limits, context, env};
+use super::{Filter, FilterIndex, Limits, context, env};
 use crate::record::Record;
 
 /// xorshift64*: small, fast, deterministic.
@@ -317,6 +319,35 @@ fn atom(r: &mut Rng, fallback: bool) -> String {
     }
 }
 
+/// `inner` behind conjuncts the index places filters by (an equality, an `in` list, a range on
+/// one path), often enough that most filters are indexed.
+fn indexable(r: &mut Rng, inner: String) -> String {
+    let (p, l) = typed(r);
+    let access = match r.below(6) {
+        0 | 1 => format!("{p} == {l}"),
+        2 => {
+            let items: Vec<String> = (0..r.below(4)).map(|_| typed(r).1).collect();
+            format!("{p} in [{}]", items.join(", "))
+        }
+        3 => format!("{p} {} {l}", r.pick(&["<", "<=", ">", ">="])),
+        _ => {
+            let (lo, hi) = (typed(r).1, typed(r).1);
+            let lower = *r.pick(&[">", ">="]);
+            let upper = *r.pick(&["<", "<="]);
+            if r.chance(50) {
+                format!("{p} {lower} {lo} && {p} {upper} {hi}")
+            } else {
+                format!("{lo} {upper} {p} && {hi} {lower} {p}")
+            }
+        }
+    };
+    if r.chance(50) {
+        format!("{access} && ({inner})")
+    } else {
+        format!("({inner}) && {access}")
+    }
+}
+
 fn filter(r: &mut Rng, depth: usize, fallback: bool) -> String {
     if depth == 0 || r.chance(35) {
         return atom(r, fallback);
@@ -354,7 +385,10 @@ fn run(seed: u64) {
         // One in five may hold forms that only the interpreter runs.
         let fallback = r.chance(20);
         let depth = r.below(4);
-        let src = filter(&mut r, depth, fallback);
+        let mut src = filter(&mut r, depth, fallback);
+        if r.chance(50) {
+            src = indexable(&mut r, src);
+        }
         if let Ok(f) = Filter::compile(&src, &env, &LIMITS) {
             filters.push((src, f));
         }
@@ -363,7 +397,14 @@ fn run(seed: u64) {
         .iter()
         .filter(|(_, f)| f.compiled().is_some())
         .count();
-    let (mut cases, mut compiled_cases) = (0usize, 0usize);
+    let mut index = FilterIndex::default();
+    for (i, (_, f)) in filters.iter().enumerate() {
+        index.insert(i, Some(f));
+    }
+    let indexed = filters.len() - index.unindexed();
+    let (mut cases, mut compiled_cases, mut skipped) = (0usize, 0usize, 0usize);
+    let mut candidate = vec![false; filters.len()];
+    let mut ids = Vec::new();
     // Of the compiled cases: true, false, error.
     let mut outcomes = [0usize; 3];
     let mut disagreements = Vec::new();
@@ -371,8 +412,20 @@ fn run(seed: u64) {
         let rec = record(&mut r);
         let ctx = context(&env, &rec);
         let mut lazy = None;
-        for (src, f) in &filters {
-            let native = f.matches_record(&rec, &env, &mut lazy);
+        ids.clear();
+        index.candidates(&rec, &mut ids);
+        candidate.fill(false);
+        for &id in &ids {
+            assert!(!candidate[id], "filter {id} is a candidate twice");
+            candidate[id] = true;
+        }
+        for (i, (src, f)) in filters.iter().enumerate() {
+            let native = if candidate[i] {
+                f.matches_record(&rec, &env, &mut lazy)
+            } else {
+                skipped += 1;
+                Ok(false)
+            };
             let interpreted = f.matches(&ctx);
             cases += 1;
             compiled_cases += usize::from(f.compiled().is_some());
@@ -391,23 +444,31 @@ fn run(seed: u64) {
             if !agree && disagreements.len() < 12 {
                 disagreements.push(format!(
                     "{src}\n  record: key={:?} ts={:?} headers={:?} value={}\n  compiled: \
-                     {native:?}\n  interpreter: {interpreted:?}",
+                     {native:?} (candidate: {})\n  interpreter: {interpreted:?}",
                     rec.key,
                     rec.timestamp,
                     rec.headers,
-                    String::from_utf8_lossy(&rec.value_json)
+                    String::from_utf8_lossy(&rec.value_json),
+                    candidate[i]
                 ));
             }
         }
     }
     println!(
         "seed {seed}: {cases} cases, {compiled_cases} compiled (true {}, false {}, error {}), {} \
-         fallback; {FILTERS} filters ({compiled_filters} compiled); {:.1?}",
+         fallback, {skipped} left out by the index; {FILTERS} filters ({compiled_filters} \
+         compiled, {indexed} indexed); {:.1?}",
         outcomes[0],
         outcomes[1],
         outcomes[2],
         cases - compiled_cases,
         started.elapsed()
+    );
+    // The index must have had work to do, or the run shows nothing about it.
+    assert!(indexed > FILTERS / 3, "only {indexed} filters indexed");
+    assert!(
+        skipped > cases / 10,
+        "the index left out only {skipped} of {cases}"
     );
     assert!(
         disagreements.is_empty(),

@@ -13,6 +13,7 @@ pub mod compiled;
 mod compiled_tests;
 #[cfg(test)]
 mod differential_tests;
+pub mod index;
 mod view;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use serde_json::Value;
 
 pub use self::bounds::{MAX_FILTER_DEPTH, MAX_FILTER_STEPS, RECORD_LIST_BOUND, compile_shape};
 use self::bounds::{ast_depth, cost, text_depth};
+pub use self::index::FilterIndex;
 use crate::config::WebSocketConfig;
 use crate::record::Record;
 

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use cel::Env;
 use tokio::sync::watch;
 
-use crate::filter::Shape;
+use crate::filter::{FilterIndex, Shape};
 use crate::metrics::Metrics;
 use crate::record::Record;
 
@@ -37,21 +37,59 @@ struct Group {
     steps: u64,
 }
 
-/// A batch whose filters may take more steps than this in all is rendered on the blocking
-/// pool, off the runtime threads: a costly filter slows its own topic, not `/healthz` or
-/// other sessions. (A step is well under a microsecond: this is about a millisecond.)
+/// A batch whose candidate filters may take more steps than this in all is rendered on the
+/// blocking pool, off the runtime threads: a costly filter slows its own topic, not `/healthz`
+/// or other sessions. (A step is well under a microsecond: this is about a millisecond.)
 const INLINE_STEPS: u64 = 20_000;
 
-/// A batch rendered for the shapes of a snapshot: per shape, in the snapshot's order, the
-/// records it sends (bytes, partition, offset).
-type Rendered = Vec<Vec<(Bytes, i32, i64)>>;
+/// A batch rendered: per group (by id), the records it sends (bytes, partition, offset), in
+/// order.
+type Rendered = Vec<(u64, Vec<(Bytes, i32, i64)>)>;
 
 #[derive(Debug, Default)]
 struct HubState {
-    groups: Vec<Group>,
+    /// The groups by id; ids grow with each new shape, so this is subscription order.
+    groups: BTreeMap<u64, Group>,
+    by_key: HashMap<String, u64>,
+    /// The groups' filters, indexed: which groups a record may match.
+    index: FilterIndex<u64>,
+    next_id: u64,
     /// Per partition, the offset after the last record the live consumer published (starting
     /// at the offset it was assigned at).
     published_next: BTreeMap<i32, i64>,
+}
+
+/// What a batch is rendered for: the groups the index found as candidates for its records,
+/// and per record which of them (the others do not match it).
+struct Plan {
+    groups: Vec<(u64, Arc<Shape>)>,
+    /// Per record, indices into `groups`.
+    per_record: Vec<Vec<u32>>,
+    /// The most evaluation steps rendering takes in all.
+    steps: u64,
+    /// Groups with an id from this one were not on the topic when the plan was made.
+    covers_below: u64,
+}
+
+impl Plan {
+    /// Every group of `groups` for every one of `records` records (groups subscribed after a
+    /// plan was made: their filters decide alone).
+    fn all(groups: Vec<(u64, Arc<Shape>, u64)>, records: usize, covers_below: u64) -> Self {
+        let steps = groups
+            .iter()
+            .fold(0u64, |acc, g| acc.saturating_add(g.2))
+            .saturating_mul(records as u64);
+        let every: Vec<u32> = (0..groups.len() as u32).collect();
+        Plan {
+            groups: groups
+                .into_iter()
+                .map(|(id, shape, _)| (id, shape))
+                .collect(),
+            per_record: vec![every; records],
+            steps,
+            covers_below,
+        }
+    }
 }
 
 /// The live fan-out of one topic.
@@ -155,59 +193,57 @@ impl TopicHub {
         self.publish_batch(std::slice::from_ref(&record));
     }
 
-    /// Publishes records (in order) read together from Kafka: each is rendered once per shape,
-    /// and each subscription gets its share in one [`ClientQueue::push_many`]. Renders on the
-    /// calling thread (see [`TopicHub::deliver_live`]).
+    /// Publishes records (in order) read together from Kafka: each is rendered once per shape
+    /// it may match (the filter index's candidates), and each subscription gets its share in
+    /// one [`ClientQueue::push_many`]. Renders on the calling thread (see
+    /// [`TopicHub::deliver_live`]).
     pub fn publish_batch(&self, records: &[Arc<Record>]) {
-        let (shapes, _) = self.snapshot();
-        let rendered = self.render(&shapes, records);
-        self.commit(&shapes, records, rendered);
+        let plan = self.plan(records);
+        let rendered = self.render(&plan, records);
+        self.commit(plan.covers_below, records, rendered);
     }
 
-    /// Like [`TopicHub::publish_batch`], but a batch whose filters may be costly is rendered
-    /// on the blocking pool. Either way the topic's lock is held only to hand the rendered
-    /// records to the queues, not while filters run.
+    /// Like [`TopicHub::publish_batch`], but a batch whose candidate filters may be costly is
+    /// rendered on the blocking pool. Either way the topic's lock is held only to find the
+    /// candidates and to hand the rendered records to the queues, not while filters run.
     pub async fn deliver_live(self: &Arc<Self>, records: Vec<Arc<Record>>) {
-        let (shapes, steps) = self.snapshot();
-        if steps.saturating_mul(records.len() as u64) <= INLINE_STEPS {
-            let rendered = self.render(&shapes, &records);
-            self.commit(&shapes, &records, rendered);
+        let plan = self.plan(&records);
+        if plan.steps <= INLINE_STEPS {
+            let rendered = self.render(&plan, &records);
+            self.commit(plan.covers_below, &records, rendered);
             return;
         }
         let records = Arc::new(records);
-        let Some(mut rendered) = self
-            .render_off_runtime(shapes.clone(), records.clone())
-            .await
-        else {
+        let mut covers_below = plan.covers_below;
+        let Some(mut rendered) = self.render_off_runtime(plan, records.clone()).await else {
             return;
         };
-        let mut shapes = shapes;
         // Shapes subscribed while the batch rendered are rendered the same way before the
         // hand-over (a few rounds at most: subscribing is rare next to publishing), so the
         // hand-over renders nothing costly under the lock on a runtime thread.
         for _ in 0..4 {
-            let late = self.late_shapes(&shapes);
-            if late.is_empty() {
+            let late = self.late_groups(covers_below, records.len());
+            if late.groups.is_empty() {
                 break;
             }
-            let Some(more) = self.render_off_runtime(late.clone(), records.clone()).await else {
+            covers_below = late.covers_below;
+            let Some(more) = self.render_off_runtime(late, records.clone()).await else {
                 return;
             };
-            shapes.extend(late);
             rendered.extend(more);
         }
-        self.commit(&shapes, &records, rendered);
+        self.commit(covers_below, &records, rendered);
     }
 
-    /// Renders `records` for `shapes` on the blocking pool; `None` if that failed (only a panic
-    /// in a filter: its records are counted as filter errors).
+    /// Renders `records` as `plan` says on the blocking pool; `None` if that failed (only a
+    /// panic in a filter: its records are counted as filter errors).
     async fn render_off_runtime(
         self: &Arc<Self>,
-        shapes: Vec<Arc<Shape>>,
+        plan: Plan,
         records: Arc<Vec<Arc<Record>>>,
     ) -> Option<Rendered> {
         let hub = self.clone();
-        match tokio::task::spawn_blocking(move || hub.render(&shapes, &records)).await {
+        match tokio::task::spawn_blocking(move || hub.render(&plan, &records)).await {
             Ok(rendered) => Some(rendered),
             Err(e) => {
                 self.filter_errors.inc();
@@ -217,39 +253,78 @@ impl TopicHub {
         }
     }
 
-    /// The shapes on the topic now that are not among `known`.
-    fn late_shapes(&self, known: &[Arc<Shape>]) -> Vec<Arc<Shape>> {
-        let known: std::collections::HashSet<*const Shape> =
-            known.iter().map(Arc::as_ptr).collect();
-        self.read()
-            .groups
-            .iter()
-            .filter(|g| !known.contains(&Arc::as_ptr(&g.shape)))
-            .map(|g| g.shape.clone())
-            .collect()
-    }
-
-    /// The shapes on the topic now, and the most steps their filters take per record in all.
-    fn snapshot(&self) -> (Vec<Arc<Shape>>, u64) {
+    /// The groups on the topic now with an id from `from`: a plan of every one of them for
+    /// each of `records` records.
+    fn late_groups(&self, from: u64, records: usize) -> Plan {
         let st = self.read();
-        let steps = st
+        let late = st
             .groups
-            .iter()
-            .fold(0u64, |acc, g| acc.saturating_add(g.steps));
-        (st.groups.iter().map(|g| g.shape.clone()).collect(), steps)
+            .range(from..)
+            .map(|(id, g)| (*id, g.shape.clone(), g.steps))
+            .collect();
+        Plan::all(late, records, st.next_id)
     }
 
-    /// Renders `records` for each of `shapes`, sharing each record's CEL context and whole
-    /// JSON between shapes. Takes no lock.
-    fn render(&self, shapes: &[Arc<Shape>], records: &[Arc<Record>]) -> Rendered {
-        let mut renderers: Vec<Renderer<'_>> = records
+    /// Finds, under the read lock, the groups each record may match.
+    fn plan(&self, records: &[Arc<Record>]) -> Plan {
+        let st = self.read();
+        let mut plan = Plan {
+            groups: Vec::new(),
+            per_record: Vec::with_capacity(records.len()),
+            steps: 0,
+            covers_below: st.next_id,
+        };
+        if st.groups.is_empty() {
+            return plan;
+        }
+        let mut slots: HashMap<u64, u32> = HashMap::new();
+        let mut ids = Vec::new();
+        for record in records {
+            ids.clear();
+            st.index.candidates(record, &mut ids);
+            let mut mine = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let Some(group) = st.groups.get(id) else {
+                    continue;
+                };
+                plan.steps = plan.steps.saturating_add(group.steps);
+                let slot = *slots.entry(*id).or_insert_with(|| {
+                    plan.groups.push((*id, group.shape.clone()));
+                    (plan.groups.len() - 1) as u32
+                });
+                mine.push(slot);
+            }
+            plan.per_record.push(mine);
+        }
+        plan
+    }
+
+    /// Renders `records` as `plan` says, sharing each record's CEL context and whole JSON
+    /// between shapes. Takes no lock.
+    fn render(&self, plan: &Plan, records: &[Arc<Record>]) -> Rendered {
+        let mut out: Rendered = plan
+            .groups
             .iter()
-            .map(|r| Renderer::new(r, &self.env))
+            .map(|(id, _)| (*id, Vec::new()))
             .collect();
-        shapes
-            .iter()
-            .map(|shape| self.render_shape(shape, records, &mut renderers))
-            .collect()
+        for (record, slots) in records.iter().zip(&plan.per_record) {
+            if slots.is_empty() {
+                continue;
+            }
+            let mut renderer = Renderer::new(record, &self.env);
+            for &slot in slots {
+                let (_, shape) = &plan.groups[slot as usize];
+                match renderer.render(shape) {
+                    Ok(Some(b)) => out[slot as usize]
+                        .1
+                        .push((b, record.partition, record.offset)),
+                    Ok(None) => {}
+                    Err(e) => self.filter_failed(&shape.key, &e),
+                }
+            }
+        }
+        out.retain(|(_, r)| !r.is_empty());
+        out
     }
 
     fn render_shape(
@@ -271,29 +346,27 @@ impl TopicHub {
 
     /// Hands a rendered batch to the subscriptions, under the write lock: subscribing and the
     /// replay hand-over wait for this, which is what makes the hand-over exact (one publisher
-    /// per topic). A shape added while the batch was rendered is rendered here.
-    fn commit(&self, shapes: &[Arc<Shape>], records: &[Arc<Record>], rendered: Rendered) {
-        let index: HashMap<*const Shape, usize> = shapes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (Arc::as_ptr(s), i))
-            .collect();
+    /// per topic). Groups from id `covers_below` on were added after the batch was planned and
+    /// are rendered here; groups gone since are skipped.
+    fn commit(&self, covers_below: u64, records: &[Arc<Record>], mut rendered: Rendered) {
         let mut st = self.write();
         let mut late_renderers: Option<Vec<Renderer<'_>>> = None;
-        let mut late;
-        for group in &st.groups {
-            let for_group: &[(Bytes, i32, i64)] = match index.get(&Arc::as_ptr(&group.shape)) {
-                Some(&i) => &rendered[i],
-                None => {
-                    let renderers = late_renderers.get_or_insert_with(|| {
-                        records
-                            .iter()
-                            .map(|r| Renderer::new(r, &self.env))
-                            .collect()
-                    });
-                    late = self.render_shape(&group.shape, records, renderers);
-                    &late
-                }
+        let mut late: Rendered = Vec::new();
+        for (id, group) in st.groups.range(covers_below..) {
+            let renderers = late_renderers.get_or_insert_with(|| {
+                records
+                    .iter()
+                    .map(|r| Renderer::new(r, &self.env))
+                    .collect()
+            });
+            late.push((*id, self.render_shape(&group.shape, records, renderers)));
+        }
+        rendered.extend(late);
+        // In subscription order, as the groups are.
+        rendered.sort_by_key(|(id, _)| *id);
+        for (id, for_group) in &rendered {
+            let Some(group) = st.groups.get(id) else {
+                continue;
             };
             if for_group.is_empty() {
                 continue;
@@ -350,41 +423,64 @@ impl TopicHub {
     /// `max_shapes` already.
     pub fn add(&self, sub: Arc<Subscription>) -> Result<(), TooManyShapes> {
         let mut st = self.write();
-        let shapes = st.groups.len();
-        match st.groups.iter_mut().find(|g| g.shape.key == sub.shape.key) {
-            Some(g) => g.subs.push(sub),
-            None if shapes >= self.max_shapes => {
-                return Err(TooManyShapes {
-                    topic: self.name.clone(),
-                    max: self.max_shapes,
-                });
+        if let Some(id) = st.by_key.get(&sub.shape.key).copied() {
+            if let Some(g) = st.groups.get_mut(&id) {
+                g.subs.push(sub);
+                return Ok(());
             }
-            None => st.groups.push(Group {
+        }
+        if st.groups.len() >= self.max_shapes {
+            return Err(TooManyShapes {
+                topic: self.name.clone(),
+                max: self.max_shapes,
+            });
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.index.insert(id, sub.shape.filter.as_ref());
+        st.by_key.insert(sub.shape.key.clone(), id);
+        st.groups.insert(
+            id,
+            Group {
                 steps: sub.shape.steps(),
                 shape: sub.shape.clone(),
                 subs: vec![sub],
-            }),
-        }
+            },
+        );
         Ok(())
     }
 
     /// Removes a subscription (no-op when it is not there).
     pub fn remove(&self, sub: &Arc<Subscription>) {
         let mut st = self.write();
-        for g in &mut st.groups {
+        let Some(id) = st.by_key.get(&sub.shape.key).copied() else {
+            return;
+        };
+        let empty = st.groups.get_mut(&id).is_none_or(|g| {
             g.subs.retain(|s| !Arc::ptr_eq(s, sub));
+            g.subs.is_empty()
+        });
+        if empty {
+            st.groups.remove(&id);
+            st.by_key.remove(&sub.shape.key);
+            st.index.remove(id);
         }
-        st.groups.retain(|g| !g.subs.is_empty());
     }
 
     /// Live subscriptions on the topic.
     pub fn subscriber_count(&self) -> usize {
-        self.read().groups.iter().map(|g| g.subs.len()).sum()
+        self.read().groups.values().map(|g| g.subs.len()).sum()
     }
 
     /// Distinct shapes on the topic.
     pub fn shape_count(&self) -> usize {
         self.read().groups.len()
+    }
+
+    /// Distinct shapes on the topic whose filter the index cannot place (they are evaluated
+    /// for every record).
+    pub fn unindexed_count(&self) -> usize {
+        self.read().index.unindexed()
     }
 
     /// The replay reader of `sub` has delivered everything of `partition` before `next`. If the

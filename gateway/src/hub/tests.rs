@@ -307,7 +307,8 @@ async fn a_topic_takes_at_most_max_shapes_distinct_shapes() {
     );
     assert_eq!(hub.shape_count(), 2);
     // Room again once a shape's last subscription goes.
-    let b = hub.read().groups[1].subs[0].clone();
+    let b = hub.read().groups.values().nth(1).map(|g| g.subs[0].clone());
+    let b = b.unwrap_or_else(|| panic!("no second group"));
     hub.remove(&b);
     assert_eq!(hub.add(with("e", "offset > 3")), Ok(()));
 }
@@ -322,8 +323,8 @@ async fn a_shape_added_while_a_batch_renders_still_gets_the_batch() {
     let qb = queue(8, SlowClientPolicy::Drop, &m);
     add(&hub, sub("a", &qa, true));
     let records = vec![record(0, 0, r#"{"n":1}"#), record(0, 1, r#"{"n":2}"#)];
-    let (shapes, _) = hub.snapshot();
-    let rendered = hub.render(&shapes, &records);
+    let plan = hub.plan(&records);
+    let rendered = hub.render(&plan, &records);
     hub.add(Subscription::new(
         2,
         "b".into(),
@@ -332,7 +333,7 @@ async fn a_shape_added_while_a_batch_renders_still_gets_the_batch() {
         true,
     ))
     .unwrap_or_else(|e| panic!("{e}"));
-    hub.commit(&shapes, &records, rendered);
+    hub.commit(plan.covers_below, &records, rendered);
     assert_eq!(offsets(qa.next(10).await).1, vec![0, 1]);
     assert_eq!(offsets(qb.next(10).await).1, vec![1]);
 }
@@ -363,4 +364,117 @@ async fn costly_batches_render_off_the_runtime_and_arrive_in_order() {
     }
     assert_eq!(offsets(q.next(100).await).1, vec![0, 2, 4, 6, 8, 10]);
     assert_eq!(hub.published_next().get(&0), Some(&12));
+}
+
+#[tokio::test]
+async fn the_index_renders_a_record_only_for_the_shapes_it_may_match() {
+    // 1,000 clients, each its own equality filter: a record is evaluated for its one candidate
+    // (the filter-error counter shows evaluations that fail: none here), and subscribing and
+    // unsubscribing keep the index in step with the groups.
+    let m = Metrics::default();
+    let hub = TopicHub::new("t", crate::filter::env(), m.clone(), 10_000);
+    hub.set_assigned(Some(BTreeMap::from([(0, 0)])));
+    let queues: Vec<Arc<ClientQueue>> = (0..1000)
+        .map(|_| queue(8, SlowClientPolicy::Drop, &m))
+        .collect();
+    let subs: Vec<Arc<Subscription>> = queues
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let f = format!("value.device == 'd{i}'");
+            Subscription::new(i as u64, "s".into(), q.clone(), shape(Some(&f)), true)
+        })
+        .collect();
+    for s in &subs {
+        add(&hub, s.clone());
+    }
+    assert_eq!(hub.unindexed_count(), 0);
+    let records: Vec<Arc<Record>> = [7, 500, 7]
+        .iter()
+        .enumerate()
+        .map(|(o, d)| record(0, o as i64, &format!(r#"{{"device":"d{d}"}}"#)))
+        .collect();
+    let plan = hub.plan(&records);
+    assert_eq!(
+        plan.groups.len(),
+        2,
+        "candidates: only the two matching groups"
+    );
+    assert_eq!(plan.per_record.iter().map(Vec::len).sum::<usize>(), 3);
+    hub.publish_batch(&records);
+    assert_eq!(offsets(queues[7].next(10).await).1, vec![0, 2]);
+    assert_eq!(offsets(queues[500].next(10).await).1, vec![1]);
+    assert_eq!(queues[8].len(), 0);
+    // Unsubscribed: no longer a candidate; subscribed again: found again.
+    hub.remove(&subs[7]);
+    hub.publish(record(0, 3, r#"{"device":"d7"}"#));
+    assert_eq!(queues[7].len(), 0);
+    assert!(
+        hub.plan(&[record(0, 4, r#"{"device":"d7"}"#)])
+            .groups
+            .is_empty()
+    );
+    let again = Subscription::new(
+        7,
+        "s".into(),
+        queues[7].clone(),
+        shape(Some("value.device == 'd7'")),
+        true,
+    );
+    add(&hub, again);
+    hub.publish(record(0, 4, r#"{"device":"d7"}"#));
+    assert_eq!(offsets(queues[7].next(10).await).1, vec![4]);
+    // A record without the field: every filter on the path is evaluated, and fails (counted).
+    hub.publish(record(0, 5, r#"{"other":1}"#));
+    assert_eq!(hub.filter_errors.get(), 1000);
+}
+
+#[tokio::test]
+async fn ranges_and_unfiltered_shapes_share_a_topic() {
+    let m = Metrics::default();
+    let hub = TopicHub::new("t", crate::filter::env(), m.clone(), 1000);
+    hub.set_assigned(Some(BTreeMap::from([(0, 0)])));
+    let qr = queue(64, SlowClientPolicy::Drop, &m);
+    let qall = queue(64, SlowClientPolicy::Drop, &m);
+    let qor = queue(64, SlowClientPolicy::Drop, &m);
+    for i in 0..100 {
+        let f = format!("value.b >= {} && value.b < {}", i * 10, i * 10 + 10);
+        let q = if i == 42 {
+            qr.clone()
+        } else {
+            queue(64, SlowClientPolicy::Drop, &m)
+        };
+        add(
+            &hub,
+            Subscription::new(i, "r".into(), q, shape(Some(&f)), true),
+        );
+    }
+    add(&hub, sub("all", &qall, true));
+    add(
+        &hub,
+        Subscription::new(
+            200,
+            "or".into(),
+            qor.clone(),
+            shape(Some("value.b == 1 || value.b == 425")),
+            true,
+        ),
+    );
+    let records: Vec<Arc<Record>> = [419, 420, 425, 429, 430, 1]
+        .iter()
+        .enumerate()
+        .map(|(o, b)| record(0, o as i64, &format!(r#"{{"b":{b}}}"#)))
+        .collect();
+    let plan = hub.plan(&records);
+    // Per record: its range (two at a bucket's edge, closed bounds), the unfiltered shape and
+    // the unindexed `||`.
+    assert!(
+        plan.per_record.iter().all(|c| (3..=4).contains(&c.len())),
+        "{:?}",
+        plan.per_record
+    );
+    hub.publish_batch(&records);
+    assert_eq!(offsets(qr.next(10).await).1, vec![1, 2, 3]);
+    assert_eq!(offsets(qall.next(10).await).1, vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(offsets(qor.next(10).await).1, vec![2, 5]);
 }

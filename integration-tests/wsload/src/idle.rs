@@ -101,7 +101,7 @@ pub async fn idle(
     let tasks: Vec<JoinHandle<()>> = (0..n)
         .map(|i| {
             let shared = shared.clone();
-            let req = subscribe_request(protocol, topic, i, FilterMode::None);
+            let req = subscribe_request(protocol, topic, i, 0, FilterMode::None);
             let local = std::net::IpAddr::from([127, 0, 0, 1 + (i % IDLE_SOURCES) as u8]);
             tokio::task::spawn_local(async move {
                 if let Err(e) = client(addr, Some(local), req, false, shared.clone()).await {

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::procstat::{self, CpuWindow};
-use crate::produce::{BUCKETS, Control};
+use crate::produce::{Control, Spread};
 use crate::scan::{Kind, Scanner};
 use crate::ws::{self, opcode};
 
@@ -32,8 +32,12 @@ pub enum FilterMode {
     /// No filter: every client receives every record.
     None,
     /// Each client its own CEL filter matching about 1% of the records
-    /// (`value.b >= i && value.b < i + 10`, `b` uniform over 0..1010).
+    /// (`value.b >= i && value.b < i + 10`, `b` uniform over 0..1010; for more than 1,000
+    /// clients wider, see [`Spread`]).
     Selective,
+    /// Each client its own equality filter, `value.device == "d<i>"`, the records' `device`
+    /// spread over one value per client: each record matches one client.
+    Device,
 }
 
 /// The server under test and the protocol its clients speak.
@@ -223,26 +227,48 @@ pub(crate) struct Shared {
     pub(crate) connecting: Semaphore,
 }
 
-/// The subscribe request of client `i` (for Centrifugo, its connect and subscribe commands in
-/// one frame; the selective filter becomes a tags filter on the `b` tag the producer adds).
-pub fn subscribe_request(protocol: Protocol, topic: &str, i: usize, filter: FilterMode) -> String {
-    let lo = i as u64 % (BUCKETS - 10);
+/// The subscribe request of client `i` of `clients` (for Centrifugo, its connect and subscribe
+/// commands in one frame; the selective filter becomes a tags filter on the `b` tag the
+/// producer adds, the device filter one on the `device` tag).
+pub fn subscribe_request(
+    protocol: Protocol,
+    topic: &str,
+    i: usize,
+    clients: usize,
+    filter: FilterMode,
+) -> String {
+    let spread = Spread::for_clients(clients);
+    let lo = i as u64 % (spread.buckets - spread.width);
+    let hi = lo + spread.width;
+    let device = format!("d{}", i as u64 % spread.devices);
     match protocol {
         Protocol::Lakewire => {
             let mut req =
                 serde_json::json!({"op": "subscribe", "id": "s", "topic": topic, "from": "latest"});
-            if filter == FilterMode::Selective {
-                req["filter"] = format!("value.b >= {lo} && value.b < {}", lo + 10).into();
+            match filter {
+                FilterMode::Selective => {
+                    req["filter"] = format!("value.b >= {lo} && value.b < {hi}").into();
+                }
+                FilterMode::Device => {
+                    req["filter"] = format!("value.device == {device:?}").into();
+                }
+                FilterMode::None => {}
             }
             req.to_string()
         }
         Protocol::Centrifugo => {
             let mut sub = serde_json::json!({"channel": topic});
-            if filter == FilterMode::Selective {
-                sub["tf"] = serde_json::json!({"op": "and", "nodes": [
-                    {"key": "b", "cmp": "gte", "val": lo.to_string()},
-                    {"key": "b", "cmp": "lt", "val": (lo + 10).to_string()},
-                ]});
+            match filter {
+                FilterMode::Selective => {
+                    sub["tf"] = serde_json::json!({"op": "and", "nodes": [
+                        {"key": "b", "cmp": "gte", "val": lo.to_string()},
+                        {"key": "b", "cmp": "lt", "val": hi.to_string()},
+                    ]});
+                }
+                FilterMode::Device => {
+                    sub["tf"] = serde_json::json!({"key": "device", "cmp": "eq", "val": device});
+                }
+                FilterMode::None => {}
             }
             format!(
                 "{}\n{}",
@@ -407,7 +433,8 @@ pub async fn run(
     let tasks: Vec<JoinHandle<()>> = (0..point.clients)
         .map(|i| {
             let shared = shared.clone();
-            let req = subscribe_request(point.protocol, &point.topic, i, point.filter);
+            let req =
+                subscribe_request(point.protocol, &point.topic, i, point.clients, point.filter);
             let addr = point.addr;
             let stalled = is_stalled(i);
             tokio::task::spawn_local(async move {
@@ -582,11 +609,16 @@ mod tests {
 
     #[test]
     fn selective_filters_differ_per_client_and_cover_about_one_percent() -> anyhow::Result<()> {
-        let req = |i, f| subscribe_request(Protocol::Lakewire, "t", i, f);
+        let req = |i, f| subscribe_request(Protocol::Lakewire, "t", i, 1000, f);
         let a: serde_json::Value = serde_json::from_str(&req(3, FilterMode::Selective))?;
         let b: serde_json::Value = serde_json::from_str(&req(4, FilterMode::Selective))?;
         assert_eq!(a["filter"], "value.b >= 3 && value.b < 13");
         assert_ne!(a["filter"], b["filter"]);
+        let wide = subscribe_request(Protocol::Lakewire, "t", 9999, 10_000, FilterMode::Selective);
+        let wide: serde_json::Value = serde_json::from_str(&wide)?;
+        assert_eq!(wide["filter"], "value.b >= 9999 && value.b < 10099");
+        let d: serde_json::Value = serde_json::from_str(&req(7, FilterMode::Device))?;
+        assert_eq!(d["filter"], "value.device == \"d7\"");
         let plain: serde_json::Value = serde_json::from_str(&req(3, FilterMode::None))?;
         assert!(plain.get("filter").is_none());
         assert_eq!(plain["op"], "subscribe");
@@ -596,7 +628,13 @@ mod tests {
     #[test]
     fn centrifugo_requests_connect_then_subscribe_with_the_same_one_percent() -> anyhow::Result<()>
     {
-        let req = subscribe_request(Protocol::Centrifugo, "wsload", 3, FilterMode::Selective);
+        let req = subscribe_request(
+            Protocol::Centrifugo,
+            "wsload",
+            3,
+            1000,
+            FilterMode::Selective,
+        );
         let lines: Vec<serde_json::Value> = req
             .lines()
             .map(serde_json::from_str)
@@ -614,7 +652,16 @@ mod tests {
             nodes[1],
             serde_json::json!({"key": "b", "cmp": "lt", "val": "13"})
         );
-        let plain = subscribe_request(Protocol::Centrifugo, "wsload", 3, FilterMode::None);
+        let plain = subscribe_request(Protocol::Centrifugo, "wsload", 3, 1000, FilterMode::None);
+        let d = subscribe_request(Protocol::Centrifugo, "wsload", 3, 1000, FilterMode::Device);
+        let d: Vec<serde_json::Value> = d
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        assert_eq!(
+            d[1]["subscribe"]["tf"],
+            serde_json::json!({"key": "device", "cmp": "eq", "val": "d3"})
+        );
         assert!(!plain.contains("\"tf\""));
         Ok(())
     }

@@ -16,9 +16,29 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext
 
 use crate::now_us;
 
-/// How many different values the field `b` takes (0..BUCKETS); the selective scenario's
-/// filters each match 10 of them, about 1% of the records.
-pub const BUCKETS: u64 = 1010;
+/// How the fields the filters read vary from record to record, for a number of clients: the
+/// field `b` takes `buckets` values and each selective filter matches `width` of them (about
+/// 1%: 10 of 1,010 up to 1,000 clients, as in the first runs; 100 of 10,100 for 10,000, so
+/// that every client's filter is distinct); `device` takes `devices` values (`d0`, `d1`, ...),
+/// one per client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spread {
+    pub buckets: u64,
+    pub width: u64,
+    pub devices: u64,
+}
+
+impl Spread {
+    pub fn for_clients(clients: usize) -> Self {
+        let c = clients.max(1) as u64;
+        let width = 10 * (c / 1000).max(1);
+        Spread {
+            buckets: (100 * width).max(c) + width,
+            width,
+            devices: c,
+        }
+    }
+}
 
 /// Counts failed deliveries.
 struct Ctx {
@@ -59,6 +79,12 @@ pub struct Control {
     /// Add the `centrifugo-tag-b` header (Centrifugo's tags filter reads it; the selective
     /// scenario), so that other runs do not carry the tag in every publication.
     pub tag_bucket: AtomicBool,
+    /// Add the `centrifugo-tag-device` header (the device scenario).
+    pub tag_device: AtomicBool,
+    /// The [`Spread`] of the records produced now: `buckets` and `devices` (0: the default
+    /// for 1,000 clients).
+    pub buckets: AtomicU64,
+    pub devices: AtomicU64,
 }
 
 impl Control {
@@ -78,6 +104,22 @@ impl Control {
         now
     }
 
+    /// Records from now on vary as `spread` says.
+    pub fn set_spread(&self, spread: Spread) {
+        self.buckets.store(spread.buckets, Ordering::SeqCst);
+        self.devices.store(spread.devices, Ordering::SeqCst);
+    }
+
+    fn spread(&self) -> Spread {
+        let default = Spread::for_clients(1000);
+        let or = |v: u64, d: u64| if v == 0 { d } else { v };
+        Spread {
+            buckets: or(self.buckets.load(Ordering::Relaxed), default.buckets),
+            width: 0,
+            devices: or(self.devices.load(Ordering::Relaxed), default.devices),
+        }
+    }
+
     /// Whether a record stamped `t` is in the window.
     pub fn in_window(&self, t: u64) -> bool {
         t >= self.window_start.load(Ordering::Relaxed)
@@ -86,8 +128,13 @@ impl Control {
 }
 
 /// The bucket (field `b`) of record number `n`.
-pub fn bucket(n: u64) -> u64 {
-    n.wrapping_mul(7919) % BUCKETS
+pub fn bucket(n: u64, spread: Spread) -> u64 {
+    n.wrapping_mul(7919) % spread.buckets.max(1)
+}
+
+/// The device number (field `device` is `d` and it) of record number `n`.
+pub fn device(n: u64, spread: Spread) -> u64 {
+    n.wrapping_mul(104_729) % spread.devices.max(1)
 }
 
 /// Where the producer writes: a topic, and for Centrifugo's Kafka consumer in publication data
@@ -99,15 +146,17 @@ pub struct Sink {
     pub centrifugo_channel: Option<String>,
 }
 
-/// Writes one record's value: `{"lw_t":<µs>,"n":<seq>,"b":<bucket>,...,"pad":"..."}`, padded
-/// to about `size` bytes.
-pub fn value(out: &mut String, t: u64, n: u64, size: usize) {
+/// Writes one record's value:
+/// `{"lw_t":<µs>,"n":<seq>,"b":<bucket>,"device":"d<i>",...,"pad":"..."}`, padded to about
+/// `size` bytes.
+pub fn value(out: &mut String, t: u64, n: u64, size: usize, spread: Spread) {
     out.clear();
-    let b = bucket(n);
+    let b = bucket(n, spread);
+    let d = device(n, spread);
     let region = if n.is_multiple_of(2) { "eu" } else { "us" };
     let _ = write!(
         out,
-        r#"{{"lw_t":{t},"n":{n},"b":{b},"region":"{region}","amount":{}.5,"pad":""#,
+        r#"{{"lw_t":{t},"n":{n},"b":{b},"device":"d{d}","region":"{region}","amount":{}.5,"pad":""#,
         n % 1000
     );
     while out.len() + 2 < size {
@@ -154,7 +203,13 @@ pub fn burst(brokers: &str, sink: &Sink, n: u64, record_bytes: usize) -> anyhow:
     let mut buf = String::with_capacity(record_bytes + 64);
     let mut seq = 0;
     while seq < n {
-        value(&mut buf, now_us(), seq, record_bytes);
+        value(
+            &mut buf,
+            now_us(),
+            seq,
+            record_bytes,
+            Spread::for_clients(1000),
+        );
         let mut rec = BaseRecord::<(), str>::to(&sink.topic).payload(buf.as_str());
         if let Some(channel) = &sink.centrifugo_channel {
             rec = rec.headers(OwnedHeaders::new().insert(Header {
@@ -209,7 +264,8 @@ fn run(
             }
             while sent < due {
                 let t = now_us();
-                value(&mut buf, t, seq, record_bytes);
+                let spread = control.spread();
+                value(&mut buf, t, seq, record_bytes, spread);
                 let sink = sinks
                     .get(control.target.load(Ordering::Relaxed))
                     .or(sinks.first())
@@ -221,10 +277,17 @@ fn run(
                         value: Some(channel.as_bytes()),
                     });
                     if control.tag_bucket.load(Ordering::Relaxed) {
-                        let b = bucket(seq).to_string();
+                        let b = bucket(seq, spread).to_string();
                         h = h.insert(Header {
                             key: "centrifugo-tag-b",
                             value: Some(b.as_bytes()),
+                        });
+                    }
+                    if control.tag_device.load(Ordering::Relaxed) {
+                        let d = format!("d{}", device(seq, spread));
+                        h = h.insert(Header {
+                            key: "centrifugo-tag-device",
+                            value: Some(d.as_bytes()),
                         });
                     }
                     rec = rec.headers(h);
@@ -260,16 +323,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_spread_keeps_filters_distinct_and_about_one_percent() {
+        assert_eq!(
+            Spread::for_clients(1000),
+            Spread {
+                buckets: 1010,
+                width: 10,
+                devices: 1000
+            }
+        );
+        let big = Spread::for_clients(10_000);
+        assert_eq!((big.buckets, big.width, big.devices), (10_100, 100, 10_000));
+        assert_eq!(Spread::for_clients(10).buckets, 1010);
+        // Every bucket is reached.
+        let mut seen = vec![false; 10_100];
+        for n in 0..200_000 {
+            seen[bucket(n, big) as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
     fn values_are_json_of_about_the_size_asked() -> anyhow::Result<()> {
         let mut s = String::new();
-        value(&mut s, 1_732_690_000_000_123, 42, 200);
+        let spread = Spread::for_clients(1000);
+        value(&mut s, 1_732_690_000_000_123, 42, 200, spread);
         assert_eq!(s.len(), 200);
         let v: serde_json::Value = serde_json::from_str(&s)?;
         assert_eq!(v["lw_t"], 1_732_690_000_000_123u64);
         assert_eq!(v["n"], 42);
-        assert!(v["b"].as_u64().is_some_and(|b| b < BUCKETS));
+        assert!(v["b"].as_u64().is_some_and(|b| b < 1010));
+        assert_eq!(v["device"], format!("d{}", 42 * 104_729 % 1000));
         // Smaller than the fixed fields: no padding, still JSON.
-        value(&mut s, 1, 1, 10);
+        value(&mut s, 1, 1, 10, spread);
         serde_json::from_str::<serde_json::Value>(&s)?;
         Ok(())
     }

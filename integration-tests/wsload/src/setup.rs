@@ -163,6 +163,11 @@ impl Setup {
         self.control
             .tag_bucket
             .store(p.filter == FilterMode::Selective, Ordering::SeqCst);
+        self.control
+            .tag_device
+            .store(p.filter == FilterMode::Device, Ordering::SeqCst);
+        self.control
+            .set_spread(produce::Spread::for_clients(p.clients));
         let watched = Watched {
             gateway: t.pid,
             broker: self.broker,
