@@ -7,8 +7,9 @@
 //! 2. [`decode`]: turns it into a [`record::Record`] once, however many clients read it (JSON,
 //!    or Avro in the Confluent, single-object or raw framing); what it cannot decode is counted,
 //!    skipped and, if configured, copied to a dead-letter topic ([`decode::dead_letter`]);
-//! 3. [`hub`]: renders it once per distinct subscription shape ([`filter`]: CEL filter and field
-//!    projection; the envelope written by [`protocol`]) and hands the bytes to every
+//! 3. [`hub`]: renders it once per distinct subscription shape it may match ([`filter`]: CEL
+//!    filter and field projection, [`filter::index`] finds the candidates; the envelope written
+//!    by [`protocol`]) and hands the bytes to every
 //!    subscription of that shape through each client's bounded queue ([`hub::queue`]: the
 //!    slow-client policy applies when it is full); replayed records go through it too;
 //! 4. [`session`] (WebSocket, speaking [`protocol`] v1) or [`sse`] (server-sent events) takes

@@ -5,7 +5,8 @@
 //! Subscriptions with the same shape share its output: the hub renders a record once per distinct
 //! shape, not once per client. A filter is compiled to a native predicate over the record
 //! ([`compiled`]) when it can be; any other runs on the `cel` interpreter, with the record
-//! converted to a CEL context only for those.
+//! converted to a CEL context only for those. A topic's filters are indexed ([`index`]): a
+//! record is evaluated only against the filters it may match.
 
 mod bounds;
 pub mod compiled;
