@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -56,6 +57,8 @@ pub struct Kafka {
     admin: Arc<BaseConsumer<KafkaContext>>,
     metrics: Metrics,
     timeout: Duration,
+    /// What the last background check ([`Kafka::check_reachable`]) found.
+    reachable: Arc<AtomicBool>,
 }
 
 impl Kafka {
@@ -71,6 +74,7 @@ impl Kafka {
             admin: Arc::new(admin),
             metrics,
             timeout: Duration::from_millis(config.request_timeout_ms),
+            reachable: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -188,12 +192,39 @@ impl Kafka {
     }
 
     /// True when the cluster answers a metadata request.
-    pub async fn reachable(&self) -> bool {
+    async fn answers(&self) -> bool {
         matches!(
             self.blocking(|c, t| c.fetch_metadata(None, t.min(Duration::from_secs(2))))
                 .await,
             Ok(Ok(_))
         )
+    }
+
+    /// Whether the cluster answered the last background check (false before the first).
+    /// `/readyz` reads this: a probe costs no request to Kafka, however often it comes.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Asks the cluster every `every` whether it answers, until `cancel`; see
+    /// [`Kafka::reachable`].
+    pub async fn check_reachable(self, every: Duration, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let up = tokio::select! {
+                _ = cancel.cancelled() => return,
+                up = self.answers() => up,
+            };
+            if up != self.reachable.swap(up, Ordering::Relaxed) {
+                tracing::info!(reachable = up, "Kafka cluster reachability changed");
+            }
+            self.metrics.kafka_reachable.set(i64::from(up));
+        }
     }
 }
 
@@ -513,7 +544,7 @@ mod tests {
     fn kafka_tls_and_sasl_properties_are_supported() {
         // librdkafka refuses these at client creation when built without OpenSSL.
         let config = KafkaConfig {
-            brokers: "127.0.0.1:1".into(),
+            request_timeout_ms: 1000,
             properties: [
                 ("security.protocol", "SASL_SSL"),
                 ("sasl.mechanisms", "SCRAM-SHA-512"),
@@ -523,7 +554,7 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-            request_timeout_ms: 1000,
+            ..KafkaConfig::new("127.0.0.1:1")
         };
         if let Err(e) = Kafka::new(&config, Metrics::default()) {
             panic!("{e}");
