@@ -145,6 +145,7 @@ pub async fn start_role(config: Config, role: Role) -> Result<Running, AppError>
             services.kafka.clone(),
             decoder,
             topic.clone(),
+            services.followers.clone(),
             shutdown.child_token(),
         ));
         sources.spawn(source::report_lag(
