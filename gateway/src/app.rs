@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::listener::{self, HttpLimits};
 use crate::services::{BuildError, Services};
 use crate::source;
 
@@ -58,6 +59,8 @@ pub enum Role {
 pub struct Running {
     /// The address the HTTP server listens on (useful with port 0).
     pub addr: SocketAddr,
+    /// The address of the admin listener (`websocket.admin_listen`), when there is one.
+    pub admin_addr: Option<SocketAddr>,
     /// Cancel to shut down.
     pub shutdown: CancellationToken,
     pub services: Arc<Services>,
@@ -77,22 +80,6 @@ impl Running {
         self.shutdown.cancel();
         self.wait().await;
     }
-}
-
-/// Binds the HTTP listener with `TCP_NODELAY` set, which Linux passes on to every connection it
-/// accepts: a small frame goes out at once instead of waiting (Nagle) for the ACK of the one
-/// before, which the client may delay by up to 40 ms. Without it a client of a quiet topic saw
-/// p50 11 ms against 1.3 ms for the Kafka leg alone (BENCHMARKS.md, "latency").
-fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
 }
 
 /// Builds every component `config` names, dry: reads the schema, key, CA and certificate files,
@@ -121,14 +108,14 @@ pub async fn start_role(config: Config, role: Role) -> Result<Running, AppError>
     }
     let services = Services::new(config)?;
     let listen = services.config.websocket.listen;
-    let listener = bind_listener(listen).map_err(|source| AppError::Bind {
-        addr: listen,
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| AppError::Bind {
-        addr: listen,
-        source,
-    })?;
+    let (listener, addr) = bind(listen)?;
+    let admin = services
+        .config
+        .websocket
+        .admin_listen
+        .map(bind)
+        .transpose()?;
+    let admin_addr = admin.as_ref().map(|(_, a)| *a);
     let shutdown = CancellationToken::new();
     let sources = TaskTracker::new();
     // The sink lands its open files on shutdown: it gets `sink.shutdown_timeout_ms` for that,
@@ -158,6 +145,7 @@ pub async fn start_role(config: Config, role: Role) -> Result<Running, AppError>
             services.kafka.clone(),
             decoder,
             topic.clone(),
+            services.followers.clone(),
             shutdown.child_token(),
         ));
         sources.spawn(source::report_lag(
@@ -166,35 +154,68 @@ pub async fn start_role(config: Config, role: Role) -> Result<Running, AppError>
             shutdown.child_token(),
         ));
     }
+    if role != Role::Sink {
+        sources.spawn(services.kafka.clone().check_reachable(
+            Duration::from_millis(services.config.kafka.readiness_check_ms),
+            shutdown.child_token(),
+        ));
+    }
     if let Some(jwks) = services.jwks.clone() {
         sources.spawn(jwks.run(shutdown.child_token()));
     }
-    let routes = match (role, sink) {
-        (Role::Sink, Some(sink)) => warp::Filter::boxed(warp::Filter::map(
-            crate::http::sink_routes(services.clone(), sink),
-            |r| Box::new(r) as Box<dyn warp::Reply>,
-        )),
-        _ => warp::Filter::boxed(warp::Filter::map(
-            crate::http::routes(services.clone(), shutdown.clone()),
-            |r| Box::new(r) as Box<dyn warp::Reply>,
-        )),
+    let (routes, admin_routes) = match (role, sink) {
+        (Role::Sink, Some(sink)) => {
+            let routes = crate::http::sink_routes(services.clone(), sink);
+            (
+                warp::Filter::boxed(warp::Filter::map(routes.clone(), boxed)),
+                warp::Filter::boxed(warp::Filter::map(routes, boxed)),
+            )
+        }
+        _ => (
+            warp::Filter::boxed(warp::Filter::map(
+                crate::http::routes(services.clone(), shutdown.clone()),
+                boxed,
+            )),
+            warp::Filter::boxed(warp::Filter::map(
+                crate::http::admin_routes(services.clone()),
+                boxed,
+            )),
+        ),
     };
     let ws = &services.config.websocket;
-    let server: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-        match (&ws.tls_cert_file, &ws.tls_key_file) {
-            (Some(cert), Some(key)) => {
-                let tls =
-                    crate::tls::Tls::new(cert, key, &services.metrics).map_err(AppError::Tls)?;
-                sources.spawn(tls.clone().reload_on_sighup(shutdown.child_token()));
-                Box::pin(crate::tls::serve(listener, routes, tls, shutdown.clone()))
-            }
-            _ => Box::pin(
-                warp::serve(routes)
-                    .incoming(listener)
-                    .graceful(shutdown.clone().cancelled_owned())
-                    .run(),
-            ),
-        };
+    let tls = match (&ws.tls_cert_file, &ws.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let tls = crate::tls::Tls::new(cert, key, &services.metrics).map_err(AppError::Tls)?;
+            sources.spawn(tls.clone().reload_on_sighup(shutdown.child_token()));
+            Some(tls)
+        }
+        _ => None,
+    };
+    let limits = HttpLimits::from(ws);
+    let public = listener::serve(
+        listener,
+        routes,
+        tls,
+        limits,
+        services.metrics.clone(),
+        shutdown.clone(),
+    );
+    let admin = admin.map(|(admin, _)| {
+        listener::serve(
+            admin,
+            admin_routes,
+            None,
+            limits,
+            services.metrics.clone(),
+            shutdown.clone(),
+        )
+    });
+    let server = async move {
+        match admin {
+            Some(admin) => drop(tokio::join!(public, admin)),
+            None => public.await,
+        }
+    };
     sources.close();
     let grace = Duration::from_millis(services.config.websocket.shutdown_grace_ms);
     let sink_grace = Duration::from_millis(
@@ -231,8 +252,9 @@ pub async fn start_role(config: Config, role: Role) -> Result<Running, AppError>
                     "sink.shutdown_timeout_ms over with files still open; their records will be read again"
                 );
             }
-            // The server future ends when its in-flight HTTP requests end; upgraded WebSocket
-            // connections are the sessions' own and were handled above.
+            // The server future ends when its connections end (each gets a second after
+            // shutdown); upgraded WebSocket connections are the sessions' own and were handled
+            // above.
             if tokio::time::timeout(Duration::from_secs(1), server)
                 .await
                 .is_err()
@@ -244,10 +266,24 @@ pub async fn start_role(config: Config, role: Role) -> Result<Running, AppError>
     tracing::info!(%addr, topics = services.config.topics.len(), "gateway listening");
     Ok(Running {
         addr,
+        admin_addr,
         shutdown,
         services,
         task,
     })
+}
+
+/// A route's reply as one type, so routes of different roles fit one listener.
+fn boxed(r: impl warp::Reply + 'static) -> Box<dyn warp::Reply> {
+    Box::new(r)
+}
+
+/// Binds `addr` (see [`listener::bind`]); returns the listener and the address it is bound to.
+fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AppError> {
+    let failed = |source| AppError::Bind { addr, source };
+    let listener = listener::bind(addr).map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok((listener, bound))
 }
 
 /// Resolves on SIGINT (ctrl-c) or SIGTERM. The handlers are installed when this is called, not
@@ -269,21 +305,5 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[tokio::test]
-    async fn accepted_connections_have_nodelay() -> std::io::Result<()> {
-        let listener = super::bind_listener(([127, 0, 0, 1], 0).into())?;
-        let addr = listener.local_addr()?;
-        let (_client, accepted) =
-            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        assert!(
-            accepted?.0.nodelay()?,
-            "an accepted socket without TCP_NODELAY"
-        );
-        Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! HTTP stage: the routes of the gateway's listener. Input: HTTP requests; output: the dashboard
 //! at `/` (and `/client.js`, its assets), WebSocket sessions at `/ws`, server-sent events at `/sse`, `/api/topics`, `/metrics`, `/healthz` and
-//! `/readyz`.
+//! `/readyz`; the admin listener's `/metrics`, `/healthz` and `/readyz`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -50,7 +50,6 @@ fn dashboard() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clon
     index.or(asset)
 }
 
-/// All routes of the listener.
 /// The routes of a `--role sink` process: `/healthz`, `/readyz` (200 while the sink worker
 /// runs), `/metrics`.
 pub fn sink_routes(
@@ -65,16 +64,35 @@ pub fn sink_routes(
             warp::reply::with_status("sink stopped", warp::http::StatusCode::SERVICE_UNAVAILABLE)
         }
     });
-    let metrics = warp::path!("metrics").and(warp::get()).map(move || {
+    healthz.or(readyz).or(metrics(services))
+}
+
+/// `/metrics`: every metric, in the OpenMetrics text format.
+fn metrics(
+    services: Arc<Services>,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("metrics").and(warp::get()).map(move || {
         warp::reply::with_header(
             crate::metrics::render(&services.prometheus),
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
-    });
-    healthz.or(readyz).or(metrics)
+    })
 }
 
+/// The routes of `websocket.admin_listen`: `/healthz`, `/readyz` and `/metrics`.
+pub fn admin_routes(
+    services: Arc<Services>,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
+    let readyz = warp::path!("readyz").and(warp::get()).then({
+        let services = services.clone();
+        move || readiness(services.clone())
+    });
+    healthz.or(readyz).or(metrics(services))
+}
+
+/// All routes of the listener.
 pub fn routes(
     services: Arc<Services>,
     shutdown: CancellationToken,
@@ -85,16 +103,18 @@ pub fn routes(
         let services = services.clone();
         move || readiness(services.clone())
     });
-    let metrics = warp::path!("metrics").and(warp::get()).map({
-        let services = services.clone();
-        move || {
-            warp::reply::with_header(
-                crate::metrics::render(&services.prometheus),
-                "content-type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )
-        }
-    });
+    // `websocket.public_metrics = false`: `/metrics` only on the admin listener.
+    let public_metrics = services.config.websocket.public_metrics;
+    let metrics = warp::any()
+        .and_then(move || async move {
+            if public_metrics {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+        .and(metrics(services.clone()));
     let topics = warp::path!("api" / "topics")
         .and(warp::get())
         .and(caller())
@@ -232,13 +252,8 @@ pub struct Caller {
 }
 
 fn caller() -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
-    warp::addr::remote()
-        .and(warp::ext::optional::<crate::tls::ClientAddr>())
-        .map(
-            |plain: Option<SocketAddr>, tls: Option<crate::tls::ClientAddr>| {
-                tls.map(|t| t.0).or(plain)
-            },
-        )
+    warp::ext::optional::<crate::listener::ClientAddr>()
+        .map(|addr: Option<crate::listener::ClientAddr>| addr.map(|a| a.0))
         .and(warp::header::optional::<String>("origin"))
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
@@ -353,7 +368,8 @@ struct Readiness {
     topics_not_assigned: Vec<String>,
 }
 
-/// Ready when Kafka answers and every topic's live consumer is assigned.
+/// Ready when Kafka answered the last background check and every topic's live consumer is
+/// assigned.
 async fn readiness(services: Arc<Services>) -> warp::reply::WithStatus<warp::reply::Json> {
     let topics_not_assigned: Vec<String> = services
         .hub
@@ -361,7 +377,7 @@ async fn readiness(services: Arc<Services>) -> warp::reply::WithStatus<warp::rep
         .filter(|t| t.assigned().is_none())
         .map(|t| t.name().to_string())
         .collect();
-    let kafka_reachable = services.kafka.reachable().await;
+    let kafka_reachable = services.kafka.reachable();
     let ready = kafka_reachable && topics_not_assigned.is_empty();
     let status = if ready {
         StatusCode::OK

@@ -23,7 +23,7 @@
 //! nothing but the data), [`app`] (builds and wires the stages, owns shutdown; `lakewire check`
 //! builds them dry), [`services`] (the state connections share, connection limits), [`http`]
 //! (the listener's routes: `/ws`, `/sse`, `/metrics`, `/healthz`, `/readyz`, `/api/topics`;
-//! over TLS by [`tls`] when configured), [`auth`] (JWT and origin checks before any
+//! served by [`listener`] under the HTTP limits, over TLS by [`tls`] when configured), [`auth`] (JWT and origin checks before any
 //! connection), [`metrics`] (every metric, declared once), [`log_limit`] (rate-limited logs),
 //! [`demo`] (an in-process broker and a synthetic producer for `lakewire demo`) and [`tail`]
 //! (`lakewire tail`, a terminal client of the protocol).
@@ -37,6 +37,7 @@ pub mod filter;
 pub mod http;
 pub mod hub;
 pub mod kafka;
+pub mod listener;
 pub mod log_limit;
 pub mod metrics;
 pub mod protocol;

@@ -95,6 +95,12 @@ pub struct Metrics {
     pub tls_reloads: Family<CloseLabels, Counter>,
     /// Connections refused by a limit, per limit.
     pub ws_refused: Family<CloseLabels, Counter>,
+    /// HTTP connections open (TCP accepted, not yet upgraded to a WebSocket or closed).
+    pub http_connections: Gauge,
+    /// HTTP connections the server closed, per reason (`header_timeout`, `idle`).
+    pub http_closed: Family<CloseLabels, Counter>,
+    /// 1 while the last background check found the Kafka cluster answering, else 0.
+    pub kafka_reachable: Gauge,
     /// Errors reported by the Kafka client (connection loss, broker down, ...), per topic.
     pub kafka_errors: Family<TopicLabels, Counter>,
     /// 1 when the topic's live consumer is assigned to every partition, else 0.
@@ -179,6 +185,9 @@ impl Default for Metrics {
             auth_refused: Family::default(),
             tls_reloads: Family::default(),
             ws_refused: Family::default(),
+            http_connections: Gauge::default(),
+            http_closed: Family::default(),
+            kafka_reachable: Gauge::default(),
             kafka_errors: Family::default(),
             source_ready: Family::default(),
             ws_connections: Gauge::default(),
@@ -258,6 +267,21 @@ impl Metrics {
             "ws_refused",
             "Connections refused by a connection limit",
             self.ws_refused.clone(),
+        );
+        r.register(
+            "http_connections",
+            "HTTP connections open (accepted, not yet upgraded to a WebSocket)",
+            self.http_connections.clone(),
+        );
+        r.register(
+            "http_closed",
+            "HTTP connections closed by the server for a slow request head or idleness",
+            self.http_closed.clone(),
+        );
+        r.register(
+            "kafka_reachable",
+            "1 while the background check finds the Kafka cluster answering",
+            self.kafka_reachable.clone(),
         );
         r.register(
             "kafka_errors",

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::decode::{DecodeContext, DecodeSetupError, Decoder};
 use crate::hub::Hub;
 use crate::metrics::{self, Metrics};
-use crate::source::{Kafka, SourceError};
+use crate::source::{Followers, Kafka, SourceError};
 
 /// A component named by the configuration could not be built (a schema, key or CA file, the
 /// Kafka or registry client).
@@ -112,6 +112,8 @@ pub struct Services {
     pub config: Config,
     pub hub: Hub,
     pub kafka: Kafka,
+    /// The replay subscriptions a partition added to their topic is handed to.
+    pub followers: Followers,
     pub decoders: HashMap<String, Arc<Decoder>>,
     pub metrics: Metrics,
     /// The Prometheus registry `/metrics` renders.
@@ -179,6 +181,7 @@ impl Services {
             config,
             hub,
             kafka,
+            followers: Followers::default(),
             decoders,
             metrics,
             prometheus,

@@ -5,10 +5,12 @@
 //!
 //! The WebSocket path never commits offsets: consumers are assigned partitions explicitly, with
 //! no consumer group, and a live consumer starts at each partition's high watermark at the time
-//! it is assigned, so "latest" has a definite meaning.
+//! it is assigned, so "latest" has a definite meaning. Partitions a topic gains later are read
+//! from their first record, found within `kafka.partition_refresh_ms`.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -56,6 +58,10 @@ pub struct Kafka {
     admin: Arc<BaseConsumer<KafkaContext>>,
     metrics: Metrics,
     timeout: Duration,
+    /// What the last background check ([`Kafka::check_reachable`]) found.
+    reachable: Arc<AtomicBool>,
+    /// How often a live consumer looks for partitions added to its topic.
+    partition_refresh: Duration,
 }
 
 impl Kafka {
@@ -71,6 +77,8 @@ impl Kafka {
             admin: Arc::new(admin),
             metrics,
             timeout: Duration::from_millis(config.request_timeout_ms),
+            reachable: Arc::new(AtomicBool::new(false)),
+            partition_refresh: Duration::from_millis(config.partition_refresh_ms),
         })
     }
 
@@ -188,12 +196,39 @@ impl Kafka {
     }
 
     /// True when the cluster answers a metadata request.
-    pub async fn reachable(&self) -> bool {
+    async fn answers(&self) -> bool {
         matches!(
             self.blocking(|c, t| c.fetch_metadata(None, t.min(Duration::from_secs(2))))
                 .await,
             Ok(Ok(_))
         )
+    }
+
+    /// Whether the cluster answered the last background check (false before the first).
+    /// `/readyz` reads this: a probe costs no request to Kafka, however often it comes.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Asks the cluster every `every` whether it answers, until `cancel`; see
+    /// [`Kafka::reachable`].
+    pub async fn check_reachable(self, every: Duration, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let up = tokio::select! {
+                _ = cancel.cancelled() => return,
+                up = self.answers() => up,
+            };
+            if up != self.reachable.swap(up, Ordering::Relaxed) {
+                tracing::info!(reachable = up, "Kafka cluster reachability changed");
+            }
+            self.metrics.kafka_reachable.set(i64::from(up));
+        }
     }
 }
 
@@ -322,11 +357,14 @@ impl<T: Send + 'static> Drop for OffRuntimeDrop<T> {
 const LIVE_BATCH: usize = 256;
 
 /// Runs a topic's live consumer until `cancel`: waits for the topic to exist, assigns every
-/// partition at its high watermark, then decodes and publishes each record to `hub`.
+/// partition at its high watermark, then decodes and publishes each record to `hub`. Every
+/// `kafka.partition_refresh_ms` it looks the topic's partitions up again; a partition added
+/// since is read from its first record and handed to the subscriptions (see [`Followers`]).
 pub async fn run_live(
     kafka: Kafka,
     decoder: Arc<Decoder>,
     hub: Arc<TopicHub>,
+    followers: Followers,
     cancel: CancellationToken,
 ) {
     let topic = hub.name().to_string();
@@ -368,10 +406,30 @@ pub async fn run_live(
     };
     let reader = RecordIntake::new(decoder, &metrics, &metrics.kafka_records);
     let mut batch: Vec<Arc<Record>> = Vec::with_capacity(LIVE_BATCH);
+    // The lookups run in a task of their own: a slow metadata answer never holds up records.
+    let (found_tx, mut found) = tokio::sync::watch::channel(Vec::new());
+    let lookups = tokio::spawn(look_up_partitions(
+        kafka.clone(),
+        topic.clone(),
+        found_tx,
+        cancel.child_token(),
+    ));
+    let mut watching = true;
     loop {
         let first = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
+            changed = found.changed(), if watching => {
+                match changed {
+                    Ok(()) => {
+                        let partitions = found.borrow_and_update().clone();
+                        add_partitions(&kafka, &consumer, &hub, &followers, &partitions, &limiter)
+                            .await;
+                    }
+                    Err(_) => watching = false,
+                }
+                continue;
+            }
             m = async { reader.take(consumer.recv().await).await } => m,
         };
         batch.extend(first);
@@ -392,8 +450,147 @@ pub async fn run_live(
             .await;
         }
     }
+    lookups.abort();
     hub.set_assigned(None);
     ready.set(0);
+}
+
+/// Every `kafka.partition_refresh_ms`, the partitions of `topic`, sent to the live consumer.
+async fn look_up_partitions(
+    kafka: Kafka,
+    topic: String,
+    found: tokio::sync::watch::Sender<Vec<i32>>,
+    cancel: CancellationToken,
+) {
+    let limiter = LogLimiter::default();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(kafka.partition_refresh) => {}
+        }
+        match kafka.partitions(&topic).await {
+            Ok(partitions) => {
+                if found.send(partitions).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                if limiter.allow().is_some() {
+                    tracing::warn!(topic, error = %e, "looking up the topic's partitions failed");
+                }
+            }
+        }
+    }
+}
+
+/// Assigns the live consumer to those of `partitions` it does not read yet, each from its low
+/// watermark (the partition is new: nothing of it may be missed), and hands them to `hub` and
+/// its followers. A failure is logged; the next lookup tries again.
+async fn add_partitions(
+    kafka: &Kafka,
+    consumer: &StreamConsumer<KafkaContext>,
+    hub: &TopicHub,
+    followers: &Followers,
+    partitions: &[i32],
+    limiter: &LogLimiter,
+) {
+    let topic = hub.name();
+    let known = hub.published_next();
+    let added: Vec<i32> = partitions
+        .iter()
+        .copied()
+        .filter(|p| !known.contains_key(p))
+        .collect();
+    if added.is_empty() {
+        return;
+    }
+    let assigned = async {
+        let marks = kafka.watermarks(topic, &added).await?;
+        let at: BTreeMap<i32, i64> = marks.iter().map(|(&p, &(low, _))| (p, low)).collect();
+        let mut tpl = TopicPartitionList::new();
+        let failed = |source| SourceError::Request {
+            topic: topic.to_string(),
+            source,
+        };
+        for (&p, &o) in &at {
+            tpl.add_partition_offset(topic, p, Offset::Offset(o))
+                .map_err(failed)?;
+        }
+        consumer.incremental_assign(&tpl).map_err(failed)?;
+        Ok::<_, SourceError>(at)
+    };
+    match assigned.await {
+        Ok(at) => {
+            tracing::info!(%topic, ?at, "topic gained partitions; reading them from the start");
+            followers.add_partitions(hub, &at);
+        }
+        Err(e) => {
+            if limiter.allow().is_some() {
+                tracing::warn!(%topic, error = %e, ?added, "cannot assign the topic's new partitions");
+            }
+        }
+    }
+}
+
+/// Per topic, the subscriptions that did not start live (`from` in the past): the hub delivers
+/// a partition's records to such a subscription only from the offset its replay reader handed
+/// the partition over at, so a partition the topic gains later must be handed over to each of
+/// them, at the offset the live consumer starts it at, before any of its records is published.
+/// (A `latest` subscription takes every partition from the start.) One lock orders adding
+/// partitions against registering a subscription, so each one learns of a new partition from
+/// exactly one side: the live consumer, or its replay plan.
+#[derive(Debug, Clone, Default)]
+pub struct Followers(Arc<std::sync::Mutex<HashMap<Arc<str>, TopicFollowers>>>);
+
+#[derive(Debug, Default)]
+struct TopicFollowers {
+    subs: Vec<Weak<Subscription>>,
+    /// How many were left at the last clean-up: the next one comes when the list has doubled.
+    kept: usize,
+}
+
+impl TopicFollowers {
+    fn clean_up(&mut self) {
+        self.subs
+            .retain(|s| s.upgrade().is_some_and(|s| s.is_active()));
+        self.kept = self.subs.len();
+    }
+}
+
+impl Followers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, TopicFollowers>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `sub`, which `hub` holds and which is not live from the start; returns, per
+    /// partition the live consumer reads now, where it is (empty before it is assigned). A
+    /// partition not among these is handed to `sub` by the live consumer once it reads it.
+    pub fn follow(&self, hub: &TopicHub, sub: &Arc<Subscription>) -> BTreeMap<i32, i64> {
+        let mut all = self.lock();
+        let topic = all.entry(hub.name().clone()).or_default();
+        if topic.subs.len() >= 2 * topic.kept.max(32) {
+            topic.clean_up();
+        }
+        topic.subs.push(Arc::downgrade(sub));
+        hub.published_next()
+    }
+
+    /// The live consumer now reads `at` (partition: first offset) too.
+    fn add_partitions(&self, hub: &TopicHub, at: &BTreeMap<i32, i64>) {
+        let mut all = self.lock();
+        let mut next = hub.published_next();
+        next.extend(at);
+        hub.set_assigned(Some(next));
+        if let Some(topic) = all.get_mut(hub.name()) {
+            topic.clean_up();
+            for sub in topic.subs.iter().filter_map(Weak::upgrade) {
+                for (&p, &o) in at {
+                    // Nothing of `p` is published yet, so this hands it over at `o`.
+                    hub.try_go_live(&sub, p, o);
+                }
+            }
+        }
+    }
 }
 
 /// Feeds one subscription from `start` (next offset per partition) with its own reader, at the
@@ -508,12 +705,52 @@ pub async fn report_lag(kafka: Kafka, hub: Arc<TopicHub>, cancel: CancellationTo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SlowClientPolicy;
+    use crate::filter::{Limits, Shape};
+    use crate::hub::ClientQueue;
+
+    fn record(partition: i32, offset: i64) -> Arc<Record> {
+        Arc::new(Record::new(
+            Arc::from("t"),
+            partition,
+            offset,
+            None,
+            None,
+            bytes::Bytes::from_static(b"{}"),
+        ))
+    }
+
+    #[test]
+    fn a_partition_added_later_reaches_a_replay_that_is_not_all_live() {
+        let metrics = Metrics::default();
+        let hub = TopicHub::new("t", crate::filter::env(), metrics.clone(), 10);
+        hub.set_assigned(Some(BTreeMap::from([(0, 0)])));
+        let limits = Limits {
+            max_filter_bytes: 100,
+            max_filter_nodes: 100,
+            max_fields: 4,
+        };
+        let shape = Shape::new(None, None, hub.env(), &limits).unwrap_or_else(|e| panic!("{e}"));
+        let queue = ClientQueue::new(16, 1 << 20, SlowClientPolicy::Drop, metrics);
+        let sub = Subscription::new(1, "s".into(), queue.clone(), Arc::new(shape), false);
+        hub.add(sub.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let followers = Followers::default();
+        assert_eq!(followers.follow(&hub, &sub), BTreeMap::from([(0, 0)]));
+        // Its reader was ahead of the live consumer when it handed partition 0 over: the hub
+        // goes on checking each record against the hand-over offsets, and knows of no other.
+        assert!(hub.try_go_live(&sub, 0, 3));
+        followers.add_partitions(&hub, &BTreeMap::from([(1, 0)]));
+        assert_eq!(hub.assigned(), Some(vec![0, 1]));
+        hub.publish_batch(&[record(0, 2), record(0, 3), record(1, 0)]);
+        // (0, 2) was the reader's; (0, 3) and the new partition's first record are live.
+        assert_eq!(queue.len(), 2);
+    }
 
     #[test]
     fn kafka_tls_and_sasl_properties_are_supported() {
         // librdkafka refuses these at client creation when built without OpenSSL.
         let config = KafkaConfig {
-            brokers: "127.0.0.1:1".into(),
+            request_timeout_ms: 1000,
             properties: [
                 ("security.protocol", "SASL_SSL"),
                 ("sasl.mechanisms", "SCRAM-SHA-512"),
@@ -523,7 +760,7 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-            request_timeout_ms: 1000,
+            ..KafkaConfig::new("127.0.0.1:1")
         };
         if let Err(e) = Kafka::new(&config, Metrics::default()) {
             panic!("{e}");

@@ -108,6 +108,7 @@ pub async fn start(
         topic
             .add(sub.clone())
             .map_err(|e| err(ErrorCode::TooManySubscriptions, e.to_string()))?;
+        let plan = plan.fitted(&services.followers.follow(&topic, &sub));
         let token = cancel.child_token();
         tokio::spawn({
             let kafka = services.kafka.clone();
@@ -213,6 +214,27 @@ struct ReplayPlan {
     partitions: Vec<i32>,
     start: BTreeMap<i32, i64>,
     gaps: Vec<Gap>,
+}
+
+impl ReplayPlan {
+    /// The plan for the partitions the live consumer reads (`live`, as
+    /// [`source::Followers::follow`] returned it), so that each partition reaches the
+    /// subscription one way only: a partition the cluster listed but the live consumer does not
+    /// read yet is handed over by it once it does (from its start), and one it reads that the
+    /// cluster's answer missed is replayed from its earliest offset. Before the live consumer
+    /// is assigned, the plan stays as it is.
+    fn fitted(mut self, live: &BTreeMap<i32, i64>) -> Self {
+        if live.is_empty() {
+            return self;
+        }
+        self.start.retain(|p, _| live.contains_key(p));
+        for &p in live.keys() {
+            self.start.entry(p).or_insert(0);
+        }
+        self.gaps.retain(|g| live.contains_key(&g.partition));
+        self.partitions = self.start.keys().copied().collect();
+        self
+    }
 }
 
 /// Resolves at `at`, or never.

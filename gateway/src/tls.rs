@@ -1,28 +1,20 @@
-//! TLS for the HTTP/WebSocket listener. Input: accepted TCP connections and the configured
-//! certificate chain and key (PEM); output: TLS streams served by the same routes as plain HTTP.
+//! TLS for the HTTP/WebSocket listener. Input: the configured certificate chain and key (PEM);
+//! output: the server config [`crate::listener`] accepts each TLS connection with, served by
+//! the same routes as plain HTTP.
 //!
 //! The certificate is read again on SIGHUP: new connections get the new one, open ones keep
 //! theirs, and a file that cannot be read or parsed leaves the old certificate in place (logged
 //! and counted in `lakewire_tls_reloads_total{result="error"}`).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use warp::{Filter, Reply};
 
 use crate::metrics::Metrics;
-
-/// The client's address, put on each request by the TLS listener (warp's own `remote()` only
-/// knows connections that warp's server accepted).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
 
 /// The listener's TLS settings, reloadable.
 pub struct Tls {
@@ -72,7 +64,8 @@ impl Tls {
         }))
     }
 
-    fn current(&self) -> Arc<ServerConfig> {
+    /// The certificate new connections get.
+    pub fn current(&self) -> Arc<ServerConfig> {
         self.current
             .read()
             .map(|c| c.clone())
@@ -117,68 +110,5 @@ impl Tls {
                 }
             }
         }
-    }
-}
-
-/// Serves `routes` over TLS on `listener` until `shutdown`.
-pub async fn serve<F>(listener: TcpListener, routes: F, tls: Arc<Tls>, shutdown: CancellationToken)
-where
-    F: Filter<Error = warp::Rejection> + Clone + Send + Sync + 'static,
-    F::Extract: Reply,
-{
-    let service = warp::service(routes);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        // Inherited from the listener on Linux (app::bind_listener); set again for other systems.
-        let _ = tcp.set_nodelay(true);
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-        let service = service.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    let mut service = service.clone();
-                    tower_service::Service::call(&mut service, req)
-                },
-            );
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let conn =
-                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc);
-            tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
-                    }
-                }
-                // Plain HTTP requests in flight end with the process; WebSocket sessions were
-                // upgraded away from this connection and close with 1001 on their own.
-                _ = shutdown.cancelled() => {}
-            }
-        });
     }
 }

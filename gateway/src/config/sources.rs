@@ -60,10 +60,23 @@ pub struct KafkaConfig {
     /// How long a metadata or watermark request to Kafka may take before it counts as failed.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// How often the cluster is asked whether it answers; `/readyz` reports the last answer.
+    #[serde(default = "default_readiness_check_ms")]
+    pub readiness_check_ms: u64,
+    /// How often each topic's partitions are looked up again, so that partitions added to a
+    /// topic are read (from their first record) within about this long.
+    #[serde(default = "default_partition_refresh_ms")]
+    pub partition_refresh_ms: u64,
 }
 
 const fn default_request_timeout_ms() -> u64 {
     10_000
+}
+const fn default_readiness_check_ms() -> u64 {
+    5_000
+}
+const fn default_partition_refresh_ms() -> u64 {
+    30_000
 }
 
 /// One `[[topics]]` entry.
@@ -144,6 +157,17 @@ impl fmt::Display for PayloadFormat {
 }
 
 impl KafkaConfig {
+    /// `brokers` with every other key at its default.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            properties: BTreeMap::new(),
+            request_timeout_ms: default_request_timeout_ms(),
+            readiness_check_ms: default_readiness_check_ms(),
+            partition_refresh_ms: default_partition_refresh_ms(),
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), Invalid> {
         let bad = |key: &str, why: &str| Err((key.to_string(), why.to_string()));
         if self.brokers.trim().is_empty() {
@@ -151,6 +175,12 @@ impl KafkaConfig {
         }
         if self.request_timeout_ms == 0 {
             return bad("kafka.request_timeout_ms", "must be greater than 0");
+        }
+        if self.readiness_check_ms == 0 {
+            return bad("kafka.readiness_check_ms", "must be greater than 0");
+        }
+        if self.partition_refresh_ms == 0 {
+            return bad("kafka.partition_refresh_ms", "must be greater than 0");
         }
         Ok(())
     }

@@ -235,3 +235,76 @@ fn bad_sink_settings_name_the_key() {
         assert!(e.contains(key), "{key}: {e}");
     }
 }
+
+#[test]
+fn http_limits_and_admin_listener_have_defaults_and_are_checked() -> anyhow::Result<()> {
+    let c = Config::from_toml_and_env(GOOD, &[], "test.toml")?;
+    assert_eq!(c.websocket.header_read_timeout_ms, 10_000);
+    assert_eq!(c.websocket.http_idle_timeout_ms, 60_000);
+    assert_eq!(c.websocket.max_http_connections, 10_000);
+    assert_eq!(c.websocket.admin_listen, None);
+    assert!(c.websocket.public_metrics);
+    assert_eq!(c.kafka.readiness_check_ms, 5_000);
+    assert_eq!(c.kafka.partition_refresh_ms, 30_000);
+    let ws = |extra: &str| GOOD.replace("queue_size = 16", extra);
+    for (extra, want) in [
+        (
+            "header_read_timeout_ms = 0",
+            "websocket.header_read_timeout_ms: must be greater than 0",
+        ),
+        (
+            "http_idle_timeout_ms = 0",
+            "websocket.http_idle_timeout_ms: must be greater than 0",
+        ),
+        (
+            "max_http_connections = 0",
+            "websocket.max_http_connections: must be at least 1",
+        ),
+        (
+            "admin_listen = \"127.0.0.1:8080\"\nlisten = \"127.0.0.1:8080\"",
+            "websocket.admin_listen: must differ",
+        ),
+        (
+            "public_metrics = false",
+            "websocket.public_metrics: false would leave /metrics served nowhere",
+        ),
+    ] {
+        let text = ws(extra).replace(
+            "listen = \"127.0.0.1:0\"\n",
+            if extra.contains("8080") {
+                ""
+            } else {
+                "listen = \"127.0.0.1:0\"\n"
+            },
+        );
+        let msg = err(&text, &[]);
+        assert!(msg.starts_with(want), "{extra}: {msg}");
+    }
+    let c = Config::from_toml_and_env(
+        &ws("admin_listen = \"127.0.0.1:9100\"\npublic_metrics = false"),
+        &[],
+        "test.toml",
+    )?;
+    assert_eq!(
+        c.websocket.admin_listen,
+        Some(([127, 0, 0, 1], 9100).into())
+    );
+    for (key, want) in [
+        (
+            "readiness_check_ms",
+            "kafka.readiness_check_ms: must be greater than 0",
+        ),
+        (
+            "partition_refresh_ms",
+            "kafka.partition_refresh_ms: must be greater than 0",
+        ),
+    ] {
+        let text = GOOD.replace(
+            "brokers = \"127.0.0.1:9092\"",
+            &format!("brokers = \"127.0.0.1:9092\"\n{key} = 0"),
+        );
+        let msg = err(&text, &[]);
+        assert!(msg.starts_with(want), "{msg}");
+    }
+    Ok(())
+}

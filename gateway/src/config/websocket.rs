@@ -99,6 +99,40 @@ pub struct WebSocketConfig {
     /// process exits anyway.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// How long a client may take to send a request's headers: from the moment its connection
+    /// is accepted (TLS handshake included), and on a kept-alive HTTP/1.1 connection from the
+    /// end of the previous response. A slower client is disconnected (slowloris).
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// An HTTP connection that carries no byte either way for this long is closed (requests in
+    /// flight finish first). Upgraded WebSocket connections have `idle_timeout_ms` instead.
+    #[serde(default = "default_http_idle_timeout_ms")]
+    pub http_idle_timeout_ms: u64,
+    /// Open HTTP connections (accepted and not yet upgraded to a WebSocket) the listener takes;
+    /// one more is closed at once (a plain listener first answers 503).
+    #[serde(default = "default_max_http_connections")]
+    pub max_http_connections: usize,
+    /// A second, plain-HTTP listener serving only `/metrics`, `/readyz` and `/healthz` (for
+    /// Prometheus and probes on an internal address). Absent: none.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Whether `listen` serves `/metrics` too. Set it to false, with `admin_listen`, to keep
+    /// metrics off the public port.
+    #[serde(default = "default_public_metrics")]
+    pub public_metrics: bool,
+}
+
+const fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+const fn default_http_idle_timeout_ms() -> u64 {
+    60_000
+}
+const fn default_max_http_connections() -> usize {
+    10_000
+}
+const fn default_public_metrics() -> bool {
+    true
 }
 
 fn default_listen() -> SocketAddr {
@@ -184,6 +218,11 @@ impl Default for WebSocketConfig {
             max_filters_per_topic: default_max_filters_per_topic(),
             max_fields: default_max_fields(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            http_idle_timeout_ms: default_http_idle_timeout_ms(),
+            max_http_connections: default_max_http_connections(),
+            admin_listen: None,
+            public_metrics: default_public_metrics(),
         }
     }
 }
@@ -248,6 +287,27 @@ impl WebSocketConfig {
         }
         if self.max_records_per_frame == 0 {
             return bad("max_records_per_frame", "must be at least 1");
+        }
+        if self.header_read_timeout_ms == 0 {
+            return bad("header_read_timeout_ms", "must be greater than 0");
+        }
+        if self.http_idle_timeout_ms == 0 {
+            return bad("http_idle_timeout_ms", "must be greater than 0");
+        }
+        if self.max_http_connections == 0 {
+            return bad("max_http_connections", "must be at least 1");
+        }
+        if self
+            .admin_listen
+            .is_some_and(|a| a.port() != 0 && a == self.listen)
+        {
+            return bad("admin_listen", "must differ from websocket.listen");
+        }
+        if !self.public_metrics && self.admin_listen.is_none() {
+            return bad(
+                "public_metrics",
+                "false would leave /metrics served nowhere: set websocket.admin_listen too",
+            );
         }
         Ok(())
     }

@@ -107,9 +107,8 @@ fn write_schemas() -> Result<PathBuf, DemoError> {
 pub fn config(brokers: String, listen: SocketAddr, schemas_dir: PathBuf) -> Config {
     Config {
         kafka: KafkaConfig {
-            brokers,
-            properties: Default::default(),
             request_timeout_ms: 5_000,
+            ..KafkaConfig::new(brokers)
         },
         topics: TOPICS
             .iter()

@@ -247,14 +247,7 @@ impl XorShift {
 
 /// The client factory for the demo's own clients on `brokers`.
 pub(super) fn clients(brokers: &str) -> KafkaClients {
-    KafkaClients::new(
-        &KafkaConfig {
-            brokers: brokers.to_string(),
-            properties: Default::default(),
-            request_timeout_ms: 10_000,
-        },
-        &Metrics::default(),
-    )
+    KafkaClients::new(&KafkaConfig::new(brokers), &Metrics::default())
 }
 
 /// The demo's producer on `brokers` (from the shared client factory: its librdkafka logs are
