@@ -82,18 +82,34 @@ impl Running {
     }
 }
 
+/// Every component a configuration names, built and not started: see [`build`].
+pub struct Built(Arc<Services>);
+
+impl Built {
+    /// The configuration it was built from.
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+}
+
 /// Builds every component `config` names, dry: reads the schema, key, CA and certificate files,
 /// and builds the decoders, the Kafka and registry clients and the authenticator, but connects
-/// to nothing and starts nothing. `lakewire check` runs it, and `lakewire run` before it starts
-/// (a failure is a configuration error, exit status 64).
-pub fn check(config: &Config) -> Result<(), AppError> {
-    drop(Services::new(config.clone())?);
-    let ws = &config.websocket;
+/// to nothing and starts nothing. `lakewire check` runs it and drops the result; `lakewire run`
+/// runs it (a failure is a configuration error, exit status 64) and starts what it built with
+/// [`start_built`], so nothing is built twice.
+pub fn build(config: Config) -> Result<Built, AppError> {
+    let services = Services::new(config)?;
+    let ws = &services.config.websocket;
     if let (Some(cert), Some(key)) = (&ws.tls_cert_file, &ws.tls_key_file) {
         crate::tls::load(cert, key)
             .map_err(|e| AppError::Tls(format!("websocket.tls_cert_file / tls_key_file: {e}")))?;
     }
-    Ok(())
+    Ok(Built(services))
+}
+
+/// [`build`], the result dropped: whether `config` can be served.
+pub fn check(config: &Config) -> Result<(), AppError> {
+    build(config.clone()).map(drop)
 }
 
 /// Starts the sources and the HTTP server; returns once the listener is bound.
@@ -106,7 +122,15 @@ pub async fn start_role(config: Config, role: Role) -> Result<Running, AppError>
     if role == Role::Sink && config.sink.is_none() {
         return Err(AppError::NoSink);
     }
-    let services = Services::new(config)?;
+    start_built(Built(Services::new(config)?), role).await
+}
+
+/// Starts what `role` runs of what [`build`] built; returns once the listener is bound.
+pub async fn start_built(built: Built, role: Role) -> Result<Running, AppError> {
+    let Built(services) = built;
+    if role == Role::Sink && services.config.sink.is_none() {
+        return Err(AppError::NoSink);
+    }
     let listen = services.config.websocket.listen;
     let (listener, addr) = bind(listen)?;
     let admin = services

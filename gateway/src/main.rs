@@ -113,7 +113,8 @@ fn main() -> ExitCode {
     let env: Vec<(String, String)> = std::env::vars().collect();
     match cli.command {
         Command::Check { config } => match load_and_check(&config, &env) {
-            Ok(c) => {
+            Ok(built) => {
+                let c = built.config();
                 println!(
                     "{}: OK ({} topic(s), listening on {})",
                     config.display(),
@@ -125,8 +126,8 @@ fn main() -> ExitCode {
             Err(e) => config_error(&e),
         },
         Command::Run { config, role } => {
-            let config = match load_and_check(&config, &env) {
-                Ok(c) => c,
+            let built = match load_and_check(&config, &env) {
+                Ok(b) => b,
                 Err(e) => return config_error(&e),
             };
             let role = match role {
@@ -134,13 +135,13 @@ fn main() -> ExitCode {
                 RoleArg::Gateway => lakewire::app::Role::Gateway,
                 RoleArg::Sink => lakewire::app::Role::Sink,
             };
-            if role == lakewire::app::Role::Sink && config.sink.is_none() {
+            if role == lakewire::app::Role::Sink && built.config().sink.is_none() {
                 eprintln!("lakewire: --role sink: the configuration has no [sink] section");
                 return ExitCode::from(EXIT_CONFIG);
             }
             runtime_then(|| async move {
                 let stop = lakewire::app::shutdown_signal();
-                let running = lakewire::app::start_role(config, role).await?;
+                let running = lakewire::app::start_built(built, role).await?;
                 stop.await;
                 running.stop().await;
                 Ok::<_, anyhow::Error>(())
@@ -217,12 +218,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads the file and builds what it names, dry ([`lakewire::app::check`]): a schema, key or
+/// Loads the file and builds what it names, dry ([`lakewire::app::build`]): a schema, key or
 /// certificate file that cannot be used is a configuration error too.
-fn load_and_check(path: &std::path::Path, env: &[(String, String)]) -> Result<Config, String> {
+fn load_and_check(
+    path: &std::path::Path,
+    env: &[(String, String)],
+) -> Result<lakewire::app::Built, String> {
     let config = Config::load(path, env).map_err(|e| e.to_string())?;
-    lakewire::app::check(&config).map_err(|e| e.to_string())?;
-    Ok(config)
+    lakewire::app::build(config).map_err(|e| e.to_string())
 }
 
 fn config_error(e: &str) -> ExitCode {

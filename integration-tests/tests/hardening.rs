@@ -1,0 +1,382 @@
+//! The gateway-hardening fixes of issue 18 on a real Apache Kafka broker (started by
+//! `integration-tests/bin/kafka up`): the gateway in this process, the clients real sockets,
+//! the broker one with real fetch sizes, group joins and delivery latency. (These ran on
+//! librdkafka's in-process mock cluster before, as `gateway/tests/stuck_client.rs`,
+//! `replay.rs` and `sink_shutdown.rs`.)
+//!
+//! - A client that stops reading at the TCP level (4 KiB receive buffer, never read after
+//!   `subscribed`) while 16 KiB records are written is closed by `websocket.write_timeout_ms`,
+//!   and at shutdown within the grace period when the write timeout is far away.
+//! - An undecodable record is dead-lettered once, by the live consumer, not again by a replay
+//!   that reads it; the replay's place under the limits is freed when it catches up.
+//! - A graceful stop lands the sink's open file, although the store takes 2 s for it and the
+//!   sessions' grace is 1 ms (the store is a stand-in S3 endpoint: a slow store is the point).
+#![cfg(feature = "real-kafka")]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use lakewire::app::{Role, Running};
+use lakewire::config::Config;
+use lakewire_integration_tests::{brokers, config_toml, create_topic, unique_topic};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_tungstenite::tungstenite::Message;
+use warp::Filter as _;
+
+fn producer() -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        .create()?)
+}
+
+async fn send(p: &FutureProducer, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+    p.send(
+        FutureRecord::<(), _>::to(topic).payload(payload),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|(e, _)| e)?;
+    Ok(())
+}
+
+/// Starts the gateway on `toml` and waits until `topic`'s live consumer is assigned, so that
+/// records produced from now on reach `latest` subscribers.
+async fn start_ready(toml: &str, topic: &str) -> anyhow::Result<Running> {
+    let running = lakewire::app::start(Config::from_toml_and_env(toml, &[], "test")?).await?;
+    let hub = running
+        .services
+        .hub
+        .topic(topic)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no topic {topic}"))?;
+    anyhow::ensure!(
+        hub.wait_assigned(Duration::from_secs(20)).await.is_some(),
+        "the live consumer was not assigned in 20 s"
+    );
+    Ok(running)
+}
+
+fn metric(running: &Running, line_start: &str) -> Option<f64> {
+    lakewire::metrics::render(&running.services.prometheus)
+        .lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn wait_for(
+    what: &str,
+    within: Duration,
+    mut ok: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+// --- a client whose receive buffer is full ---------------------------------------------------
+
+/// Connects with a 4 KiB receive buffer, subscribes to `topic`, reads `subscribed`, and returns
+/// the connection, never to be read again.
+async fn stuck_client(
+    addr: std::net::SocketAddr,
+    topic: &str,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let stream = socket.connect(addr).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream).await?;
+    ws.send(Message::text(format!(
+        r#"{{"op":"subscribe","id":"s","topic":"{topic}"}}"#
+    )))
+    .await?;
+    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+        Some(Ok(Message::Text(t))) if t.contains("subscribed") => Ok(ws),
+        other => anyhow::bail!("no subscribed reply: {other:?}"),
+    }
+}
+
+/// Writes up to `n` JSON records of 16 KiB to `topic`, until `until` says stop.
+async fn flood(
+    p: &FutureProducer,
+    topic: &str,
+    n: usize,
+    until: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    let payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(16 * 1024));
+    for _ in 0..n {
+        if until() {
+            return Ok(());
+        }
+        send(p, topic, payload.as_bytes()).await?;
+    }
+    Ok(())
+}
+
+fn stuck_gateway_toml(topic: &str, write_timeout_ms: u64) -> String {
+    config_toml(
+        &brokers(),
+        &[topic],
+        &format!("write_timeout_ms = {write_timeout_ms}\nshutdown_grace_ms = 2000"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_full_receive_buffer_is_closed_after_the_write_timeout()
+-> anyhow::Result<()> {
+    let topic = unique_topic("stuck");
+    create_topic(&topic, 1).await?;
+    let running = Arc::new(start_ready(&stuck_gateway_toml(&topic, 1000), &topic).await?);
+    let _ws = stuck_client(running.addr, &topic).await?;
+    assert_eq!(running.services.metrics.ws_connections.get(), 1);
+    let p = producer()?;
+    let started = Instant::now();
+    let watched = running.clone();
+    flood(&p, &topic, 4096, move || {
+        watched.services.metrics.ws_connections.get() == 0
+            || started.elapsed() > Duration::from_secs(40)
+    })
+    .await?;
+    wait_for(
+        "the stuck client's connection to close",
+        Duration::from_secs(20),
+        || running.services.metrics.ws_connections.get() == 0,
+    )
+    .await?;
+    assert_eq!(
+        metric(
+            &running,
+            r#"lakewire_ws_closed_total{reason="write_timeout"} "#
+        ),
+        Some(1.0),
+        "closed after {:?}, but not for its write timeout",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_a_client_whose_receive_buffer_is_full() -> anyhow::Result<()> {
+    let topic = unique_topic("stuck-stop");
+    create_topic(&topic, 1).await?;
+    // A write timeout far away: only the shutdown can end the session.
+    let running = start_ready(&stuck_gateway_toml(&topic, 600_000), &topic).await?;
+    let _ws = stuck_client(running.addr, &topic).await?;
+    // Enough to fill both buffers and leave a write pending: the gateway has delivered what it
+    // could, so its session is blocked in a write.
+    let p = producer()?;
+    flood(&p, &topic, 1024, || false).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(running.services.metrics.ws_connections.get(), 1);
+    let services = running.services.clone();
+    let stopping = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), running.stop())
+        .await
+        .map_err(|_| anyhow::anyhow!("the stop did not return in 10 s"))?;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the stop took {:?} (grace: 2 s)",
+        stopping.elapsed()
+    );
+    assert_eq!(services.metrics.ws_connections.get(), 0);
+    Ok(())
+}
+
+// --- replays and the dead-letter topic -------------------------------------------------------
+
+async fn reply(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    kind: &str,
+) -> anyhow::Result<String> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await? {
+            Some(Ok(Message::Text(t))) if t.contains(kind) => return Ok(t.to_string()),
+            Some(Ok(_)) => continue,
+            other => anyhow::bail!("no {kind} frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_does_not_dead_letter_again_and_frees_its_place_when_caught_up()
+-> anyhow::Result<()> {
+    let topic = unique_topic("replay-dlq");
+    let dlq = format!("{topic}.dlq");
+    create_topic(&topic, 1).await?;
+    create_topic(&dlq, 1).await?;
+    let toml = config_toml(&brokers(), &[&topic], "").replace(
+        "format = \"json\"\n",
+        &format!("format = \"json\"\ndead_letter_topic = \"{dlq}\"\n"),
+    );
+    let running = start_ready(&toml, &topic).await?;
+    let p = producer()?;
+    send(&p, &topic, b"{not json").await?;
+    send(&p, &topic, br#"{"n":1}"#).await?;
+    let dead = format!(r#"lakewire_dead_letter_records_total{{topic="{topic}"}} "#);
+    wait_for(
+        "the live consumer's dead letter",
+        Duration::from_secs(20),
+        || metric(&running, &dead) == Some(1.0),
+    )
+    .await?;
+
+    let url = format!("ws://{}/ws", running.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
+    ws.send(Message::text(format!(
+        r#"{{"op":"subscribe","id":"r","topic":"{topic}","from":"earliest"}}"#
+    )))
+    .await?;
+    reply(&mut ws, "\"subscribed\"").await?;
+    // The replay read both records (the good one reaches the client) ...
+    let records = reply(&mut ws, "\"records\"").await?;
+    assert!(records.contains(r#""n":1"#), "{records}");
+    let replayed = format!(r#"lakewire_kafka_replay_records_total{{topic="{topic}"}} "#);
+    wait_for("the replay to read both", Duration::from_secs(20), || {
+        metric(&running, &replayed) == Some(2.0)
+    })
+    .await?;
+    // ... and the bad one was counted, not sent to the dead-letter topic a second time (a
+    // second write would have been counted within this wait: the first took well under it).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(metric(&running, &dead), Some(1.0));
+
+    // Its reader ended once it caught up, freeing its place under the replay limits.
+    wait_for(
+        "the caught-up reader's place to be freed",
+        Duration::from_secs(20),
+        || metric(&running, "lakewire_ws_replays ") == Some(0.0),
+    )
+    .await?;
+    running.stop().await;
+    Ok(())
+}
+
+// --- a graceful stop lands the sink's open file ----------------------------------------------
+
+/// `{"n": long}` in Avro binary: the zig-zag varint of `n`.
+fn avro_long(n: i64) -> Vec<u8> {
+    let mut z = ((n << 1) ^ (n >> 63)) as u64;
+    let mut out = Vec::new();
+    loop {
+        let b = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// An S3 endpoint for one bucket that lists nothing and stores every PUT, the file starting
+/// at offset 10 after 2 s; returns its address and the keys stored so far.
+async fn slow_s3() -> anyhow::Result<(std::net::SocketAddr, Arc<Mutex<Vec<String>>>)> {
+    let stored = Arc::new(Mutex::new(Vec::new()));
+    let list = warp::get().map(|| {
+        warp::reply::with_header(
+            r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated></ListBucketResult>"#,
+            "content-type",
+            "application/xml",
+        )
+    });
+    let put = warp::put()
+        .and(warp::path::full())
+        .and(warp::body::bytes())
+        .and_then({
+            let stored = stored.clone();
+            move |path: warp::path::FullPath, _body: bytes::Bytes| {
+                let stored = stored.clone();
+                async move {
+                    // The key as named (the client sends `+` as `%2B`).
+                    let key = path.as_str().replace("%2B", "+");
+                    if key.contains("+10+") {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    if let Ok(mut s) = stored.lock() {
+                        s.push(key);
+                    }
+                    Ok::<_, warp::Rejection>(warp::reply::with_header(
+                        warp::reply(),
+                        "etag",
+                        "\"e\"",
+                    ))
+                }
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(warp::serve(list.or(put)).incoming(listener).run());
+    Ok((addr, stored))
+}
+
+fn stored(keys: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+    let mut v = keys.lock().map(|k| k.clone()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_lands_the_open_files_past_the_session_grace() -> anyhow::Result<()> {
+    let topic = unique_topic("sink-stop");
+    create_topic(&topic, 1).await?;
+    let dir = tempfile::tempdir()?;
+    let (s3, keys) = slow_s3().await?;
+    let schema = dir.path().join("r.avsc");
+    std::fs::write(
+        &schema,
+        r#"{"type":"record","name":"R","fields":[{"name":"n","type":"long"}]}"#,
+    )?;
+    // Written before the sink starts: it reads all 15 at once from the start of the partition.
+    let p = producer()?;
+    for n in 0..15 {
+        send(&p, &topic, &avro_long(n)).await?;
+    }
+    // A grace of 1 ms for sessions: before the fix it was all the sink got, and the stop
+    // returned while the last file was still open.
+    let toml = format!(
+        "[kafka]\nbrokers = \"{}\"\nrequest_timeout_ms = 5000\n\n\
+         [[topics]]\nname = \"{topic}\"\nformat = \"raw\"\nschema = \"{}\"\n\n\
+         [websocket]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_ms = 1\n\n\
+         [sink]\nroot = \"s3://b\"\nroll_rows = 10\ngroup_id = \"{topic}-sink\"\n\n\
+         [sink.s3]\nendpoint = \"http://{s3}\"\nallow_http = true\n\
+         access_key_id = \"k\"\nsecret_access_key = \"s\"\n\n\
+         [[sink.tables]]\ntopic = \"{topic}\"\npartition_by = []\n",
+        brokers(),
+        schema.display(),
+    );
+    let running =
+        lakewire::app::start_role(Config::from_toml_and_env(&toml, &[], "test")?, Role::Sink)
+            .await?;
+    // The table is the topic's name with `-` as `_`.
+    let table = topic.replace('-', "_");
+    let first = format!("/b/{table}/{topic}+0+0+9.parquet");
+    let last = format!("/b/{table}/{topic}+0+10+14.parquet");
+    // The first 10 records land as a file of their own (roll_rows); the 5 after them sit in the
+    // open file.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored(&keys).is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no file landed in 60 s (group join, fetch and roll)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stored(&keys), vec![first.clone()]);
+    let stopping = Instant::now();
+    running.stop().await;
+    assert_eq!(
+        stored(&keys),
+        vec![first, last],
+        "the open file was not landed by the time the stop returned ({:?} after it began)",
+        stopping.elapsed()
+    );
+    Ok(())
+}
