@@ -68,6 +68,14 @@ pub struct ErrorCodeLabels {
     pub code: &'static str,
 }
 
+/// Labels of a sink partition's resume point outside its watermarks.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResumeGapLabels {
+    pub topic: String,
+    /// `expired` (below the low watermark) or `ahead` (above the high watermark).
+    pub kind: &'static str,
+}
+
 /// Labels of closed connections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabels {
@@ -155,6 +163,20 @@ pub struct Metrics {
     pub sink_lag: Family<PartitionLabels, Gauge>,
     /// Sink: records read but not written, per topic and reason (tombstone, duplicate, ...).
     pub sink_skipped_records: Family<DecodeErrorLabels, Counter>,
+    /// Sink: files open (being filled) in this worker.
+    pub sink_open_files: Gauge,
+    /// Sink: the Avro bytes of the records in this worker's open files (`sink.max_open_bytes`).
+    pub sink_open_bytes: Gauge,
+    /// Sink: files closed before `roll_rows` / `roll_bytes` / `roll_interval_ms` to keep the
+    /// buffers bounded, per reason (`max_open_files`, `max_open_bytes`).
+    pub sink_early_rolls: Family<CloseLabels, Counter>,
+    /// Sink: partitions assigned with a resume point outside their watermarks.
+    pub sink_resume_gaps: Family<ResumeGapLabels, Counter>,
+    /// Sink: records that expired from Kafka before they landed (a resume point below the low
+    /// watermark), per topic.
+    pub sink_expired_records: Family<TopicLabels, Counter>,
+    /// Sink: partitions paused because their resume point is above the high watermark.
+    pub sink_paused_partitions: Gauge,
 }
 
 /// Labels of per-table series.
@@ -215,6 +237,12 @@ impl Default for Metrics {
             sink_storage_errors: Counter::default(),
             sink_lag: Family::default(),
             sink_skipped_records: Family::default(),
+            sink_open_files: Gauge::default(),
+            sink_open_bytes: Gauge::default(),
+            sink_early_rolls: Family::default(),
+            sink_resume_gaps: Family::default(),
+            sink_expired_records: Family::default(),
+            sink_paused_partitions: Gauge::default(),
         }
     }
 }
@@ -417,6 +445,36 @@ impl Metrics {
             "sink_skipped_records",
             "Records the sink read but did not write, per reason",
             self.sink_skipped_records.clone(),
+        );
+        r.register(
+            "sink_open_files",
+            "Sink files open (being filled) in this worker",
+            self.sink_open_files.clone(),
+        );
+        r.register(
+            "sink_open_bytes",
+            "Avro bytes of the records in this sink worker's open files (capped by sink.max_open_bytes)",
+            self.sink_open_bytes.clone(),
+        );
+        r.register(
+            "sink_early_rolls",
+            "Sink files closed early to bound the open files (max_open_files) or their bytes (max_open_bytes)",
+            self.sink_early_rolls.clone(),
+        );
+        r.register(
+            "sink_resume_gaps",
+            "Sink partitions assigned with a resume point below the low watermark (expired) or above the high watermark (ahead)",
+            self.sink_resume_gaps.clone(),
+        );
+        r.register(
+            "sink_expired_records",
+            "Records that expired from Kafka before the sink landed them",
+            self.sink_expired_records.clone(),
+        );
+        r.register(
+            "sink_paused_partitions",
+            "Sink partitions paused: their resume point is above the high watermark (topic recreated?)",
+            self.sink_paused_partitions.clone(),
         );
     }
 

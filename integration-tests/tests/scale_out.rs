@@ -455,6 +455,8 @@ async fn dashboard_and_alerts_name_only_metrics_a_real_sink_worker_exports() -> 
         "lakewire_sink_storage_errors_total",
         "lakewire_sink_lag",
         "lakewire_sink_skipped_records_total",
+        "lakewire_sink_expired_records_total",
+        "lakewire_sink_paused_partitions",
     ] {
         assert!(
             alert_exprs

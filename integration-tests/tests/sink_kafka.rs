@@ -472,6 +472,380 @@ async fn kill_9_mid_stream_then_restart_still_gives_exactly_n_rows() -> anyhow::
     Ok(())
 }
 
+/// A sink test's own topic, a local table root and a [`config`] for it, with `partition_by`.
+struct Table {
+    /// Removed with the test's files when dropped.
+    _dir: tempfile::TempDir,
+    topic: String,
+    root: PathBuf,
+    root_s: String,
+    cfg: PathBuf,
+    log: PathBuf,
+}
+
+impl Table {
+    /// A topic `prefix-...` of `partitions` partitions; `sink_extra` goes into `[sink]`,
+    /// `partition_by` (TOML) into the table.
+    async fn new(
+        prefix: &str,
+        partitions: i32,
+        sink_extra: &str,
+        partition_by: &str,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let topic = unique(prefix);
+        create_topic(&topic, partitions).await?;
+        let root = dir.path().join("lake");
+        let root_s = root.display().to_string();
+        let cfg = config(dir.path(), &topic, "raw", &root_s, sink_extra)?;
+        let mut text = std::fs::read_to_string(&cfg)?;
+        text.push_str(&format!("partition_by = {partition_by}\n"));
+        std::fs::write(&cfg, text)?;
+        let log = dir.path().join("sink.log");
+        Ok(Self {
+            _dir: dir,
+            topic,
+            root,
+            root_s,
+            cfg,
+            log,
+        })
+    }
+
+    fn start(&self) -> anyhow::Result<Sink> {
+        Sink::start(&self.cfg, &self.log)
+    }
+
+    /// Waits for `n` rows (see [`wait_rows`]), the sink's log in the error.
+    fn wait_rows(&self, n: u64) -> anyhow::Result<Value> {
+        wait_rows(&self.root_s, "orders", n, Duration::from_secs(120), &[])
+            .with_context(|| log_tail(&self.log))
+    }
+}
+
+/// Records whose partition values interleave (`status` cycles NEW, PAID, SHIPPED, CANCELLED
+/// record by record) fill one open file per folder: 4,000 records with `roll_rows = 500` are 8
+/// files, not one file per record (before open files were kept per folder: 4,000 files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_partition_values_fill_one_file_per_folder() -> anyhow::Result<()> {
+    const N: u64 = 4000;
+    let t = Table::new("sink-interleaved", 1, "roll_rows = 500", r#"["status"]"#).await?;
+    produce_orders(&t.topic, N as i64, 1, 10).await?;
+    let sink = t.start()?;
+    let v = t.wait_rows(N)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let v2 = check(&t.root_s, "orders", &[])?;
+    assert_exact(&v2, N);
+    assert_eq!(v["files"], v2["files"], "files were still being added");
+    assert_eq!(
+        v2["partitions"],
+        serde_json::json!([
+            "status=CANCELLED",
+            "status=NEW",
+            "status=PAID",
+            "status=SHIPPED"
+        ]),
+        "{v2}"
+    );
+    assert_eq!(v2["files"].as_u64(), Some(8), "{v2}");
+    assert_eq!(count_files(&t.root, ".parquet"), 8);
+    // Four folders were open at once, under the default cap; none was closed early.
+    assert_eq!(
+        sink.metric(r#"lakewire_sink_early_rolls_total{reason="max_open_files"}"#)?,
+        0.0
+    );
+    drop(sink);
+    Ok(())
+}
+
+/// With `max_open_files = 2` and four interleaved folders, every new folder closes the oldest
+/// open file: many small files, counted, and still exactly N rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_open_files_closes_the_oldest_and_loses_nothing() -> anyhow::Result<()> {
+    const N: u64 = 400;
+    let t = Table::new(
+        "sink-max-open",
+        1,
+        "roll_rows = 500\nmax_open_files = 2\nroll_interval_ms = 1000",
+        r#"["status"]"#,
+    )
+    .await?;
+    produce_orders(&t.topic, N as i64, 1, 10).await?;
+    let sink = t.start()?;
+    let v = t.wait_rows(N)?;
+    assert_exact(&v, N);
+    // Each record's folder is the one opened longest ago: it closes a file of one row (or the
+    // wall clock closed it first, when the records came in bursts). Without the cap: 4 files.
+    let early = sink.metric(r#"lakewire_sink_early_rolls_total{reason="max_open_files"}"#)?;
+    assert!(early >= (N / 2) as f64, "early rolls: {early}; {v}");
+    assert!(v["files"].as_u64() >= Some(N / 2), "{v}");
+    drop(sink);
+    Ok(())
+}
+
+/// `max_open_bytes` caps the bytes of all open files of a worker together: 8 partitions whose
+/// files would never fill (`roll_rows` and `roll_bytes` far away) share 64 KiB, so the largest
+/// open file lands each time the cap is reached. The open bytes, sampled while the records
+/// arrive, stay within the cap plus one record; and exactly N rows land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_open_bytes_bounds_the_open_files_of_many_partitions() -> anyhow::Result<()> {
+    const N: u64 = 8000;
+    const CAP: f64 = 65_536.0;
+    let t = Table::new(
+        "sink-open-bytes",
+        8,
+        "roll_rows = 1000000\nmax_open_bytes = 65536\nroll_interval_ms = 2000",
+        "[]",
+    )
+    .await?;
+    let sink = t.start()?;
+    let producer = {
+        let topic = t.topic.clone();
+        tokio::spawn(async move { produce_orders(&topic, N as i64, 8, 10).await })
+    };
+    let mut highest: f64 = 0.0;
+    while !producer.is_finished() {
+        // (Refused until the worker's listener is up.)
+        if let Ok(v) = sink.metric("lakewire_sink_open_bytes ") {
+            highest = highest.max(v);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    producer.await??;
+    let v = t.wait_rows(N)?;
+    assert_exact(&v, N);
+    // An order is about 200 Avro bytes.
+    assert!(
+        highest > 0.0 && highest <= CAP + 1024.0,
+        "open bytes reached {highest}"
+    );
+    let early = sink.metric(r#"lakewire_sink_early_rolls_total{reason="max_open_bytes"}"#)?;
+    assert!(early >= 5.0, "early rolls: {early}; {v}");
+    drop(sink);
+    Ok(())
+}
+
+/// `roll_record_ms` cuts files by the records' Kafka timestamps: 600 records a second apart
+/// (read in one go, well inside the wall-clock roll) with `roll_record_ms = 60000` are 10 files
+/// of a minute each, whenever they are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roll_record_ms_cuts_files_by_record_time() -> anyhow::Result<()> {
+    const N: u64 = 600;
+    let t = Table::new(
+        "sink-record-time",
+        1,
+        "roll_rows = 1000000\nroll_record_ms = 60000\nroll_interval_ms = 8000",
+        "[]",
+    )
+    .await?;
+    // One at a time, so that offsets are in timestamp order.
+    for i in 0..N as i64 {
+        produce_order_range(&t.topic, i..i + 1, 1, 1000).await?;
+    }
+    let sink = t.start()?;
+    let v = t.wait_rows(N)?;
+    assert_exact(&v, N);
+    let mut files: Vec<(i64, i64, i64)> = landed(&t.log);
+    files.sort_unstable();
+    let want: Vec<(i64, i64, i64)> = (0..10).map(|k| (0, k * 60, k * 60 + 59)).collect();
+    assert_eq!(files, want, "{v}");
+    drop(sink);
+    Ok(())
+}
+
+/// A resume point below the low watermark: 100 records landed, 100 more produced, the first
+/// 150 of the partition deleted (as retention would) before the worker comes back. It says so,
+/// counts the 50 lost records, and reads on from offset 150.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_expired_before_they_landed_are_counted_and_skipped() -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let t = Table::new("sink-expired", 1, "roll_rows = 50", "[]").await?;
+    produce_order_range(&t.topic, 0..100, 1, 10).await?;
+    let first = t.start()?;
+    t.wait_rows(100)?;
+    drop(first);
+    produce_order_range(&t.topic, 100..200, 1, 10).await?;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&t.topic, 0, rdkafka::Offset::Offset(150))?;
+    admin
+        .delete_records(&tpl, &AdminOptions::new())
+        .await?
+        .elements()
+        .iter()
+        .try_for_each(|e| e.error())?;
+    let second = t.start()?;
+    let v = t.wait_rows(150)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let v2 = check(&t.root_s, "orders", &[])?;
+    assert_exact(&v2, 150);
+    assert_eq!(v["files"], v2["files"]);
+    let topic = &t.topic;
+    assert_eq!(
+        second.metric(&format!(
+            r#"lakewire_sink_expired_records_total{{topic="{topic}"}}"#
+        ))?,
+        50.0
+    );
+    assert_eq!(
+        second.metric(&format!(
+            r#"lakewire_sink_resume_gaps_total{{topic="{topic}",kind="expired"}}"#
+        ))?,
+        1.0
+    );
+    assert!(
+        std::fs::read_to_string(&t.log)?.contains("records expired from Kafka before they landed"),
+        "{}",
+        log_tail(&t.log)
+    );
+    drop(second);
+    Ok(())
+}
+
+/// A resume point above the high watermark: the topic is deleted and created again under its
+/// name, so its offsets start over below what the files hold. The partition is paused, not
+/// read: its new records are not skipped as written, no file is overwritten, and it is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_pauses_its_partition_instead_of_overwriting_files() -> anyhow::Result<()>
+{
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let t = Table::new("sink-recreated", 1, "roll_rows = 50", "[]").await?;
+    produce_order_range(&t.topic, 0..100, 1, 10).await?;
+    let first = t.start()?;
+    t.wait_rows(100)?;
+    drop(first);
+    let before = inodes(&t.root);
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()?;
+    for r in admin
+        .delete_topics(&[&t.topic], &AdminOptions::new())
+        .await?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("deleting {t}: {e}"))?;
+    }
+    // The broker takes a moment before the name can be used again.
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        match create_topic(&t.topic, 1).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < end => {
+                eprintln!("recreating the topic: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    produce_order_range(&t.topic, 1000..1050, 1, 10).await?;
+    let second = t.start()?;
+    let topic = &t.topic;
+    let end = Instant::now() + Duration::from_secs(60);
+    while second
+        .metric("lakewire_sink_paused_partitions ")
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        if Instant::now() > end {
+            bail!("the partition was not paused in 60 s\n{}", log_tail(&t.log));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        second.metric(&format!(
+            r#"lakewire_sink_resume_gaps_total{{topic="{topic}",kind="ahead"}}"#
+        ))?,
+        1.0
+    );
+    // Long enough for 50 records to land had the partition been read.
+    std::thread::sleep(Duration::from_secs(3));
+    let v = check(&t.root_s, "orders", &[])?;
+    assert_exact(&v, 100);
+    assert_eq!(inodes(&t.root), before, "files were written again");
+    drop(second);
+    Ok(())
+}
+
+/// kill -9 while records of two folders are open in two files, then a restart:
+/// the new worker resumes at the highest resume mark in the files' footers, skips the records
+/// after it that a file in place holds, and writes the rest: exactly N rows, no file twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_interleaved_folders_then_restart_gives_exactly_n_rows() -> anyhow::Result<()> {
+    const N: u64 = 12_000;
+    // `express` is true for one record in 5: the `false` folder fills its file four times while
+    // the `true` folder's stays open, so the files in place overlap in offsets, and the resume
+    // mark (the oldest open file's start) is below files in place. No wall-clock roll in the
+    // first run, so that files are open whenever it is killed.
+    let t = Table::new(
+        "sink-kill-folders",
+        1,
+        "roll_rows = 250\nroll_interval_ms = 0",
+        r#"["express"]"#,
+    )
+    .await?;
+    produce_orders(&t.topic, N as i64, 1, 10).await?;
+    let mut first = t.start()?;
+    // Files land in cycles of five: four `false` ones while the `true` one fills, then it.
+    // Killed mid-cycle, the `true` file is open and `false` ones after its start are in place.
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let files = count_files(&t.root, ".parquet");
+        if files >= 10 && (1..=3).contains(&(files % 5)) {
+            break;
+        }
+        if Instant::now() > end {
+            bail!("no files after 60 s; log:\n{}", log_tail(&t.log));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.child.kill()?; // SIGKILL
+    first.child.wait()?;
+    let at_kill = check(&t.root_s, "orders", &[])?;
+    let rows_at_kill = at_kill["rows_pyarrow"].as_u64().unwrap_or(0);
+    assert!(rows_at_kill < N, "the kill came too late: {at_kill}");
+    assert_eq!(
+        at_kill["distinct"].as_u64(),
+        Some(rows_at_kill),
+        "{at_kill}"
+    );
+    let before = inodes(&t.root);
+    drop(first);
+
+    // The restart lands the last, partly filled, files by the wall clock.
+    let text = std::fs::read_to_string(&t.cfg)?;
+    std::fs::write(
+        &t.cfg,
+        text.replace("roll_interval_ms = 0", "roll_interval_ms = 1500"),
+    )?;
+    let second = t.start()?;
+    let v = t.wait_rows(N)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let v2 = check(&t.root_s, "orders", &[])?;
+    assert_exact(&v2, N);
+    assert_eq!(v["files"], v2["files"], "files were still being added");
+    let after = inodes(&t.root);
+    for (path, ino) in &before {
+        assert_eq!(after.get(path), Some(ino), "{path} was written again");
+    }
+    // The restart found records in place after its resume point and did not write them again.
+    let skipped = second.metric(&format!(
+        r#"lakewire_sink_skipped_records_total{{topic="{}",reason="already_written"}}"#,
+        t.topic
+    ))?;
+    assert!(
+        skipped > 0.0,
+        "the restart skipped no record as already written; {v2}\n{}",
+        std::fs::read_to_string(&t.log)?
+            .lines()
+            .filter(|l| l.contains("assigned") || l.contains("in place"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(second);
+    Ok(())
+}
+
 /// The files a sink's log says it put in place: (partition, start, end).
 fn landed(log: &Path) -> Vec<(i64, i64, i64)> {
     let text = std::fs::read_to_string(log).unwrap_or_default();

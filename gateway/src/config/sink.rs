@@ -24,10 +24,22 @@ pub struct SinkConfig {
     /// A file is closed once its records' Avro bytes reach this (the Parquet file is smaller).
     #[serde(default = "default_roll_bytes")]
     pub roll_bytes: u64,
-    /// A file is closed after this many milliseconds open; 0 = never (wall-clock rolls make
-    /// file boundaries depend on timing: at-least-once, see docs/configuration.md).
-    #[serde(default)]
+    /// A file is closed after this many milliseconds open (wall clock); 0 = never. The bound on
+    /// how long a record waits to land in a partition that goes quiet.
+    #[serde(default = "default_roll_interval_ms")]
     pub roll_interval_ms: u64,
+    /// A file is closed when a record of its partition arrives whose Kafka timestamp is this
+    /// many milliseconds or more after the file's first record's; 0 = never.
+    #[serde(default)]
+    pub roll_record_ms: u64,
+    /// Open files per assigned partition (one per Hive folder and writer schema); a record
+    /// for another folder when this many are open closes the oldest first.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+    /// The Avro bytes of all open files of the worker together; reaching it closes the
+    /// largest. With `roll_bytes` it bounds the sink's buffers.
+    #[serde(default = "default_max_open_bytes")]
+    pub max_open_bytes: u64,
     /// On SIGTERM / ctrl-c, how long the sink may take to land its open files (one attempt
     /// each) before the process exits anyway; the records of a file not landed are read again
     /// by the next owner of its partition.
@@ -61,6 +73,15 @@ const fn default_roll_rows() -> u64 {
 }
 const fn default_roll_bytes() -> u64 {
     128 * 1024 * 1024
+}
+const fn default_roll_interval_ms() -> u64 {
+    600_000
+}
+const fn default_max_open_files() -> usize {
+    64
+}
+const fn default_max_open_bytes() -> u64 {
+    256 * 1024 * 1024
 }
 
 /// Parquet compression codec of the sink's files.
@@ -143,6 +164,12 @@ impl Config {
         }
         if sink.roll_bytes < 1024 {
             return bad("roll_bytes", "must be at least 1024");
+        }
+        if sink.max_open_files == 0 {
+            return bad("max_open_files", "must be at least 1");
+        }
+        if sink.max_open_bytes < 1024 {
+            return bad("max_open_bytes", "must be at least 1024");
         }
         if let Some(uri) = &sink.metastore_uri {
             let hostport = uri.strip_prefix("thrift://").unwrap_or("");

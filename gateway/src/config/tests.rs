@@ -174,8 +174,9 @@ fn sink_section_loads_with_defaults() -> anyhow::Result<()> {
     assert_eq!(s.compression, SinkCompression::Zstd);
     assert_eq!(
         (s.roll_rows, s.roll_bytes, s.roll_interval_ms),
-        (1_000_000, 128 << 20, 0)
+        (1_000_000, 128 << 20, 600_000)
     );
+    assert_eq!((s.max_open_files, s.max_open_bytes), (64, 256 << 20));
     assert_eq!(s.database, "default");
     assert_eq!(s.tables[0].table_name(), "or_ders_v1");
     assert_eq!(s.tables[0].partition_by, ["dt", "hr"]);
@@ -205,6 +206,14 @@ fn bad_sink_settings_name_the_key() {
     for (text, key) in [
         (with("root = \"\""), "sink.root"),
         (with("root = \"/tmp/l\"\nroll_rows = 0"), "sink.roll_rows"),
+        (
+            with("root = \"/tmp/l\"\nmax_open_files = 0"),
+            "sink.max_open_files",
+        ),
+        (
+            with("root = \"/tmp/l\"\nmax_open_bytes = 10"),
+            "sink.max_open_bytes",
+        ),
         (
             with("root = \"/tmp/l\"\ncompression = \"lz4\""),
             "compression",

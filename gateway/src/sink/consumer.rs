@@ -1,21 +1,23 @@
 //! The sink's Kafka consumer: its configuration and its context. Input: the `[kafka]` and
 //! `[sink]` settings, and the group's assignments and revocations; output: a consumer that
-//! commits only what the worker tells it to, starts each assigned partition after the highest
-//! file end offset in storage (storage is the source of truth, not the committed offset), and
-//! hands the worker an [`Event`] per rebalance.
+//! commits only what the worker tells it to, starts each assigned partition at its resume point
+//! in storage ([`super::resume`]: storage is the source of truth, not the committed offset), and
+//! hands the worker an [`Event`] per rebalance, with the files that may hold records after it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use super::storage::{self, Storage};
+use super::resume::{self, Against, Marks, Resume};
+use super::storage::Storage;
 use crate::config::SinkConfig;
 use crate::kafka::{ClientLog, KafkaClients};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ResumeGapLabels};
 
 /// The sink's group consumer settings, from the shared client factory.
 pub(super) fn consumer_config(clients: &KafkaClients, sink: &SinkConfig) -> ClientConfig {
@@ -27,7 +29,7 @@ pub(super) fn consumer_config(clients: &KafkaClients, sink: &SinkConfig) -> Clie
 
 /// What the rebalance callback tells the worker loop.
 pub(super) enum Event {
-    Assigned(Vec<(String, i32, Option<i64>)>),
+    Assigned(Vec<(String, i32, Resume)>),
     Revoked(Vec<(String, i32)>),
 }
 
@@ -37,6 +39,8 @@ pub(super) struct SinkContext {
     /// librdkafka's logs and errors (counted as `lakewire_kafka_errors_total{topic="_sink"}`).
     log: ClientLog,
     events: Mutex<Vec<Event>>,
+    /// The assigned partitions paused because their resume point is above the high watermark.
+    paused: Mutex<HashSet<(String, i32)>>,
     storage: Storage,
     /// Topic → table.
     tables: HashMap<String, String>,
@@ -66,6 +70,7 @@ impl SinkContext {
             log,
             metrics,
             events: Mutex::new(Vec::new()),
+            paused: Mutex::new(HashSet::new()),
             storage,
             tables,
             rt,
@@ -77,8 +82,8 @@ impl SinkContext {
         self.events.lock().ok().map(|mut e| std::mem::take(&mut *e))
     }
 
-    /// Per topic partition of `tpl`, the offset after the highest file end in storage.
-    fn resume(&self, tpl: &TopicPartitionList) -> HashMap<(String, i32), i64> {
+    /// Per topic partition of `tpl` with files in storage, where it resumes.
+    fn resume(&self, tpl: &TopicPartitionList) -> HashMap<(String, i32), Resume> {
         let mut out = HashMap::new();
         let mut tables: Vec<&String> = tpl
             .elements()
@@ -91,9 +96,18 @@ impl SinkContext {
             let listed = self.rt.block_on(self.storage.list(table));
             match listed {
                 Ok((files, temps)) => {
-                    for ((topic, p), end) in storage::resume_points(&files) {
-                        out.insert((topic, p), end + 1);
-                    }
+                    let marks = |f: &super::storage::Listed| match self
+                        .rt
+                        .block_on(self.storage.parquet_key_values(&f.path))
+                    {
+                        Ok(kv) => Marks::from_footer(Some(&kv), f.name.end),
+                        Err(e) => {
+                            self.metrics.sink_storage_errors.inc();
+                            tracing::warn!(file = %f.path, error = %e, "sink: cannot read a file's footer; its records may be written again");
+                            Marks::from_footer(None, f.name.end)
+                        }
+                    };
+                    out.extend(resume::resume_points(&files, marks));
                     // Temporary files left by a crash are hidden from readers; old ones go.
                     for (path, age) in temps {
                         if age > 600 {
@@ -108,6 +122,74 @@ impl SinkContext {
             }
         }
         out
+    }
+
+    /// Compares partition `p`'s resume point `next` with its watermarks: logged and counted
+    /// when outside them. Inside when they cannot be fetched (logged).
+    fn against_watermarks(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        topic: &str,
+        p: i32,
+        next: i64,
+    ) -> Against {
+        let (low, high) = match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(topic, partition = p, error = %e, "sink: cannot fetch the partition's watermarks to check the resume point");
+                return Against::Inside;
+            }
+        };
+        let against = Against::watermarks(next, low, high);
+        let gap = |kind| {
+            self.metrics
+                .sink_resume_gaps
+                .get_or_create(&ResumeGapLabels {
+                    topic: topic.to_string(),
+                    kind,
+                })
+                .inc();
+        };
+        match against {
+            Against::Inside => {}
+            Against::Expired { lost } => {
+                gap("expired");
+                Metrics::topic_counter(&self.metrics.sink_expired_records, topic)
+                    .inc_by(lost as u64);
+                tracing::error!(
+                    topic,
+                    partition = p,
+                    resume = next,
+                    low,
+                    lost,
+                    "sink: records expired from Kafka before they landed; reading from the oldest one left"
+                );
+            }
+            Against::Ahead { by } => {
+                gap("ahead");
+                tracing::error!(
+                    topic,
+                    partition = p,
+                    resume = next,
+                    high,
+                    by,
+                    "sink: the files in storage go past the partition's end (topic recreated, or records lost by the broker); the partition is paused: move its files away and restart the worker (docs/configuration.md)"
+                );
+            }
+        }
+        against
+    }
+
+    /// Records which assigned partitions are paused (`lakewire_sink_paused_partitions`):
+    /// `gone` leave the set, then `now` join it.
+    fn set_paused(&self, gone: &[(String, i32)], now: Vec<(String, i32)>) {
+        if let Ok(mut paused) = self.paused.lock() {
+            for k in gone {
+                paused.remove(k);
+            }
+            paused.extend(now);
+            self.metrics.sink_paused_partitions.set(paused.len() as i64);
+        }
     }
 
     fn push(&self, e: Event) {
@@ -126,27 +208,45 @@ impl ConsumerContext for SinkContext {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let resume = self.resume(tpl);
+                let mut resume = self.resume(tpl);
                 let parts: Vec<(String, i32)> = tpl
                     .elements()
                     .iter()
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 let mut assigned = Vec::with_capacity(parts.len());
-                for (topic, p) in parts {
-                    let next = resume.get(&(topic.clone(), p)).copied();
-                    if let Some(n) = next {
+                let mut paused = Vec::new();
+                for (topic, p) in parts.iter().cloned() {
+                    let mut r = resume.remove(&(topic.clone(), p)).unwrap_or_default();
+                    if let Some(n) = r.next {
+                        match self.against_watermarks(base_consumer, &topic, p, n) {
+                            Against::Inside => {}
+                            Against::Expired { lost } => r.next = Some(n + lost),
+                            Against::Ahead { .. } => paused.push((topic.clone(), p)),
+                        }
+                    }
+                    if let Some(n) = r.next {
                         if let Err(e) = tpl.set_partition_offset(&topic, p, Offset::Offset(n)) {
                             tracing::warn!(topic, partition = p, error = %e, "sink: cannot set the resume offset");
                         }
                     }
-                    tracing::info!(topic, partition = p, resume = ?next, "sink: partition assigned");
-                    assigned.push((topic, p, next));
+                    tracing::info!(topic, partition = p, resume = ?r.next, files_after = r.landed.len(), "sink: partition assigned");
+                    assigned.push((topic, p, r));
                 }
                 self.push(Event::Assigned(assigned));
                 if let Err(e) = base_consumer.assign(tpl) {
                     tracing::error!(error = %e, "sink: assign failed");
                 }
+                if !paused.is_empty() {
+                    let mut list = TopicPartitionList::new();
+                    for (topic, p) in &paused {
+                        list.add_partition(topic, *p);
+                    }
+                    if let Err(e) = base_consumer.pause(&list) {
+                        tracing::error!(error = %e, "sink: cannot pause the partitions whose resume point is past their end");
+                    }
+                }
+                self.set_paused(&parts, paused);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = tpl
@@ -158,6 +258,7 @@ impl ConsumerContext for SinkContext {
                     partitions = revoked.len(),
                     "sink: partitions revoked; open files dropped"
                 );
+                self.set_paused(&revoked, Vec::new());
                 self.push(Event::Revoked(revoked));
                 if let Err(e) = base_consumer.unassign() {
                     tracing::error!(error = %e, "sink: unassign failed");
@@ -165,12 +266,13 @@ impl ConsumerContext for SinkContext {
             }
             other => {
                 tracing::error!(error = ?other, "sink: rebalance error");
-                self.push(Event::Revoked(
-                    tpl.elements()
-                        .iter()
-                        .map(|e| (e.topic().to_string(), e.partition()))
-                        .collect(),
-                ));
+                let revoked: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                self.set_paused(&revoked, Vec::new());
+                self.push(Event::Revoked(revoked));
                 let _ = base_consumer.unassign();
             }
         }

@@ -5,33 +5,38 @@
 //! set, the table and its partitions in a Hive Metastore ([`register`]).
 //!
 //! One worker thread (not an async worker: decoding and Parquet encoding are CPU work) owns the
-//! consumer and, per assigned partition, at most one open file: its rows in Arrow builders
-//! ([`avro_to_arrow`]). A file is closed when it reaches `roll_rows` rows or `roll_bytes` Avro
-//! bytes, when the next record belongs to another Hive partition or has another writer schema,
-//! or after `roll_interval_ms`. Closing encodes the batches to Parquet, puts the file in place
-//! whole (hidden temporary name, then rename; or one completed upload), and only then commits
-//! the offset after the file's end to Kafka.
+//! consumer and, per assigned partition, one open file per Hive folder and writer schema: its
+//! rows in Arrow builders ([`avro_to_arrow`]), so records whose partition values interleave fill
+//! a file per folder rather than a file per record. A file is closed when it reaches `roll_rows`
+//! rows or `roll_bytes` Avro bytes, after `roll_interval_ms`, when a new folder finds
+//! `max_open_files` open in its partition (the oldest is closed), or when all open files
+//! together reach `max_open_bytes` (the largest is closed). Closing encodes the batches to
+//! Parquet, with the partition's resume mark in the footer, puts the file in place whole (hidden
+//! temporary name, then rename; or one completed upload), and only then commits the smallest
+//! start offset among the partition's files still open.
 //!
-//! Exactly once: the name carries the offsets; on assignment each partition resumes after the
-//! highest end offset found in storage (storage is the source of truth, not the committed
-//! offset), records below it are skipped, and buffers of revoked partitions are dropped. Every
-//! roll condition except the wall clock depends only on the records from the file's start, so a
-//! replay (after a crash between landing a file and committing) writes the same file again
-//! under the same name. With `roll_interval_ms`, boundaries depend on timing: a crash after a
-//! landed file but before the storage listing of a new owner can then duplicate rows
-//! (at-least-once; documented).
+//! Exactly once: on assignment each partition resumes at the highest resume mark in storage
+//! ([`resume`]: storage is the source of truth, not the committed offset); records below it are
+//! skipped, and so are records after it that a file in place already holds (by offset range,
+//! folder and writer schema). Buffers of revoked partitions are dropped. This holds whatever
+//! closed a file, the wall clock included; it does not when storage cannot be listed at
+//! assignment (the committed offsets are used) or for a worker that stalls past
+//! `max.poll.interval.ms` while its partitions move (at-least-once; documented).
 //!
-//! The parts: `worker` (the consumer loop, per-partition open files, landing and commits) and
-//! `consumer` (the consumer's settings and its rebalance handler that resumes from storage), on
-//! [`avro_to_arrow`] (records into Arrow batches), [`hive_paths`] (partition values, folders
-//! and file names), [`storage`] (landing and listing files), [`register`] and [`metastore`]
-//! (the tables and partitions in a Hive Metastore).
+//! The parts: `worker` (the consumer loop, landing and commits) and `partition` (an assigned
+//! partition: its open files, resume point and files in place), `consumer` (the consumer's
+//! settings and its rebalance handler that resumes from storage), on [`avro_to_arrow`] (records
+//! into Arrow batches), [`hive_paths`] (partition values, folders and file names), [`storage`]
+//! (landing and listing files), [`resume`] (where a partition resumes), [`register`] and
+//! [`metastore`] (the tables and partitions in a Hive Metastore).
 
 pub mod avro_to_arrow;
 mod consumer;
 pub mod hive_paths;
 pub mod metastore;
+mod partition;
 pub mod register;
+pub mod resume;
 pub mod storage;
 mod worker;
 
@@ -100,6 +105,8 @@ pub fn start(
             .cloned()
             .ok_or_else(|| SinkError::NoDecoder(t.topic.clone()))?;
         let name = t.table_name();
+        // Exported from the start (0), for the alert on it.
+        Metrics::topic_counter(&metrics.sink_expired_records, &t.topic);
         let labels = TableLabels {
             table: name.clone(),
         };
@@ -182,6 +189,9 @@ pub fn start(
             roll_bytes: sink.roll_bytes,
             roll_interval: (sink.roll_interval_ms > 0)
                 .then(|| Duration::from_millis(sink.roll_interval_ms)),
+            roll_record_ms: (sink.roll_record_ms > 0).then_some(sink.roll_record_ms as i64),
+            max_open_files: sink.max_open_files,
+            max_open_bytes: sink.max_open_bytes,
             cancel: cancel.clone(),
         },
     );
@@ -208,11 +218,29 @@ pub fn encode(
     schema: &arrow_schema::SchemaRef,
     compression: SinkCompression,
 ) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    encode_with(batches, schema, compression, Vec::new())
+}
+
+/// Parquet bytes of `batches`, with `key_values` in the footer's key-value metadata (the
+/// sink's resume marks, see [`resume`]).
+pub fn encode_with(
+    batches: &[arrow_array::RecordBatch],
+    schema: &arrow_schema::SchemaRef,
+    compression: SinkCompression,
+    key_values: Vec<(String, String)>,
+) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     let codec = match compression {
         SinkCompression::Zstd => Compression::ZSTD(ZstdLevel::default()),
         SinkCompression::Snappy => Compression::SNAPPY,
     };
-    let props = WriterProperties::builder().set_compression(codec).build();
+    let kv: Vec<parquet::file::metadata::KeyValue> = key_values
+        .into_iter()
+        .map(|(k, v)| parquet::file::metadata::KeyValue::new(k, v))
+        .collect();
+    let props = WriterProperties::builder()
+        .set_compression(codec)
+        .set_key_value_metadata((!kv.is_empty()).then_some(kv))
+        .build();
     let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))?;
     for b in batches {
         w.write(b)?;

@@ -191,6 +191,31 @@ impl Storage {
 
     /// The Arrow schema stored in a Parquet file's footer.
     pub async fn parquet_schema(&self, path: &Path) -> Result<arrow_schema::SchemaRef, String> {
+        let md = self.parquet_footer(path).await?;
+        let fm = md.file_metadata();
+        parquet::arrow::parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata())
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The key-value metadata of a Parquet file's footer (where the sink keeps its resume marks,
+    /// see [`super::resume`]).
+    pub async fn parquet_key_values(&self, path: &Path) -> Result<HashMap<String, String>, String> {
+        let md = self.parquet_footer(path).await?;
+        Ok(md
+            .file_metadata()
+            .key_value_metadata()
+            .into_iter()
+            .flatten()
+            .filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?)))
+            .collect())
+    }
+
+    /// A Parquet file's footer, read with two ranged reads (its length, then the footer).
+    async fn parquet_footer(
+        &self,
+        path: &Path,
+    ) -> Result<parquet::file::metadata::ParquetMetaData, String> {
         let size = self.store.head(path).await.map_err(|e| e.to_string())?.size;
         if size < 12 {
             return Err(format!("{path}: too short for Parquet"));
@@ -209,11 +234,7 @@ impl Storage {
             .get_range(path, size - 8 - len..size - 8)
             .await
             .map_err(|e| e.to_string())?;
-        let md = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&meta)
-            .map_err(|e| e.to_string())?;
-        let fm = md.file_metadata();
-        parquet::arrow::parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata())
-            .map(Arc::new)
+        parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&meta)
             .map_err(|e| e.to_string())
     }
 }
@@ -224,18 +245,6 @@ impl Storage {
 /// not be the one Hive, Spark and the metastore's location name.
 fn object_path(rel: &str) -> object_store::Result<Path> {
     Path::parse(rel).map_err(|source| object_store::Error::InvalidPath { source })
-}
-
-/// Per topic and partition, the highest end offset among `files`.
-pub fn resume_points(files: &[Listed]) -> HashMap<(String, i32), i64> {
-    let mut out: HashMap<(String, i32), i64> = HashMap::new();
-    for f in files {
-        let e = out
-            .entry((f.name.topic.clone(), f.name.partition))
-            .or_insert(f.name.end);
-        *e = (*e).max(f.name.end);
-    }
-    out
 }
 
 /// The partition directories among `files`, with one file of each (for its schema).

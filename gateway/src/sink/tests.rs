@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::avro_to_arrow::{BatchBuilder, Meta};
 use super::hive_paths::{self, FileName};
-use super::storage::{self, Storage};
+use super::storage::Storage;
 use super::*;
 use crate::config::SinkConfig;
 
@@ -298,6 +298,9 @@ fn local_sink(dir: &std::path::Path) -> SinkConfig {
         roll_rows: 10,
         roll_bytes: 1 << 20,
         roll_interval_ms: 0,
+        roll_record_ms: 0,
+        max_open_files: 64,
+        max_open_bytes: 1 << 30,
         shutdown_timeout_ms: 50_000,
         metastore_uri: None,
         database: "default".into(),
@@ -331,11 +334,52 @@ async fn landing_replaces_and_leaves_no_temporary_file() -> anyhow::Result<()> {
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;
     assert_eq!(names, vec![name]);
-    assert_eq!(
-        storage::resume_points(&files).get(&("t".to_string(), 0)),
-        Some(&9)
-    );
     assert!(st.location("tbl").starts_with("file:/"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_resume_marks_are_read_back_from_its_footer() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let st = Storage::new(&local_sink(dir.path()))?;
+    let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+        "n",
+        DataType::Int64,
+        false,
+    )]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(arrow_array::Int64Array::from(vec![1, 2, 3]))],
+    )?;
+    let kv = super::resume::Marks::key_values(42, 7);
+    let bytes = encode_with(&[batch], &schema, SinkCompression::Zstd, kv)?;
+    st.land("tbl", "t+0+40+44.parquet", Bytes::from(bytes))
+        .await?;
+    let (files, _) = st.list("tbl").await?;
+    let got = st
+        .parquet_key_values(&files[0].path)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let marks = super::resume::Marks::from_footer(Some(&got), 44);
+    assert_eq!(marks.resume, Some(42));
+    assert_eq!(marks.holds, super::resume::Holds::Schema(7));
+    // A file without them (an older version's): resume after its end.
+    let plain = encode(&[], &schema, SinkCompression::Zstd)?;
+    st.land("tbl", "t+0+45+49.parquet", Bytes::from(plain))
+        .await?;
+    let (files, _) = st.list("tbl").await?;
+    let f = files
+        .iter()
+        .find(|f| f.name.start == 45)
+        .context("the second file")?;
+    let got = st
+        .parquet_key_values(&f.path)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        super::resume::Marks::from_footer(Some(&got), 49).resume,
+        Some(50)
+    );
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! The sink worker: the consumer loop of the sink thread. Input: records of the assigned
-//! partitions and the rebalance events of [`super::consumer`]; output: per topic partition at
-//! most one open file, closed into a Parquet file in place (retried, else the partition is
-//! rewound to the file's start), then the offset after it committed; records that are not
-//! written are counted and dead-lettered; the partitions' lag is reported.
+//! partitions and the rebalance events of [`super::consumer`]; output: per topic partition one
+//! open file per Hive folder and writer schema ([`super::partition`]), each closed into a Parquet
+//! file in place (retried, else the partition is rewound to its oldest open file's start), then
+//! the offset below which everything is in place committed; records that are not written are
+//! counted and dead-lettered; the partitions' lag and the open files are reported.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -18,13 +18,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::avro_to_arrow::{BatchBuilder, Meta};
 use super::consumer::{Event, SinkContext};
-use super::encode;
+use super::encode_with;
 use super::hive_paths::{FileName, hive_dir, partition_values};
+use super::partition::{AssignedPartition, FileKey, OpenFile, PartitionKey};
 use super::register::{Pending, Registrar};
+use super::resume::{Holds, Landed, Marks};
 use super::storage::Storage;
 use crate::config::SinkCompression;
 use crate::decode::{DecodeError, Decoder};
-use crate::metrics::{DecodeErrorLabels, Metrics, PartitionLabels};
+use crate::metrics::{CloseLabels, DecodeErrorLabels, Metrics, PartitionLabels};
 use crate::record::RawRecord;
 
 /// How long landing a file is retried before the partition is rewound to the file's start
@@ -47,56 +49,6 @@ pub(super) struct ConfiguredTable {
     pub(super) files: Counter,
 }
 
-/// How a record's Hive partition is compared with the open file's. Tables partitioned by time
-/// only compare a number per record instead of the partition values' text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PartitionKey {
-    /// Some partition columns are value fields: the partition values' text is compared.
-    Values,
-    /// Partitioned by `dt`/`hr` only: the record's UTC hour (with `hr`) or day (`dt` only),
-    /// counted from the epoch.
-    TimeBucket(i64),
-    /// Partitioned by `dt`/`hr` only, and the record has no timestamp: Hive's default partition.
-    NoTimestamp,
-    /// No partition columns: every record is in the table's one folder.
-    Unpartitioned,
-}
-
-impl PartitionKey {
-    fn of(t: &ConfiguredTable, timestamp: Option<i64>) -> Self {
-        if !t.fields.is_empty() {
-            return Self::Values;
-        }
-        match (t.bucket_ms, timestamp) {
-            (None, _) => Self::Unpartitioned,
-            (Some(ms), Some(ts)) => Self::TimeBucket(ts.div_euclid(ms)),
-            (Some(_), None) => Self::NoTimestamp,
-        }
-    }
-}
-
-/// An open file: rows of one topic partition, one Hive partition and one writer schema.
-struct OpenFile {
-    batch: BatchBuilder,
-    fingerprint: u64,
-    /// The Hive partition's values.
-    values: Vec<String>,
-    /// What a record's partition is compared with (see [`PartitionKey`]).
-    partition_key: PartitionKey,
-    start: i64,
-    end: i64,
-    bytes: u64,
-    opened: Instant,
-}
-
-/// An assigned topic partition.
-struct AssignedPartition {
-    /// The first offset not yet in a file in place, when known (records below are skipped).
-    next: Option<i64>,
-    open: Option<OpenFile>,
-    lag: Gauge,
-}
-
 /// What the worker needs besides its tables and partitions: where files go, the metrics, the
 /// metastore queue, the roll limits, and the shutdown signal.
 pub(super) struct WorkerContext {
@@ -108,6 +60,12 @@ pub(super) struct WorkerContext {
     pub(super) roll_rows: u64,
     pub(super) roll_bytes: u64,
     pub(super) roll_interval: Option<Duration>,
+    /// A file closes at a record this much newer (Kafka timestamps) than its first.
+    pub(super) roll_record_ms: Option<i64>,
+    /// Open files per partition at most.
+    pub(super) max_open_files: usize,
+    /// The Avro bytes of all open files at most.
+    pub(super) max_open_bytes: u64,
     pub(super) cancel: CancellationToken,
 }
 
@@ -117,6 +75,8 @@ pub(super) struct Worker {
     /// Topic → index in `tables`.
     index: HashMap<String, usize>,
     parts: HashMap<(usize, i32), AssignedPartition>,
+    /// The Avro bytes of all open files.
+    open_bytes: u64,
     ctx: WorkerContext,
 }
 
@@ -130,6 +90,7 @@ impl Worker {
                 .collect(),
             tables,
             parts: HashMap::new(),
+            open_bytes: 0,
             ctx,
         }
     }
@@ -152,6 +113,7 @@ impl Worker {
                 last_tick = Instant::now();
                 self.roll_old(&consumer);
             }
+            self.ctx.metrics.sink_open_bytes.set(self.open_bytes as i64);
             if last_lag.elapsed() >= Duration::from_secs(10) {
                 last_lag = Instant::now();
                 self.report_lag(&consumer);
@@ -160,7 +122,7 @@ impl Worker {
         // Shutting down: write what is open (one attempt each), then leave the group.
         let keys: Vec<(usize, i32)> = self.parts.keys().copied().collect();
         for k in keys {
-            self.flush(&consumer, k);
+            self.land_all(&consumer, k);
         }
         consumer.unsubscribe();
         tracing::info!("sink stopped");
@@ -173,7 +135,7 @@ impl Worker {
         for e in events {
             match e {
                 Event::Assigned(list) => {
-                    for (topic, p, next) in list {
+                    for (topic, p, resume) in list {
                         let Some(&ti) = self.index.get(&topic) else {
                             continue;
                         };
@@ -185,21 +147,21 @@ impl Worker {
                                 topic: topic.clone(),
                                 partition: p,
                             });
-                        self.parts.insert(
-                            (ti, p),
-                            AssignedPartition {
-                                next,
-                                open: None,
-                                lag,
-                            },
-                        );
+                        let old = self
+                            .parts
+                            .insert((ti, p), AssignedPartition::new(resume, lag));
+                        if let Some(mut old) = old {
+                            self.forget_open(&mut old);
+                        }
                     }
                 }
                 Event::Revoked(list) => {
                     for (topic, p) in list {
                         if let Some(&ti) = self.index.get(&topic) {
-                            // The open file's rows are dropped: the next owner reads them again.
-                            self.parts.remove(&(ti, p));
+                            // The open files' rows are dropped: the next owner reads them again.
+                            if let Some(mut part) = self.parts.remove(&(ti, p)) {
+                                self.forget_open(&mut part);
+                            }
                         }
                         // The new owner reports the partition's lag; a stale series here would
                         // be counted twice by `sum by (topic)` in dashboards and alerts.
@@ -229,11 +191,12 @@ impl Worker {
             return;
         };
         let (p, off) = (m.partition(), m.offset());
-        let Some(part) = self.parts.get(&(ti, p)) else {
+        let key = (ti, p);
+        let Some(part) = self.parts.get(&key) else {
             self.skip(m.topic(), "unassigned");
             return;
         };
-        if part.next.is_some_and(|n| off < n) {
+        if part.resume.is_some_and(|n| off < n) {
             self.skip(m.topic(), "already_written");
             return;
         }
@@ -245,10 +208,18 @@ impl Worker {
             payload: m.payload(),
             headers: None,
         };
+        if let (Some(roll), Some(ts)) = (self.ctx.roll_record_ms, raw.timestamp) {
+            let due = part.due_by_record_time(ts, roll);
+            for f in due {
+                if !self.land_file(consumer, key, &f) {
+                    return;
+                }
+            }
+        }
         let t = &self.tables[ti];
         let Some(payload) = raw.payload else {
             self.skip(m.topic(), "tombstone");
-            self.extend(ti, p, off);
+            self.read(key, off);
             return;
         };
         let writer = match t.decoder.value_writer(payload) {
@@ -266,44 +237,54 @@ impl Worker {
                 return;
             }
         };
-        // Tables partitioned by time only compare the record's hour (or day); field values need
-        // their text.
-        let partition_key = PartitionKey::of(t, raw.timestamp);
-        let values = match partition_key {
-            PartitionKey::Values => Some(partition_values(&t.partition_by, &t.decoder, &raw)),
-            _ => None,
+        // Tables partitioned by time only tell folders apart by the record's hour (or day);
+        // field values need their text.
+        let partition = PartitionKey::of(t, raw.timestamp);
+        let fkey = FileKey {
+            partition,
+            values: match partition {
+                PartitionKey::Values => Some(partition_values(&t.partition_by, &t.decoder, &raw)),
+                _ => None,
+            },
+            fingerprint: schema.fingerprint,
         };
-        let roll = self
-            .parts
-            .get(&(ti, p))
-            .and_then(|part| part.open.as_ref())
-            .is_some_and(|o| {
-                o.fingerprint != schema.fingerprint
-                    || o.partition_key != partition_key
-                    || values.as_ref().is_some_and(|v| *v != o.values)
-            });
-        if roll && !self.flush(consumer, (ti, p)) {
+        let values = || {
+            fkey.values
+                .clone()
+                .unwrap_or_else(|| partition_values(&t.partition_by, &t.decoder, &raw))
+        };
+        // After a rewind, or a resume point below files in place: the record may be in one.
+        let Some(part) = self.parts.get(&key) else {
+            return;
+        };
+        if part.may_hold(off)
+            && part.already_written(
+                &hive_dir(&t.partition_by, &values()),
+                schema.fingerprint,
+                off,
+            )
+        {
+            self.skip(m.topic(), "already_written");
+            self.read(key, off);
             return;
         }
-        let t = &self.tables[ti];
-        let Some(part) = self.parts.get_mut(&(ti, p)) else {
-            return;
-        };
-        if part.open.is_none() {
-            match BatchBuilder::new(Arc::new(schema.json.clone()), t.topic.clone(), p, &t.fields) {
-                Ok(batch) => {
-                    part.open = Some(OpenFile {
-                        batch,
-                        fingerprint: schema.fingerprint,
-                        values: values
-                            .unwrap_or_else(|| partition_values(&t.partition_by, &t.decoder, &raw)),
-                        partition_key,
-                        start: off,
-                        end: off,
-                        bytes: 0,
-                        opened: Instant::now(),
-                    });
+        if !part.open.contains_key(&fkey) {
+            if part.open.len() >= self.ctx.max_open_files {
+                if let Some(oldest) = part.oldest() {
+                    self.early_roll("max_open_files");
+                    if !self.land_file(consumer, key, &oldest) {
+                        return;
+                    }
                 }
+            }
+            let t = &self.tables[ti];
+            let batch = match BatchBuilder::new(
+                Arc::new(schema.json.clone()),
+                t.topic.clone(),
+                p,
+                &t.fields,
+            ) {
+                Ok(batch) => batch,
                 Err(e) => {
                     let e = DecodeError::BadSchema {
                         id: 0,
@@ -312,62 +293,120 @@ impl Worker {
                     self.bad_record(ti, &raw, &e);
                     return;
                 }
-            }
+            };
+            let file = OpenFile {
+                batch,
+                fingerprint: schema.fingerprint,
+                values: fkey
+                    .values
+                    .clone()
+                    .unwrap_or_else(|| partition_values(&t.partition_by, &t.decoder, &raw)),
+                start: off,
+                end: off,
+                bytes: 0,
+                opened: Instant::now(),
+                first_timestamp: raw.timestamp,
+            };
+            let Some(part) = self.parts.get_mut(&key) else {
+                return;
+            };
+            part.open.insert(fkey.clone(), file);
+            self.ctx.metrics.sink_open_files.inc();
         }
-        let Some(open) = part.open.as_mut() else {
+        let Some(open) = self
+            .parts
+            .get_mut(&key)
+            .and_then(|part| part.open.get_mut(&fkey))
+        else {
             return;
         };
         let meta = Meta {
             offset: off,
             timestamp: raw.timestamp,
         };
-        open.end = off;
         if let Err(e) = open.batch.append(datum, meta) {
             let e = DecodeError::from(e);
             self.bad_record(ti, &raw, &e);
             return;
         }
+        open.end = off;
         open.bytes += payload.len() as u64;
-        if open.batch.rows() as u64 >= self.ctx.roll_rows || open.bytes >= self.ctx.roll_bytes {
-            self.flush(consumer, (ti, p));
+        let full =
+            open.batch.rows() as u64 >= self.ctx.roll_rows || open.bytes >= self.ctx.roll_bytes;
+        self.open_bytes += payload.len() as u64;
+        self.read(key, off);
+        if full {
+            self.land_file(consumer, key, &fkey);
+        } else if self.open_bytes >= self.ctx.max_open_bytes {
+            if let Some((k, f)) = self.largest_open() {
+                self.early_roll("max_open_bytes");
+                self.land_file(consumer, k, &f);
+            }
         }
     }
 
-    /// A record that is not written: counted, dead-lettered if configured, and covered by the
-    /// open file's offsets.
+    /// A record that is not written: counted, dead-lettered if configured, and passed.
     fn bad_record(&mut self, ti: usize, raw: &RawRecord<'_>, e: &DecodeError) {
         let t = &self.tables[ti];
         self.ctx.metrics.decode_error(&t.topic, e.reason());
         tracing::debug!(topic = %t.topic, partition = raw.partition, offset = raw.offset, error = %e, "sink: record skipped");
         t.decoder.dead_letter(raw, e);
-        self.extend(ti, raw.partition, raw.offset);
+        self.read((ti, raw.partition), raw.offset);
     }
 
-    fn extend(&mut self, ti: usize, p: i32, off: i64) {
-        if let Some(o) = self.parts.get_mut(&(ti, p)).and_then(|x| x.open.as_mut()) {
-            o.end = off;
+    fn read(&mut self, key: (usize, i32), off: i64) {
+        if let Some(part) = self.parts.get_mut(&key) {
+            part.read(off);
         }
+    }
+
+    fn early_roll(&self, reason: &'static str) {
+        self.ctx
+            .metrics
+            .sink_early_rolls
+            .get_or_create(&CloseLabels { reason })
+            .inc();
+    }
+
+    /// The open file with the most Avro bytes, of any partition.
+    fn largest_open(&self) -> Option<((usize, i32), FileKey)> {
+        self.parts
+            .iter()
+            .flat_map(|(k, part)| part.open.iter().map(move |(f, o)| (o.bytes, *k, f)))
+            .max_by_key(|(bytes, _, _)| *bytes)
+            .map(|(_, k, f)| (k, f.clone()))
+    }
+
+    /// Drops `part`'s open files from the worker's totals (revoked or replaced).
+    fn forget_open(&mut self, part: &mut AssignedPartition) {
+        let n = part.open.len() as i64;
+        self.open_bytes = self.open_bytes.saturating_sub(part.drop_open());
+        self.ctx.metrics.sink_open_files.dec_by(n);
     }
 
     fn roll_old(&mut self, consumer: &BaseConsumer<SinkContext>) {
         let Some(age) = self.ctx.roll_interval else {
             return;
         };
-        let old: Vec<(usize, i32)> = self
+        let old: Vec<((usize, i32), FileKey)> = self
             .parts
             .iter()
-            .filter(|(_, p)| p.open.as_ref().is_some_and(|o| o.opened.elapsed() >= age))
-            .map(|(k, _)| *k)
+            .flat_map(|(k, part)| {
+                part.open
+                    .iter()
+                    .filter(|(_, o)| o.opened.elapsed() >= age)
+                    .map(move |(f, _)| (*k, f.clone()))
+            })
             .collect();
-        for k in old {
-            self.flush(consumer, k);
+        for (k, f) in old {
+            self.land_file(consumer, k, &f);
         }
     }
 
     fn report_lag(&self, consumer: &BaseConsumer<SinkContext>) {
         for ((ti, p), part) in &self.parts {
             let t = &self.tables[*ti];
-            let next = part.open.as_ref().map(|o| o.start).or(part.next);
+            let next = part.done_below();
             if let Ok((_, high)) =
                 consumer.fetch_watermarks(&t.topic, *p, Duration::from_millis(500))
             {
@@ -378,43 +417,68 @@ impl Worker {
         }
     }
 
-    /// Closes `key`'s open file: Parquet, in place, then the offset committed. `false` when the
-    /// file could not be put in place (the partition was rewound to the file's start).
-    fn flush(&mut self, consumer: &BaseConsumer<SinkContext>, key: (usize, i32)) -> bool {
+    /// Lands every open file of partition `key` (shutdown).
+    fn land_all(&mut self, consumer: &BaseConsumer<SinkContext>, key: (usize, i32)) {
+        let files: Vec<FileKey> = self
+            .parts
+            .get(&key)
+            .map(|part| part.open.keys().cloned().collect())
+            .unwrap_or_default();
+        for f in files {
+            if !self.land_file(consumer, key, &f) {
+                return;
+            }
+        }
+    }
+
+    /// Closes partition `key`'s open file `file`: Parquet, in place, then the offset below which
+    /// everything is in place committed. `false` when the file could not be put in place: then
+    /// all the partition's open files are dropped and it is rewound to the oldest one's start.
+    fn land_file(
+        &mut self,
+        consumer: &BaseConsumer<SinkContext>,
+        key: (usize, i32),
+        file: &FileKey,
+    ) -> bool {
         let t = &self.tables[key.0];
         let Some(part) = self.parts.get_mut(&key) else {
             return true;
         };
-        let Some(mut open) = part.open.take() else {
+        let Some(mut open) = part.open.remove(file) else {
             return true;
         };
+        self.open_bytes = self.open_bytes.saturating_sub(open.bytes);
+        self.ctx.metrics.sink_open_files.dec();
         let p = key.1;
-        let landed = land(&self.ctx, t, p, &mut open);
-        match landed {
-            Ok(file_bytes) => {
-                part.next = Some(open.end + 1);
-                let mut tpl = TopicPartitionList::new();
-                let committed = tpl
-                    .add_partition_offset(&t.topic, p, Offset::Offset(open.end + 1))
-                    .and_then(|()| consumer.commit(&tpl, CommitMode::Sync));
-                if let Err(e) = committed {
-                    // The file is in place; storage, not the commit, decides where to resume.
-                    tracing::warn!(topic = %t.topic, partition = p, error = %e, "sink: offset commit failed");
+        let mark = part.mark(open.end);
+        match land(&self.ctx, t, p, &mut open, mark) {
+            Ok(landed) => {
+                if let Some(l) = landed {
+                    part.add_landed(l);
                 }
-                if file_bytes > 0 {
-                    tracing::debug!(topic = %t.topic, partition = p, start = open.start, end = open.end, bytes = file_bytes, "sink: file in place");
+                if let Some(done) = part.done_below() {
+                    let mut tpl = TopicPartitionList::new();
+                    let committed = tpl
+                        .add_partition_offset(&t.topic, p, Offset::Offset(done))
+                        .and_then(|()| consumer.commit(&tpl, CommitMode::Sync));
+                    if let Err(e) = committed {
+                        // The file is in place; storage, not the commit, decides where to resume.
+                        tracing::warn!(topic = %t.topic, partition = p, error = %e, "sink: offset commit failed");
+                    }
                 }
                 true
             }
             Err(why) => {
-                tracing::error!(topic = %t.topic, partition = p, start = open.start, error = %why, "sink: file not written; reading its records again");
-                part.next = Some(open.start);
-                if let Err(e) = consumer.seek(
-                    &t.topic,
-                    p,
-                    Offset::Offset(open.start),
-                    Duration::from_secs(5),
-                ) {
+                let back = part.done_below().map_or(open.start, |d| d.min(open.start));
+                tracing::error!(topic = %t.topic, partition = p, start = open.start, rewind_to = back, error = %why, "sink: file not written; reading the partition's open files' records again");
+                let n = part.open.len() as i64;
+                let dropped = part.drop_open();
+                part.read_next = Some(back);
+                self.open_bytes = self.open_bytes.saturating_sub(dropped);
+                self.ctx.metrics.sink_open_files.dec_by(n);
+                if let Err(e) =
+                    consumer.seek(&t.topic, p, Offset::Offset(back), Duration::from_secs(5))
+                {
                     tracing::error!(topic = %t.topic, partition = p, error = %e, "sink: cannot rewind; dropping the partition's state");
                     self.parts.remove(&key);
                 }
@@ -424,21 +488,26 @@ impl Worker {
     }
 }
 
-/// Encodes `open` and puts it in place (retrying for [`LAND_RETRY_FOR`]); the file's size.
+/// Encodes `open`, with `mark` as its resume mark, and puts it in place (retrying for
+/// [`LAND_RETRY_FOR`]); what is now in place (`None`: no rows, nothing written).
 fn land(
     ctx: &WorkerContext,
     t: &ConfiguredTable,
     p: i32,
     open: &mut OpenFile,
-) -> Result<usize, String> {
+    mark: i64,
+) -> Result<Option<Landed>, String> {
     let batches = open.batch.finish().map_err(|e| e.to_string())?;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     if rows == 0 {
-        // Only skipped records: nothing to write, but their offsets are done.
-        return Ok(0);
+        // Only refused records: nothing to write.
+        return Ok(None);
     }
     let schema = open.batch.schema().clone();
-    let bytes = Bytes::from(encode(&batches, &schema, ctx.compression).map_err(|e| e.to_string())?);
+    let key_values = Marks::key_values(mark, open.fingerprint);
+    let bytes = Bytes::from(
+        encode_with(&batches, &schema, ctx.compression, key_values).map_err(|e| e.to_string())?,
+    );
     let name = FileName {
         topic: t.topic.to_string(),
         partition: p,
@@ -478,13 +547,19 @@ fn land(
     ctx.metrics
         .sink_visibility_seconds
         .observe(open.opened.elapsed().as_secs_f64());
+    tracing::debug!(topic = %t.topic, partition = p, start = open.start, end = open.end, bytes = bytes.len(), dir = %part_dir, mark, "sink: file in place");
     if let Some(r) = &ctx.registrar {
         r.add(Pending {
             table: t.name.clone(),
-            dir: part_dir,
+            dir: part_dir.clone(),
             schema: Some(schema),
             sample: None,
         });
     }
-    Ok(bytes.len())
+    Ok(Some(Landed {
+        dir: part_dir,
+        holds: Holds::Schema(open.fingerprint),
+        start: open.start,
+        end: open.end,
+    }))
 }
