@@ -19,33 +19,21 @@ pub struct Landed {
 /// partition `p`'s offsets `0..counts[p]` covered exactly once by their names, and each file
 /// holding `end - start + 1` rows by its Parquet footer. Errors say what is wrong.
 pub fn check_landed(dir: &Path, topic: &str, counts: &[u64]) -> anyhow::Result<Landed> {
-    let mut files = Vec::new();
-    walk(dir, &mut files)?;
+    let (files, landed) = sink_files(dir, topic)?;
     let mut ranges: BTreeMap<i32, Vec<(u64, u64)>> = BTreeMap::new();
-    let mut landed = Landed {
-        files: 0,
-        bytes: 0,
-        rows: 0,
-    };
     for f in &files {
-        let name = f
-            .file_name()
-            .and_then(|n| n.to_str())
-            .with_context(|| format!("odd file name {}", f.display()))?;
-        let (p, start, end) = parse_name(name, topic)
-            .with_context(|| format!("{}: not a landed file of the sink", f.display()))?;
-        let rows = parquet_rows(f)?;
-        if rows != end - start + 1 {
+        if f.rows != f.end - f.start + 1 {
             bail!(
-                "{}: {rows} rows, but its name covers {} offsets",
-                f.display(),
-                end - start + 1
+                "{}: {} rows, but its name covers {} offsets",
+                f.path.display(),
+                f.rows,
+                f.end - f.start + 1
             );
         }
-        ranges.entry(p).or_default().push((start, end));
-        landed.files += 1;
-        landed.bytes += std::fs::metadata(f)?.len();
-        landed.rows += rows;
+        ranges
+            .entry(f.partition)
+            .or_default()
+            .push((f.start, f.end));
     }
     for (p, want) in counts.iter().enumerate() {
         let mut rs = ranges.remove(&(p as i32)).unwrap_or_default();
@@ -67,6 +55,104 @@ pub fn check_landed(dir: &Path, topic: &str, counts: &[u64]) -> anyhow::Result<L
         bail!("files of partition {p}, which the topic does not have");
     }
     Ok(landed)
+}
+
+/// Like [`check_landed`] for records that interleave over `folders` Hive partitions: files of
+/// one partition in different folders overlap in offsets, so it checks that each folder's files
+/// of a partition do not overlap, that no file holds more rows than its name's offsets, and that
+/// each partition's rows add up to its count.
+pub fn check_landed_interleaved(
+    dir: &Path,
+    topic: &str,
+    counts: &[u64],
+    folders: u32,
+) -> anyhow::Result<Landed> {
+    let (files, landed) = sink_files(dir, topic)?;
+    let mut rows_of: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut ranges: BTreeMap<(PathBuf, i32), Vec<(u64, u64)>> = BTreeMap::new();
+    for f in &files {
+        if f.rows == 0 || f.rows > f.end - f.start + 1 {
+            bail!(
+                "{}: {} rows, its name covers {} offsets",
+                f.path.display(),
+                f.rows,
+                f.end - f.start + 1
+            );
+        }
+        let folder = f.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        ranges
+            .entry((folder, f.partition))
+            .or_default()
+            .push((f.start, f.end));
+        *rows_of.entry(f.partition).or_default() += f.rows;
+    }
+    for ((folder, p), mut rs) in ranges.clone() {
+        rs.sort_unstable();
+        for w in rs.windows(2) {
+            if w[1].0 <= w[0].1 {
+                bail!(
+                    "{}: files of partition {p} overlap: {w:?}",
+                    folder.display()
+                );
+            }
+        }
+    }
+    let seen: std::collections::BTreeSet<&PathBuf> = ranges.keys().map(|(f, _)| f).collect();
+    if seen.len() != folders as usize {
+        bail!("{} Hive folders, expected {folders}", seen.len());
+    }
+    for (p, want) in counts.iter().enumerate() {
+        let got = rows_of.remove(&(p as i32)).unwrap_or(0);
+        if got != *want {
+            bail!("partition {p}: {got} rows in its files, expected {want}");
+        }
+    }
+    if let Some(p) = rows_of.keys().next() {
+        bail!("files of partition {p}, which the topic does not have");
+    }
+    Ok(landed)
+}
+
+/// A landed file found under a table's folder.
+struct SinkFile {
+    path: PathBuf,
+    partition: i32,
+    start: u64,
+    end: u64,
+    /// By its Parquet footer.
+    rows: u64,
+}
+
+/// Every file under `dir`, each of which must be a landed file of `topic`, and their totals.
+fn sink_files(dir: &Path, topic: &str) -> anyhow::Result<(Vec<SinkFile>, Landed)> {
+    let mut paths = Vec::new();
+    walk(dir, &mut paths)?;
+    let mut landed = Landed {
+        files: 0,
+        bytes: 0,
+        rows: 0,
+    };
+    let mut files = Vec::with_capacity(paths.len());
+    for path in paths {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("odd file name {}", path.display()))?;
+        let (partition, start, end) = parse_name(name, topic)
+            .with_context(|| format!("{}: not a landed file of the sink", path.display()))?;
+        let rows = parquet_rows(&path)?;
+        landed.files += 1;
+        landed.bytes += std::fs::metadata(&path)?.len();
+        landed.rows += rows;
+        files.push(SinkFile {
+            path,
+            partition,
+            start,
+            end,
+            rows,
+        });
+    }
+    Ok((files, landed))
 }
 
 /// `<topic>+<partition>+<start>+<end>.parquet` → (partition, start, end).

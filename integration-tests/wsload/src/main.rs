@@ -118,6 +118,10 @@ enum Command {
         /// `sink.roll_rows`: rows per file.
         #[arg(long, default_value_t = 100_000)]
         roll_rows: u64,
+        /// Hive partitions (hours, `dt`/`hr`) each Kafka partition's records interleave over,
+        /// record by record; each partition's share must be a multiple of hours × roll-rows.
+        #[arg(long, default_value_t = 1)]
+        hours: u32,
         /// Seconds each server may take.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -288,6 +292,7 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
             partitions,
             compression,
             roll_rows,
+            hours,
             timeout,
             no_baseline,
             broker_pid,
@@ -300,6 +305,7 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
                 partitions,
                 compression,
                 roll_rows,
+                hours,
                 timeout: Duration::from_secs(timeout),
                 baseline: !no_baseline,
                 broker_pid,

@@ -105,6 +105,14 @@ pub fn timestamp_ms(hour_ms: i64, i: u64, n: u64) -> i64 {
     hour_ms + (i as i128 * 3_599_000 / i128::from(n.max(1))) as i64
 }
 
+/// Like [`timestamp_ms`], but record `i` (of partition `i % partitions`) falls `(i /
+/// partitions) % hours` hours before `hour_ms`: each partition's records interleave over
+/// `hours` Hive partitions, record by record (`--hours`).
+pub fn interleaved_timestamp_ms(hour_ms: i64, i: u64, n: u64, partitions: u32, hours: u32) -> i64 {
+    let back = (i / u64::from(partitions.max(1))) % u64::from(hours.max(1));
+    timestamp_ms(hour_ms, i, n) - back as i64 * 3_600_000
+}
+
 struct Ctx {
     failed: Arc<AtomicU64>,
 }
@@ -128,6 +136,7 @@ pub fn produce(
     partitions: u32,
     enc: &Encoded,
     hour_ms: i64,
+    hours: u32,
 ) -> anyhow::Result<()> {
     let failed = Arc::new(AtomicU64::new(0));
     let producer: BaseProducer<Ctx> = ClientConfig::new()
@@ -145,7 +154,7 @@ pub fn produce(
     while i < n {
         let rec = BaseRecord::<(), [u8]>::to(topic)
             .partition((i % u64::from(partitions.max(1))) as i32)
-            .timestamp(timestamp_ms(hour_ms, i, n))
+            .timestamp(interleaved_timestamp_ms(hour_ms, i, n, partitions, hours))
             .payload(enc.get(i as usize));
         match producer.send(rec) {
             Ok(()) => i += 1,
@@ -209,7 +218,7 @@ pub fn config_toml(
     s
 }
 
-pub use crate::landed::{Landed, check_landed};
+pub use crate::landed::{Landed, check_landed, check_landed_interleaved};
 
 /// Polls `read` (a counter) until it reaches `n`; fails when it exceeds `n`, when `check`
 /// fails (e.g. the process exited, decode errors) or after `timeout`. The elapsed time.
@@ -250,6 +259,9 @@ pub struct Scenario {
     pub partitions: u32,
     pub compression: String,
     pub roll_rows: u64,
+    /// Hive partitions (hours) each Kafka partition's records interleave over, record by
+    /// record (1: all in one).
+    pub hours: u32,
     /// How long each server may take to get through the records.
     pub timeout: Duration,
     /// Also measure the gateway's decode path on the same records.
@@ -314,15 +326,18 @@ pub async fn run(s: &Scenario) -> anyhow::Result<()> {
     use crate::gateway::{Spawned, create_topic, unique_topic};
     use crate::procstat;
 
-    if s.records == 0 || s.partitions == 0 || s.roll_rows == 0 {
-        bail!("--records, --partitions and --roll-rows must be at least 1");
+    if s.records == 0 || s.partitions == 0 || s.roll_rows == 0 || s.hours == 0 {
+        bail!("--records, --partitions, --roll-rows and --hours must be at least 1");
     }
     let counts = per_partition(s.records, s.partitions);
-    if let Some(c) = counts.iter().find(|c| *c % s.roll_rows != 0) {
+    let per_folder = s.roll_rows * u64::from(s.hours);
+    if let Some(c) = counts.iter().find(|c| *c % per_folder != 0) {
         bail!(
-            "a partition gets {c} records, not a multiple of --roll-rows {}: its last file \
-             would wait for a wall-clock roll; choose --records = partitions × rows × k",
-            s.roll_rows
+            "a partition gets {c} records, not a multiple of --roll-rows {} × --hours {}: its \
+             last files would wait for a wall-clock roll; choose --records = partitions × \
+             hours × rows × k",
+            s.roll_rows,
+            s.hours
         );
     }
     let t = Instant::now();
@@ -341,7 +356,7 @@ pub async fn run(s: &Scenario) -> anyhow::Result<()> {
     let topic = unique_topic();
     create_topic(&s.brokers, &topic, s.partitions as i32).await?;
     let t = Instant::now();
-    produce(&s.brokers, &topic, s.partitions, &enc, hour_ms)?;
+    produce(&s.brokers, &topic, s.partitions, &enc, hour_ms, s.hours)?;
     eprintln!(
         "wsload: produced them to {topic} ({} partitions) in {:.1} s",
         s.partitions,
@@ -349,12 +364,14 @@ pub async fn run(s: &Scenario) -> anyhow::Result<()> {
     );
 
     println!(
-        "== sink: {} orders (schemas/order.avsc, single-object, {:.0} B), {} partitions, {}, \
-         files of {} rows, local filesystem; {} cores shared by the tool, the broker, the \
-         server and whatever else runs on this machine; loadavg {}",
+        "== sink: {} orders (schemas/order.avsc, single-object, {:.0} B), {} partitions, \
+         interleaved over {} Hive partition(s), {}, files of {} rows, local filesystem; {} \
+         cores shared by the tool, the broker, the server and whatever else runs on this \
+         machine; loadavg {}",
         s.records,
         enc.mean_bytes(),
         s.partitions,
+        s.hours,
         s.compression,
         s.roll_rows,
         procstat::cores(),
@@ -408,7 +425,12 @@ pub async fn run(s: &Scenario) -> anyhow::Result<()> {
     let busy1 = procstat::machine_ticks()?;
     let sink_broker = broker_cpu(broker0);
     let files_metric = counter(addr, "lakewire_sink_files_total").await?;
-    let landed = check_landed(&sink.dir().join("lake").join(TABLE), &topic, &counts)?;
+    let table_dir = sink.dir().join("lake").join(TABLE);
+    let landed = if s.hours == 1 {
+        check_landed(&table_dir, &topic, &counts)?
+    } else {
+        check_landed_interleaved(&table_dir, &topic, &counts, s.hours)?
+    };
     if landed.rows != s.records || landed.files as f64 != files_metric {
         bail!(
             "landed {} rows in {} files, the sink reports {files_metric} files",
@@ -451,7 +473,7 @@ pub async fn run(s: &Scenario) -> anyhow::Result<()> {
         let producing = {
             let (brokers, btopic, enc) = (s.brokers.clone(), btopic.clone(), enc.clone());
             let parts = s.partitions;
-            std::thread::spawn(move || produce(&brokers, &btopic, parts, &enc, hour_ms))
+            std::thread::spawn(move || produce(&brokers, &btopic, parts, &enc, hour_ms, 1))
         };
         let mut probe = || alive(&mut gw);
         wait_for(
@@ -529,7 +551,7 @@ pub async fn run(s: &Scenario) -> anyhow::Result<()> {
     };
     let mut summary = serde_json::json!({
         "wsload": "sink", "records": s.records, "partitions": s.partitions,
-        "compression": s.compression, "roll_rows": s.roll_rows,
+        "compression": s.compression, "roll_rows": s.roll_rows, "hours": s.hours,
         "kafka_properties": s.kafka_properties.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "record_bytes": enc.mean_bytes().round(),
         "sink": json(&sink_m),
@@ -584,6 +606,11 @@ mod tests {
         assert_eq!(timestamp_ms(h, 0, 1000), h);
         let last = timestamp_ms(h, 999_999, 1_000_000);
         assert!(last > h && last < h + 3_600_000);
+        // Interleaved over 3 hours, 2 partitions: records 0,1 now, 2,3 an hour back, ...
+        let hour = |i| interleaved_timestamp_ms(h, i, 1000, 2, 3).div_euclid(3_600_000);
+        let now = h / 3_600_000;
+        let hours: Vec<i64> = (0..8).map(|i| now - hour(i)).collect();
+        assert_eq!(hours, [0, 0, 1, 1, 2, 2, 0, 0]);
     }
 
     #[test]
