@@ -355,25 +355,42 @@ impl Decoder {
     /// Makes sure the schemas `raw` needs are at hand: on a registry cache miss, fetches the
     /// schema, waiting (with retries) while the registry is unavailable. Cheap otherwise.
     pub async fn prepare(&self, raw: &RawRecord<'_>) {
-        for (format, bytes) in [
+        for (registry, id) in self.registry_ids(raw) {
+            if registry.cached(id).is_none() {
+                registry.lookup(id).await;
+            }
+        }
+    }
+
+    /// Like [`Decoder::prepare`], but a cached "not found" or "unusable" answer for the
+    /// record's schema ids is forgotten first, so the registry is asked again (the sink's retry
+    /// of a record whose schema may have been registered since).
+    pub async fn refetch(&self, raw: &RawRecord<'_>) {
+        for (registry, id) in self.registry_ids(raw) {
+            registry.forget(id);
+        }
+        self.prepare(raw).await;
+    }
+
+    /// The registry schema ids of `raw`'s value and key, with their registry (Confluent-framed
+    /// Avro only).
+    fn registry_ids<'s>(&'s self, raw: &RawRecord<'_>) -> Vec<(&'s Registry, u32)> {
+        [
             (Some(&self.value), raw.payload),
             (self.key.as_ref(), raw.key),
-        ] {
-            if let (
+        ]
+        .into_iter()
+        .filter_map(|(format, bytes)| match (format, bytes) {
+            (
                 Some(Format::Avro {
                     framing: Framing::Confluent(registry),
                     ..
                 }),
                 Some(bytes),
-            ) = (format, bytes)
-            {
-                if let Some(id) = confluent_id(bytes) {
-                    if registry.cached(id).is_none() {
-                        registry.lookup(id).await;
-                    }
-                }
-            }
-        }
+            ) => Some((&**registry, confluent_id(bytes)?)),
+            _ => None,
+        })
+        .collect()
     }
 
     /// Decodes `raw`. Confluent-framed records need [`Decoder::prepare`] first.

@@ -177,6 +177,11 @@ pub struct Metrics {
     pub sink_expired_records: Family<TopicLabels, Counter>,
     /// Sink: partitions paused because their resume point is above the high watermark.
     pub sink_paused_partitions: Gauge,
+    /// Sink: waits on a record that could not be decoded yet, per topic and reason
+    /// (`unknown_schema_id`, `unknown_fingerprint`, `registry_unavailable`).
+    pub sink_decode_waits: Family<DecodeErrorLabels, Counter>,
+    /// Sink: partitions paused on such a record now.
+    pub sink_waiting_partitions: Gauge,
 }
 
 /// Labels of per-table series.
@@ -243,6 +248,8 @@ impl Default for Metrics {
             sink_resume_gaps: Family::default(),
             sink_expired_records: Family::default(),
             sink_paused_partitions: Gauge::default(),
+            sink_decode_waits: Family::default(),
+            sink_waiting_partitions: Gauge::default(),
         }
     }
 }
@@ -475,6 +482,16 @@ impl Metrics {
             "sink_paused_partitions",
             "Sink partitions paused: their resume point is above the high watermark (topic recreated?)",
             self.sink_paused_partitions.clone(),
+        );
+        r.register(
+            "sink_decode_waits",
+            "Sink waits on a record that could not be decoded yet (schema not registered yet, registry unreachable, unknown fingerprint), per reason",
+            self.sink_decode_waits.clone(),
+        );
+        r.register(
+            "sink_waiting_partitions",
+            "Sink partitions paused on a record that could not be decoded yet",
+            self.sink_waiting_partitions.clone(),
         );
     }
 

@@ -484,11 +484,22 @@ struct Table {
 }
 
 impl Table {
-    /// A topic `prefix-...` of `partitions` partitions; `sink_extra` goes into `[sink]`,
-    /// `partition_by` (TOML) into the table.
+    /// A raw-Avro (order.avsc) topic `prefix-...` of `partitions` partitions; `sink_extra` goes
+    /// into `[sink]`, `partition_by` (TOML) into the table.
     async fn new(
         prefix: &str,
         partitions: i32,
+        sink_extra: &str,
+        partition_by: &str,
+    ) -> anyhow::Result<Self> {
+        Self::new_with(prefix, partitions, "raw", sink_extra, partition_by).await
+    }
+
+    /// Like [`Table::new`], the topic in `format`.
+    async fn new_with(
+        prefix: &str,
+        partitions: i32,
+        format: &str,
         sink_extra: &str,
         partition_by: &str,
     ) -> anyhow::Result<Self> {
@@ -497,7 +508,7 @@ impl Table {
         create_topic(&topic, partitions).await?;
         let root = dir.path().join("lake");
         let root_s = root.display().to_string();
-        let cfg = config(dir.path(), &topic, "raw", &root_s, sink_extra)?;
+        let cfg = config(dir.path(), &topic, format, &root_s, sink_extra)?;
         let mut text = std::fs::read_to_string(&cfg)?;
         text.push_str(&format!("partition_by = {partition_by}\n"));
         std::fs::write(&cfg, text)?;
@@ -764,6 +775,90 @@ async fn a_recreated_topic_pauses_its_partition_instead_of_overwriting_files() -
     assert_exact(&v, 100);
     assert_eq!(inodes(&t.root), before, "files were written again");
     drop(second);
+    Ok(())
+}
+
+/// Records framed with a schema id the registry does not know yet (produced before their schema
+/// is registered, as a new user's producer may do) are not lost: the partition waits on the
+/// first of them, backing off, and nothing after it is committed; once the schema is registered
+/// every record lands, exactly once. (Before: each was skipped as `unknown_schema_id`, and
+/// without a dead-letter topic it was gone.) The registry is the harness's stand-in
+/// (integration-tests/src/registry.rs): a real one is issue 16's first item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_whose_schema_is_registered_later_land_once_it_is() -> anyhow::Result<()> {
+    use lakewire_integration_tests::registry::TestRegistry;
+    const ID: u32 = 42;
+    let registry = TestRegistry::start().await?;
+    let t = Table::new_with(
+        "sink-late-schema",
+        1,
+        "confluent",
+        "roll_rows = 100\nroll_interval_ms = 1000",
+        "[]",
+    )
+    .await?;
+    let mut text = std::fs::read_to_string(&t.cfg)?;
+    text.push_str(&format!(
+        "\n[schema_registry]\nurl = \"{}\"\nmax_backoff_ms = 500\n",
+        registry.url
+    ));
+    std::fs::write(&t.cfg, text)?;
+    produce_confluent(&t.topic, 0..300, ID).await?;
+    let sink = t.start()?;
+    let topic = &t.topic;
+    let waits = format!(
+        r#"lakewire_sink_decode_waits_total{{topic="{topic}",reason="unknown_schema_id"}}"#
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    while sink.metric(&waits).unwrap_or(0.0) < 2.0 {
+        if Instant::now() > end {
+            bail!("the sink did not wait on the record\n{}", log_tail(&t.log));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(sink.metric("lakewire_sink_waiting_partitions ")?, 1.0);
+    assert_eq!(check(&t.root_s, "orders", &[])?["rows_pyarrow"], 0);
+    registry.put(ID, &format!("{topic}-value"), ORDER);
+    produce_confluent(&t.topic, 300..400, ID).await?;
+    let v = t.wait_rows(400)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let v2 = check(&t.root_s, "orders", &[])?;
+    assert_exact(&v2, 400);
+    assert_eq!(v["files"], v2["files"]);
+    assert_eq!(sink.metric("lakewire_sink_waiting_partitions ")?, 0.0);
+    assert_eq!(
+        sink.metric(&format!(
+            r#"lakewire_decode_errors_total{{topic="{topic}",reason="unknown_schema_id"}}"#
+        ))?,
+        0.0,
+        "records were refused instead of waited for"
+    );
+    drop(sink);
+    Ok(())
+}
+
+/// Produces the orders with ids in `ids` to partition 0, Confluent-framed with schema id `id`.
+async fn produce_confluent(topic: &str, ids: std::ops::Range<i64>, id: u32) -> anyhow::Result<()> {
+    let base = base_ts();
+    let schema = apache_avro::Schema::parse_str(ORDER)?;
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("acks", "all")
+        .create()?;
+    for i in ids {
+        let mut payload = vec![0u8];
+        payload.extend_from_slice(&id.to_be_bytes());
+        payload.extend_from_slice(&apache_avro::to_avro_datum(&schema, order(i, base))?);
+        p.send(
+            FutureRecord::<(), _>::to(topic)
+                .partition(0)
+                .timestamp(base + i)
+                .payload(&payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+    }
     Ok(())
 }
 

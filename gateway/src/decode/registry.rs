@@ -130,6 +130,23 @@ impl Registry {
         cache.insert(id, Arc::new(cell));
     }
 
+    /// Forgets a cached "not found" or "unusable" answer for `id`, so that the next
+    /// [`Registry::lookup`] asks the registry again (the sink, retrying a record whose schema
+    /// may have been registered since). A schema found stays.
+    pub fn forget(&self, id: u32) {
+        let mut cache = match self.cache.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if cache
+            .get(&id)
+            .and_then(|c| c.get())
+            .is_some_and(|l| !matches!(l, Lookup::Found(_)))
+        {
+            cache.remove(&id);
+        }
+    }
+
     /// The cached answer for `id`, if there is a current one. Never waits.
     pub fn cached(&self, id: u32) -> Option<Lookup> {
         let cache = self.cache.read().ok()?;

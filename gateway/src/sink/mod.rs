@@ -23,8 +23,9 @@
 //! assignment (the committed offsets are used) or for a worker that stalls past
 //! `max.poll.interval.ms` while its partitions move (at-least-once; documented).
 //!
-//! The parts: `worker` (the consumer loop, landing and commits) and `partition` (an assigned
-//! partition: its open files, resume point and files in place), `consumer` (the consumer's
+//! The parts: `worker` (the consumer loop and commits), `partition` (an assigned partition: its
+//! open files, resume point and files in place), `land` (a file encoded and put in place),
+//! `consumer` (the consumer's
 //! settings and its rebalance handler that resumes from storage), on [`avro_to_arrow`] (records
 //! into Arrow batches), [`hive_paths`] (partition values, folders and file names), [`storage`]
 //! (landing and listing files), [`resume`] (where a partition resumes), [`register`] and
@@ -33,6 +34,7 @@
 pub mod avro_to_arrow;
 mod consumer;
 pub mod hive_paths;
+mod land;
 pub mod metastore;
 mod partition;
 pub mod register;

@@ -5,7 +5,7 @@
 //! ([`AssignedPartition::mark`]) and whether a record is already in a file in place.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -65,6 +65,15 @@ pub(super) struct OpenFile {
     pub(super) first_timestamp: Option<i64>,
 }
 
+/// A partition paused on a record that could not be decoded yet (its schema not in the
+/// registry yet, the registry unreachable, an unknown single-object fingerprint).
+pub(super) struct Waiting {
+    /// The record's offset: the partition is read again from it.
+    pub(super) offset: i64,
+    pub(super) retry_at: Instant,
+    pub(super) reason: &'static str,
+}
+
 /// An assigned topic partition.
 pub(super) struct AssignedPartition {
     /// Every record below this was in a file in place at assignment (records below are
@@ -79,7 +88,16 @@ pub(super) struct AssignedPartition {
     /// The highest end offset in `landed`: records after it are in no file yet.
     landed_end: Option<i64>,
     pub(super) lag: Gauge,
+    /// Paused on a record to decode again later.
+    pub(super) waiting: Option<Waiting>,
+    /// The offset of the last record waited for and the wait before its next try (doubled for
+    /// each try on the same record).
+    retry: Option<(i64, Duration)>,
 }
+
+/// The first wait on a record that cannot be decoded yet, and the longest.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const LONGEST_RETRY: Duration = Duration::from_secs(30);
 
 impl AssignedPartition {
     pub(super) fn new(resume: Resume, lag: Gauge) -> Self {
@@ -90,6 +108,8 @@ impl AssignedPartition {
             landed: Vec::new(),
             landed_end: None,
             lag,
+            waiting: None,
+            retry: None,
         };
         for l in resume.landed {
             p.add_landed(l);
@@ -147,6 +167,21 @@ impl AssignedPartition {
         }
     }
 
+    /// Pauses on the record at `offset` until a later try; the wait before it.
+    pub(super) fn wait_on(&mut self, offset: i64, reason: &'static str) -> Duration {
+        let backoff = match self.retry {
+            Some((o, b)) if o == offset => (b * 2).min(LONGEST_RETRY),
+            _ => FIRST_RETRY,
+        };
+        self.retry = Some((offset, backoff));
+        self.waiting = Some(Waiting {
+            offset,
+            retry_at: Instant::now() + backoff,
+            reason,
+        });
+        backoff
+    }
+
     /// The open file that started first (closed first when a new folder needs room).
     pub(super) fn oldest(&self) -> Option<FileKey> {
         self.open
@@ -199,6 +234,20 @@ mod tests {
             values: Some(vec![v.to_string()]),
             fingerprint: 1,
         }
+    }
+
+    #[test]
+    fn waits_on_the_same_record_back_off_and_a_new_record_starts_over() {
+        let mut p = AssignedPartition::new(Resume::default(), Gauge::default());
+        assert_eq!(p.wait_on(7, "unknown_schema_id"), FIRST_RETRY);
+        assert_eq!(p.wait_on(7, "unknown_schema_id"), FIRST_RETRY * 2);
+        assert_eq!(p.wait_on(7, "unknown_schema_id"), FIRST_RETRY * 4);
+        for _ in 0..10 {
+            p.wait_on(7, "unknown_schema_id");
+        }
+        assert_eq!(p.wait_on(7, "unknown_schema_id"), LONGEST_RETRY);
+        assert_eq!(p.wait_on(8, "unknown_schema_id"), FIRST_RETRY);
+        assert_eq!(p.waiting.as_ref().map(|w| w.offset), Some(8));
     }
 
     #[test]

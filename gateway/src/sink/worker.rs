@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -18,20 +17,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::avro_to_arrow::{BatchBuilder, Meta};
 use super::consumer::{Event, SinkContext};
-use super::encode_with;
-use super::hive_paths::{FileName, hive_dir, partition_values};
+use super::hive_paths::{hive_dir, partition_values};
+use super::land::land;
 use super::partition::{AssignedPartition, FileKey, OpenFile, PartitionKey};
-use super::register::{Pending, Registrar};
-use super::resume::{Holds, Landed, Marks};
+use super::register::Registrar;
 use super::storage::Storage;
 use crate::config::SinkCompression;
 use crate::decode::{DecodeError, Decoder};
 use crate::metrics::{CloseLabels, DecodeErrorLabels, Metrics, PartitionLabels};
 use crate::record::RawRecord;
 
-/// How long landing a file is retried before the partition is rewound to the file's start
-/// (staying well inside the consumer's `max.poll.interval.ms`).
-const LAND_RETRY_FOR: Duration = Duration::from_secs(30);
+/// How long the worker waits for the registry on one record before it pauses the partition
+/// and goes on polling (the others keep flowing; the group keeps it).
+const REGISTRY_WAIT: Duration = Duration::from_secs(2);
 
 /// A `[[sink.tables]]` entry as the worker uses it: the topic's decoder, the partition layout
 /// and the table's counters.
@@ -112,6 +110,7 @@ impl Worker {
             if last_tick.elapsed() >= Duration::from_millis(200) {
                 last_tick = Instant::now();
                 self.roll_old(&consumer);
+                self.retry_waiting(&consumer);
             }
             self.ctx.metrics.sink_open_bytes.set(self.open_bytes as i64);
             if last_lag.elapsed() >= Duration::from_secs(10) {
@@ -196,6 +195,10 @@ impl Worker {
             self.skip(m.topic(), "unassigned");
             return;
         };
+        if part.waiting.is_some() {
+            // Fetched before the pause: read again from the record waited on.
+            return;
+        }
         if part.resume.is_some_and(|n| off < n) {
             self.skip(m.topic(), "already_written");
             return;
@@ -224,15 +227,34 @@ impl Worker {
         };
         let writer = match t.decoder.value_writer(payload) {
             Err(DecodeError::UnknownSchemaId(_)) => {
-                // A registry cache miss: fetch (waiting while the registry is down), retry.
-                self.ctx.rt.block_on(t.decoder.prepare(&raw));
-                t.decoder.value_writer(payload)
+                // A registry cache miss, or a schema not found before: ask the registry (again),
+                // for a bounded time.
+                // (The timer is made inside the runtime: this thread is not one of its own.)
+                let asked = self.ctx.rt.block_on(async {
+                    tokio::time::timeout(REGISTRY_WAIT, t.decoder.refetch(&raw)).await
+                });
+                match asked {
+                    Ok(()) => t.decoder.value_writer(payload).map_err(Some),
+                    Err(_) => Err(None),
+                }
             }
-            other => other,
+            other => other.map_err(Some),
         };
         let (schema, datum) = match writer {
             Ok(w) => w,
-            Err(e) => {
+            // Errors that can pass: the partition waits on the record, nothing after it is
+            // committed, and the others go on.
+            Err(None) => {
+                self.wait_on(consumer, key, off, "registry_unavailable");
+                return;
+            }
+            Err(Some(
+                e @ (DecodeError::UnknownSchemaId(_) | DecodeError::UnknownFingerprint(_)),
+            )) => {
+                self.wait_on(consumer, key, off, e.reason());
+                return;
+            }
+            Err(Some(e)) => {
                 self.bad_record(ti, &raw, &e);
                 return;
             }
@@ -382,6 +404,77 @@ impl Worker {
         let n = part.open.len() as i64;
         self.open_bytes = self.open_bytes.saturating_sub(part.drop_open());
         self.ctx.metrics.sink_open_files.dec_by(n);
+        if part.waiting.take().is_some() {
+            self.ctx.metrics.sink_waiting_partitions.dec();
+        }
+    }
+
+    /// Pauses partition `key` on the record at `offset`, which could not be decoded for a
+    /// reason that can pass: it is read again from there after a backoff.
+    fn wait_on(
+        &mut self,
+        consumer: &BaseConsumer<SinkContext>,
+        key: (usize, i32),
+        offset: i64,
+        reason: &'static str,
+    ) {
+        let t = &self.tables[key.0];
+        let Some(part) = self.parts.get_mut(&key) else {
+            return;
+        };
+        let was_waiting = part.waiting.is_some();
+        let backoff = part.wait_on(offset, reason);
+        if !was_waiting {
+            self.ctx.metrics.sink_waiting_partitions.inc();
+        }
+        self.ctx
+            .metrics
+            .sink_decode_waits
+            .get_or_create(&DecodeErrorLabels {
+                topic: t.topic.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+        tracing::warn!(topic = %t.topic, partition = key.1, offset, reason, retry_in = ?backoff, "sink: a record cannot be decoded yet; its partition waits and nothing after it is committed");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&t.topic, key.1);
+        let rewound = consumer
+            .seek(
+                &t.topic,
+                key.1,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            )
+            .and_then(|()| consumer.pause(&tpl));
+        if let Err(e) = rewound {
+            tracing::error!(topic = %t.topic, partition = key.1, error = %e, "sink: cannot pause the partition on the record; dropping the partition's state");
+            if let Some(mut part) = self.parts.remove(&key) {
+                self.forget_open(&mut part);
+            }
+        }
+    }
+
+    /// Resumes the partitions whose wait is over: the record waited on is read again.
+    fn retry_waiting(&mut self, consumer: &BaseConsumer<SinkContext>) {
+        let now = Instant::now();
+        for (&(ti, p), part) in self.parts.iter_mut() {
+            let Some(w) = part.waiting.as_ref().filter(|w| w.retry_at <= now) else {
+                continue;
+            };
+            let t = &self.tables[ti];
+            tracing::debug!(topic = %t.topic, partition = p, offset = w.offset, reason = w.reason, "sink: trying the record again");
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&t.topic, p);
+            match consumer.resume(&tpl) {
+                Ok(()) => {
+                    part.waiting = None;
+                    self.ctx.metrics.sink_waiting_partitions.dec();
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %t.topic, partition = p, error = %e, "sink: cannot resume the partition; trying again");
+                }
+            }
+        }
     }
 
     fn roll_old(&mut self, consumer: &BaseConsumer<SinkContext>) {
@@ -486,80 +579,4 @@ impl Worker {
             }
         }
     }
-}
-
-/// Encodes `open`, with `mark` as its resume mark, and puts it in place (retrying for
-/// [`LAND_RETRY_FOR`]); what is now in place (`None`: no rows, nothing written).
-fn land(
-    ctx: &WorkerContext,
-    t: &ConfiguredTable,
-    p: i32,
-    open: &mut OpenFile,
-    mark: i64,
-) -> Result<Option<Landed>, String> {
-    let batches = open.batch.finish().map_err(|e| e.to_string())?;
-    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    if rows == 0 {
-        // Only refused records: nothing to write.
-        return Ok(None);
-    }
-    let schema = open.batch.schema().clone();
-    let key_values = Marks::key_values(mark, open.fingerprint);
-    let bytes = Bytes::from(
-        encode_with(&batches, &schema, ctx.compression, key_values).map_err(|e| e.to_string())?,
-    );
-    let name = FileName {
-        topic: t.topic.to_string(),
-        partition: p,
-        start: open.start,
-        end: open.end,
-    }
-    .render();
-    let part_dir = hive_dir(&t.partition_by, &open.values);
-    let dir = if part_dir.is_empty() {
-        t.name.clone()
-    } else {
-        format!("{}/{part_dir}", t.name)
-    };
-    let began = Instant::now();
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match ctx
-            .rt
-            .block_on(ctx.storage.land(&dir, &name, bytes.clone()))
-        {
-            Ok(()) => break,
-            Err(e) => {
-                ctx.metrics.sink_storage_errors.inc();
-                tracing::warn!(file = %format!("{dir}/{name}"), error = %e, "sink: cannot write the file; retrying");
-                if ctx.cancel.is_cancelled() || began.elapsed() >= LAND_RETRY_FOR {
-                    return Err(e.to_string());
-                }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    t.records.inc_by(rows as u64);
-    t.files.inc();
-    t.bytes.inc_by(bytes.len() as u64);
-    ctx.metrics.sink_file_bytes.observe(bytes.len() as f64);
-    ctx.metrics
-        .sink_visibility_seconds
-        .observe(open.opened.elapsed().as_secs_f64());
-    tracing::debug!(topic = %t.topic, partition = p, start = open.start, end = open.end, bytes = bytes.len(), dir = %part_dir, mark, "sink: file in place");
-    if let Some(r) = &ctx.registrar {
-        r.add(Pending {
-            table: t.name.clone(),
-            dir: part_dir.clone(),
-            schema: Some(schema),
-            sample: None,
-        });
-    }
-    Ok(Some(Landed {
-        dir: part_dir,
-        holds: Holds::Schema(open.fingerprint),
-        start: open.start,
-        end: open.end,
-    }))
 }
