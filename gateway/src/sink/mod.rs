@@ -191,7 +191,8 @@ pub fn start(
             roll_bytes: sink.roll_bytes,
             roll_interval: (sink.roll_interval_ms > 0)
                 .then(|| Duration::from_millis(sink.roll_interval_ms)),
-            roll_record_ms: (sink.roll_record_ms > 0).then_some(sink.roll_record_ms as i64),
+            roll_record_ms: (sink.roll_record_ms > 0)
+                .then(|| i64::try_from(sink.roll_record_ms).unwrap_or(i64::MAX)),
             max_open_files: sink.max_open_files,
             max_open_bytes: sink.max_open_bytes,
             cancel: cancel.clone(),

@@ -195,7 +195,10 @@ impl AssignedPartition {
     pub(super) fn due_by_record_time(&self, timestamp: i64, roll_ms: i64) -> Vec<FileKey> {
         self.open
             .iter()
-            .filter(|(_, o)| o.first_timestamp.is_some_and(|f| timestamp - f >= roll_ms))
+            .filter(|(_, o)| {
+                o.first_timestamp
+                    .is_some_and(|f| timestamp.saturating_sub(f) >= roll_ms)
+            })
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -234,6 +237,23 @@ mod tests {
             values: Some(vec![v.to_string()]),
             fingerprint: 1,
         }
+    }
+
+    #[test]
+    fn record_time_rolls_only_files_old_enough_and_odd_timestamps_do_not_overflow()
+    -> anyhow::Result<()> {
+        let mut p = AssignedPartition::new(Resume::default(), Gauge::default());
+        let mut a = open_file(0, 0)?;
+        a.first_timestamp = Some(1_000);
+        let mut b = open_file(1, 1)?;
+        b.first_timestamp = Some(50_000);
+        p.open.insert(key("a"), a);
+        p.open.insert(key("b"), b);
+        assert!(p.due_by_record_time(60_999, 60_000).is_empty());
+        assert_eq!(p.due_by_record_time(61_000, 60_000), vec![key("a")]);
+        assert!(p.due_by_record_time(i64::MIN, 60_000).is_empty());
+        assert_eq!(p.due_by_record_time(i64::MAX, i64::MAX).len(), 0);
+        Ok(())
     }
 
     #[test]
