@@ -52,6 +52,7 @@ fn build(json: &Arc<serde_json::Value>, data: &[Vec<u8>]) -> Vec<arrow_array::Re
         let meta = Meta {
             offset: i as i64,
             timestamp: Some(1_732_690_000_000 + i as i64),
+            ..Meta::default()
         };
         b.append(&data[i % N], meta)
             .unwrap_or_else(|e| panic!("{e}"));

@@ -399,18 +399,7 @@ impl Decoder {
             None => Bytes::from_static(b"null"),
             Some(bytes) => Bytes::from(to_json(&self.value, bytes)?),
         };
-        let key = match (&self.key, raw.key) {
-            (_, None) => None,
-            (None, Some(k)) => Some(key_text(k)),
-            (Some(format), Some(k)) => {
-                let json = to_json(format, k).map_err(|e| DecodeError::Key(Box::new(e)))?;
-                // A string key is sent as that string; any other as its JSON text.
-                Some(match serde_json::from_slice::<String>(&json) {
-                    Ok(s) => s,
-                    Err(_) => String::from_utf8_lossy(&json).into_owned(),
-                })
-            }
-        };
+        let key = self.key_text(raw)?;
         Ok(Record::new(
             self.topic.clone(),
             raw.partition,
@@ -420,6 +409,24 @@ impl Decoder {
             value_json,
         )
         .with_headers(header_texts(raw.headers)))
+    }
+
+    /// The key of `raw` as clients see it (and the sink's `_key` column holds it): without a
+    /// `key_format` the bytes as UTF-8 (else base64); with one, the decoded key, a string key as
+    /// that string and any other as its JSON text. Confluent-framed keys need
+    /// [`Decoder::prepare`] first.
+    pub fn key_text(&self, raw: &RawRecord<'_>) -> Result<Option<String>, DecodeError> {
+        Ok(match (&self.key, raw.key) {
+            (_, None) => None,
+            (None, Some(k)) => Some(key_text(k)),
+            (Some(format), Some(k)) => {
+                let json = to_json(format, k).map_err(|e| DecodeError::Key(Box::new(e)))?;
+                Some(match serde_json::from_slice::<String>(&json) {
+                    Ok(s) => s,
+                    Err(_) => String::from_utf8_lossy(&json).into_owned(),
+                })
+            }
+        })
     }
 
     /// The writer schema of an Avro value and its datum (the bytes after the framing), for the

@@ -8,7 +8,9 @@ Output keys: rows_pyarrow, rows_duckdb (local only), distinct (distinct (_partit
 pairs), types (column -> pyarrow type text), duckdb_types, partitions (sorted Hive partition
 directories), files (visible .parquet files), hidden (files whose names start with '_' or '.',
 which readers skip), sample (the row with the smallest id, else _offset, as text), evolved (rows where the
-column "note" is not null, when it exists).
+column "note" is not null, when it exists), and where the table has the Kafka key and headers
+columns: sample_headers (the sample row's _headers as [name, value as UTF-8 or null]) and
+keys_duckdb (DuckDB's row count per _key).
 """
 
 import json
@@ -77,6 +79,11 @@ def main():
     order += [("_offset", "ascending"), ("_partition", "ascending")]
     first = t.sort_by(order).slice(0, 1).to_pylist()[0]
     out["sample"] = {k: str(v) for k, v in first.items()}
+    if "_headers" in first:
+        out["sample_headers"] = [
+            [h["key"], None if h["value"] is None else h["value"].decode("utf-8", "backslashreplace")]
+            for h in first["_headers"]
+        ]
     if "note" in t.column_names:
         out["evolved"] = t.filter(pa.compute.is_valid(t.column("note"))).num_rows
     if not root.startswith("s3://"):
@@ -89,6 +96,11 @@ def main():
         out["distinct_duckdb"] = con.execute(
             f"select count(*) from (select distinct _partition, _offset from {q})"
         ).fetchone()[0]
+        if "_key" in t.column_names:
+            out["keys_duckdb"] = {
+                str(k): n
+                for k, n in con.execute(f"select _key, count(*) from {q} group by _key").fetchall()
+            }
         out["duckdb_types"] = {
             r[0]: r[1] for r in con.execute(f"describe select * from {q}").fetchall()
         }

@@ -1501,6 +1501,166 @@ mod hive {
         Ok(())
     }
 
+    /// `key_column` and `headers_column`: every record's Kafka key (Avro, decoded with the
+    /// topic's `key_format`) and headers (repeated names, a null value, bytes that are not
+    /// UTF-8) are columns that pyarrow, DuckDB and Spark (through the metastore) read back, and
+    /// Spark joins the table on `_key`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn key_and_headers_columns_are_read_back_and_joined_on() -> anyhow::Result<()> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        const N: i64 = 300;
+        let uri = shared_uri();
+        let dir = tempfile::tempdir()?;
+        let topic = unique("sink-keys");
+        create_topic(&topic, 2).await?;
+        let root = dir.path().join("lake");
+        let root_s = root.display().to_string();
+        let db = unique_db("lw_keys");
+        let cfg = config(
+            dir.path(),
+            &topic,
+            "raw",
+            &root_s,
+            &format!(
+                "roll_rows = 100\nroll_interval_ms = 1000\nmetastore_uri = \"{uri}\"\n\
+                 database = \"{db}\""
+            ),
+        )?;
+        // An Avro string key: on the wire a length byte, then the text. The column must hold
+        // the decoded text.
+        let key_schema = dir.path().join("key.avsc");
+        std::fs::write(&key_schema, "\"string\"")?;
+        let text = std::fs::read_to_string(&cfg)?
+            .replace(
+                "format = \"raw\"\n",
+                &format!(
+                    "format = \"raw\"\nkey_format = \"raw\"\nkey_schema = \"{}\"\n",
+                    key_schema.display()
+                ),
+            )
+            .replace(
+                "table = \"orders\"\n",
+                "table = \"orders\"\nkey_column = true\nheaders_column = true\n",
+            );
+        std::fs::write(&cfg, text)?;
+
+        let base = base_ts();
+        let schema = apache_avro::Schema::parse_str(ORDER)?;
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("acks", "all")
+            .create()?;
+        for i in 0..N {
+            let key = apache_avro::to_avro_datum(
+                &apache_avro::Schema::String,
+                AV::String(format!("customer-{}", i % 10)),
+            )?;
+            let trace = format!("t-{i}");
+            let mut headers = OwnedHeaders::new().insert(Header {
+                key: "trace",
+                value: Some(trace.as_bytes()),
+            });
+            if i % 50 == 0 {
+                headers = headers
+                    .insert(Header {
+                        key: "trace",
+                        value: Some(b"again".as_slice()),
+                    })
+                    .insert(Header {
+                        key: "gone",
+                        value: None::<&[u8]>,
+                    })
+                    .insert(Header {
+                        key: "bin",
+                        value: Some([0xffu8, 0x00].as_slice()),
+                    });
+            }
+            let datum = apache_avro::to_avro_datum(&schema, order(i, base))?;
+            p.send(
+                FutureRecord::to(&topic)
+                    .partition((i % 2) as i32)
+                    .timestamp(base + i * 1000)
+                    .key(&key)
+                    .headers(headers)
+                    .payload(&datum),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+        }
+        let log = dir.path().join("sink.log");
+        let sink = Sink::start(&cfg, &log)?;
+        let v = wait_rows(&root_s, "orders", N as u64, Duration::from_secs(90), &[])
+            .with_context(|| log_tail(&log))?;
+        assert_exact(&v, N as u64);
+        assert_eq!(v["types"]["_key"].as_str(), Some("string"), "{v}");
+        assert_eq!(
+            v["types"]["_headers"].as_str(),
+            Some("list<element: struct<key: string not null, value: binary> not null>"),
+            "{v}"
+        );
+        // The sample is order 0: all four headers, in the order they were sent.
+        assert_eq!(v["sample"]["_key"].as_str(), Some("customer-0"), "{v}");
+        assert_eq!(
+            v["sample_headers"],
+            serde_json::json!([
+                ["trace", "t-0"],
+                ["trace", "again"],
+                ["gone", null],
+                ["bin", "\\xff\u{0}"]
+            ]),
+            "{v}"
+        );
+        let per_key: serde_json::Map<String, Value> = (0..10)
+            .map(|k| (format!("customer-{k}"), serde_json::json!(N / 10)))
+            .collect();
+        assert_eq!(v["keys_duckdb"], Value::Object(per_key), "{v}");
+
+        wait_registered(&sink, Duration::from_secs(60), &log).await?;
+        let table = format!("{db}.orders");
+        let got = spark_read(
+            &uri,
+            &table,
+            &[
+                format!(
+                    "SELECT o._key AS k, count(*) AS n FROM {table} o \
+                     JOIN (SELECT 'customer-3' AS k UNION ALL SELECT 'customer-7') c \
+                     ON o._key = c.k GROUP BY o._key ORDER BY k"
+                ),
+                format!(
+                    "SELECT id, size(_headers) AS headers, _headers[1].key AS second, \
+                     cast(_headers[1].value AS string) AS again, \
+                     _headers[2].value IS NULL AS gone FROM {table} WHERE id = 50"
+                ),
+            ],
+        )?;
+        assert_eq!(got["rows"], N, "{got}");
+        let columns = spark_columns(&got);
+        let tail: Vec<(String, String)> = columns[columns.len() - 4..].to_vec();
+        let expected: Vec<(String, String)> = [
+            ("_key", "string"),
+            ("_headers", "array<struct<key:string,value:binary>>"),
+            ("dt", "string"),
+            ("hr", "string"),
+        ]
+        .iter()
+        .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+        .collect();
+        assert_eq!(tail, expected, "{got}");
+        assert_eq!(
+            got["queries"][0],
+            serde_json::json!([{"k": "customer-3", "n": N / 10}, {"k": "customer-7", "n": N / 10}]),
+            "{got}"
+        );
+        assert_eq!(
+            got["queries"][1],
+            serde_json::json!([{"id": 50, "headers": 4, "second": "trace", "again": "again", "gone": true}]),
+            "{got}"
+        );
+        drop(sink);
+        Ok(())
+    }
+
     /// The metastore stopped while records flow: files keep landing, partitions wait
     /// (pending gauge > 0, errors counted); the metastore back: every partition registered,
     /// Spark reads them all.

@@ -129,6 +129,12 @@ pub struct SinkTableConfig {
     /// Partition columns: `dt`/`hr` (UTC date/hour of the record timestamp) or top-level fields.
     #[serde(default = "default_partition_by")]
     pub partition_by: Vec<String>,
+    /// Write the Kafka key as a `_key` column (text, decoded with the topic's `key_format`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub key_column: bool,
+    /// Write the Kafka headers as a `_headers` column (a list of name and value pairs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub headers_column: bool,
 }
 
 fn default_partition_by() -> Vec<String> {

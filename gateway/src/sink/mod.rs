@@ -39,6 +39,7 @@ pub mod metastore;
 mod partition;
 pub mod register;
 pub mod resume;
+mod row;
 pub mod storage;
 mod worker;
 
@@ -121,6 +122,8 @@ pub fn start(
                 .filter(|k| *k != "dt" && *k != "hr")
                 .cloned()
                 .collect(),
+            key_column: t.key_column,
+            headers_column: t.headers_column,
             bucket_ms: if t.partition_by.iter().any(|k| k == "hr") {
                 Some(3_600_000)
             } else if t.partition_by.iter().any(|k| k == "dt") {

@@ -73,10 +73,11 @@ fn json(schema: &str) -> anyhow::Result<Arc<serde_json::Value>> {
     Ok(Arc::new(serde_json::from_str(schema)?))
 }
 
-fn meta(offset: i64) -> Meta {
+fn meta(offset: i64) -> Meta<'static> {
     Meta {
         offset,
         timestamp: Some(1_732_690_000_000 + offset),
+        ..Meta::default()
     }
 }
 
@@ -448,5 +449,113 @@ fn the_consumer_fetches_again_soon_after_its_queue_drains_unless_told_otherwise(
         &sink,
     );
     assert_eq!(cc.get("fetch.queue.backoff.ms"), Some("250"));
+    Ok(())
+}
+
+#[test]
+fn key_and_headers_columns_keep_every_record_s_key_and_headers() -> anyhow::Result<()> {
+    let mut b = BatchBuilder::new(json(ORDER)?, Arc::from("orders"), 0, &[])?
+        .with_key()?
+        .with_headers()?;
+    let first: [(&str, Option<&[u8]>); 3] = [
+        ("trace", Some(b"t-1")),
+        ("trace", Some(b"t-2")),
+        ("gone", None),
+    ];
+    let key_of = |i: i64| format!("customer-{i}");
+    b.append(
+        &encode_avro(ORDER, order(0))?,
+        Meta {
+            key: Some(&key_of(0)),
+            headers: &first,
+            ..meta(0)
+        },
+    )?;
+    // A record refused half-way: its key and headers must not shift those of the next.
+    let good = encode_avro(ORDER, order(1))?;
+    let bin: [(&str, Option<&[u8]>); 1] = [("bin", Some(&[0xff, 0x00]))];
+    assert!(
+        b.append(
+            &good[..good.len() - 12],
+            Meta {
+                key: Some("lost"),
+                headers: &bin,
+                ..meta(1)
+            }
+        )
+        .is_err()
+    );
+    b.append(&good, meta(2))?;
+    b.append(
+        &good,
+        Meta {
+            key: Some(&key_of(3)),
+            headers: &bin,
+            ..meta(3)
+        },
+    )?;
+    let batches = b.finish()?;
+    let schema = b.schema().clone();
+    assert_eq!(
+        schema
+            .fields()
+            .iter()
+            .rev()
+            .take(2)
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>(),
+        vec!["_headers", "_key"]
+    );
+    let bytes = encode(&batches, &schema, SinkCompression::Zstd)?;
+    let mut keys = Vec::new();
+    let mut headers = Vec::new();
+    for batch in read_parquet(bytes)? {
+        let k = batch
+            .column_by_name("_key")
+            .context("_key")?
+            .as_string::<i32>();
+        let h = batch
+            .column_by_name("_headers")
+            .context("_headers")?
+            .as_list::<i32>();
+        for row in 0..batch.num_rows() {
+            keys.push(k.is_valid(row).then(|| k.value(row).to_string()));
+            let entries = h.value(row);
+            let entries = entries.as_struct();
+            let names = entries.column(0).as_string::<i32>();
+            let values = entries.column(1).as_binary::<i32>();
+            headers.push(
+                (0..entries.len())
+                    .map(|e| {
+                        (
+                            names.value(e).to_string(),
+                            values.is_valid(e).then(|| values.value(e).to_vec()),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    assert_eq!(keys, vec![Some(key_of(0)), None, Some(key_of(3))]);
+    let h = |n: &str, v: Option<&[u8]>| (n.to_string(), v.map(<[u8]>::to_vec));
+    assert_eq!(
+        headers,
+        vec![
+            vec![
+                h("trace", Some(b"t-1")),
+                h("trace", Some(b"t-2")),
+                h("gone", None)
+            ],
+            vec![],
+            vec![h("bin", Some(&[0xff, 0x00]))],
+        ]
+    );
+    // A value field of the same name is refused, as the metadata columns' are.
+    let clash = r#"{"type":"record","name":"C","fields":[{"name":"_key","type":"long"}]}"#;
+    assert!(
+        BatchBuilder::new(json(clash)?, Arc::from("t"), 0, &[])?
+            .with_key()
+            .is_err()
+    );
     Ok(())
 }

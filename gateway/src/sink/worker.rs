@@ -21,15 +21,12 @@ use super::hive_paths::{hive_dir, partition_values};
 use super::land::land;
 use super::partition::{AssignedPartition, FileKey, OpenFile, PartitionKey};
 use super::register::Registrar;
+use super::row::{Row, Unwritten, row};
 use super::storage::Storage;
 use crate::config::SinkCompression;
 use crate::decode::{DecodeError, Decoder};
 use crate::metrics::{CloseLabels, DecodeErrorLabels, Metrics, PartitionLabels};
 use crate::record::RawRecord;
-
-/// How long the worker waits for the registry on one record before it pauses the partition
-/// and goes on polling (the others keep flowing; the group keeps it).
-const REGISTRY_WAIT: Duration = Duration::from_secs(2);
 
 /// A `[[sink.tables]]` entry as the worker uses it: the topic's decoder, the partition layout
 /// and the table's counters.
@@ -39,6 +36,9 @@ pub(super) struct ConfiguredTable {
     pub(super) partition_by: Vec<String>,
     /// The partition columns that are value fields (not `dt`/`hr`): left out of the files.
     pub(super) fields: Vec<String>,
+    /// Write the key as `_key`, the headers as `_headers`.
+    pub(super) key_column: bool,
+    pub(super) headers_column: bool,
     /// The time span of one Hive partition: an hour with `hr`, a day with `dt` only.
     pub(super) bucket_ms: Option<i64>,
     pub(super) decoder: Arc<Decoder>,
@@ -225,36 +225,21 @@ impl Worker {
             self.read(key, off);
             return;
         };
-        let writer = match t.decoder.value_writer(payload) {
-            Err(DecodeError::UnknownSchemaId(_)) => {
-                // A registry cache miss, or a schema not found before: ask the registry (again),
-                // for a bounded time.
-                // (The timer is made inside the runtime: this thread is not one of its own.)
-                let asked = self.ctx.rt.block_on(async {
-                    tokio::time::timeout(REGISTRY_WAIT, t.decoder.refetch(&raw)).await
-                });
-                match asked {
-                    Ok(()) => t.decoder.value_writer(payload).map_err(Some),
-                    Err(_) => Err(None),
-                }
-            }
-            other => other.map_err(Some),
-        };
-        let (schema, datum) = match writer {
-            Ok(w) => w,
+        let headers = if t.headers_column { m.headers() } else { None };
+        let Row {
+            schema,
+            datum,
+            key: key_text,
+            headers,
+        } = match row(&self.ctx.rt, t, &raw, payload, headers) {
+            Ok(row) => row,
             // Errors that can pass: the partition waits on the record, nothing after it is
             // committed, and the others go on.
-            Err(None) => {
-                self.wait_on(consumer, key, off, "registry_unavailable");
+            Err(Unwritten::Wait(reason)) => {
+                self.wait_on(consumer, key, off, reason);
                 return;
             }
-            Err(Some(
-                e @ (DecodeError::UnknownSchemaId(_) | DecodeError::UnknownFingerprint(_)),
-            )) => {
-                self.wait_on(consumer, key, off, e.reason());
-                return;
-            }
-            Err(Some(e)) => {
+            Err(Unwritten::Bad(e)) => {
                 self.bad_record(ti, &raw, &e);
                 return;
             }
@@ -300,12 +285,17 @@ impl Worker {
                 }
             }
             let t = &self.tables[ti];
-            let batch = match BatchBuilder::new(
-                Arc::new(schema.json.clone()),
-                t.topic.clone(),
-                p,
-                &t.fields,
-            ) {
+            let batch =
+                BatchBuilder::new(Arc::new(schema.json.clone()), t.topic.clone(), p, &t.fields)
+                    .and_then(|b| if t.key_column { b.with_key() } else { Ok(b) })
+                    .and_then(|b| {
+                        if t.headers_column {
+                            b.with_headers()
+                        } else {
+                            Ok(b)
+                        }
+                    });
+            let batch = match batch {
                 Ok(batch) => batch,
                 Err(e) => {
                     let e = DecodeError::BadSchema {
@@ -345,6 +335,8 @@ impl Worker {
         let meta = Meta {
             offset: off,
             timestamp: raw.timestamp,
+            key: key_text.as_deref(),
+            headers: &headers,
         };
         if let Err(e) = open.batch.append(datum, meta) {
             let e = DecodeError::from(e);

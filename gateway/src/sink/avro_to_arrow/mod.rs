@@ -1,7 +1,8 @@
 //! Avro binary straight into Arrow builders, for the sink. Input: a writer schema's JSON (from
 //! [`crate::decode::schema::ParsedSchema::json`]) and Avro datums after their framing (found by
 //! [`crate::decode::Decoder::value_writer`]); output: Arrow `RecordBatch`es with the Kafka
-//! metadata columns `_topic`, `_partition`, `_offset`, `_timestamp` after the value's fields.
+//! metadata columns `_topic`, `_partition`, `_offset`, `_timestamp` after the value's fields
+//! (and `_key`, `_headers` where the table asks for them).
 //!
 //! The mapping (also in docs/configuration.md, "Sink type mapping"):
 //!
@@ -39,6 +40,12 @@ const MAX_DEPTH: u32 = 64;
 
 /// The Kafka metadata columns, after the value's fields.
 pub const META_COLUMNS: [&str; 4] = ["_topic", "_partition", "_offset", "_timestamp"];
+
+/// The Kafka key column, after the metadata columns, in tables with `key_column = true`.
+pub const KEY_COLUMN: &str = "_key";
+
+/// The Kafka headers column, last, in tables with `headers_column = true`.
+pub const HEADERS_COLUMN: &str = "_headers";
 
 /// A schema that has no Arrow form here.
 #[derive(Debug, Clone, thiserror::Error)]
