@@ -41,7 +41,8 @@ pub(super) enum Unwritten {
     Bad(DecodeError),
 }
 
-/// Decodes what the sink writes of `raw` (whose payload is `payload`) for table `t`.
+/// Decodes what the sink writes of `raw` (whose payload is `payload`) for table `t`; `headers`
+/// are the record's headers when the table writes them (the caller reads them only then).
 pub(super) fn row<'b>(
     rt: &tokio::runtime::Handle,
     t: &ConfiguredTable,
@@ -55,10 +56,9 @@ pub(super) fn row<'b>(
     } else {
         None
     };
-    let headers = match (t.headers_column, headers) {
-        (true, Some(hs)) => hs.iter().map(|h| (h.key, h.value)).collect(),
-        _ => Vec::new(),
-    };
+    let headers = headers
+        .map(|hs| hs.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default();
     Ok(Row {
         schema,
         datum,

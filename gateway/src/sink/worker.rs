@@ -285,16 +285,14 @@ impl Worker {
                 }
             }
             let t = &self.tables[ti];
-            let batch =
-                BatchBuilder::new(Arc::new(schema.json.clone()), t.topic.clone(), p, &t.fields)
-                    .and_then(|b| if t.key_column { b.with_key() } else { Ok(b) })
-                    .and_then(|b| {
-                        if t.headers_column {
-                            b.with_headers()
-                        } else {
-                            Ok(b)
-                        }
-                    });
+            let mut batch =
+                BatchBuilder::new(Arc::new(schema.json.clone()), t.topic.clone(), p, &t.fields);
+            if t.key_column {
+                batch = batch.and_then(BatchBuilder::with_key);
+            }
+            if t.headers_column {
+                batch = batch.and_then(BatchBuilder::with_headers);
+            }
             let batch = match batch {
                 Ok(batch) => batch,
                 Err(e) => {
