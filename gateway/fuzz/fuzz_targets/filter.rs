@@ -1,73 +1,10 @@
 //! The CEL filter and projection path: `Shape::new` compiles a fuzzed filter (and `fields`),
-//! then `Shape::render` evaluates it against a fuzzed record, as the hub does for every record.
-//!
-//! Input: `filter \0 fields \0 value` where `fields` is comma-separated (absent: no projection)
-//! and `value` is the record's JSON (used only when it is valid JSON, as decoders guarantee).
-//! Limits are the configuration defaults. Properties: no panic; what is rendered is JSON.
+//! then `Shape::render` evaluates it against a fuzzed record, as the hub does for every record
+//! (the case itself is in `filter_case.rs`).
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
-
-use lakewire::record::Record;
-use lakewire::filter::{self, Limits, Shape};
 use libfuzzer_sys::fuzz_target;
-use serde::de::IgnoredAny;
 
-fn limits() -> Limits {
-    static LIMITS: OnceLock<Limits> = OnceLock::new();
-    *LIMITS.get_or_init(|| {
-        match lakewire::config::Config::from_toml_and_env(
-            "[kafka]\nbrokers = \"127.0.0.1:1\"\n",
-            &[],
-            "fuzz",
-        ) {
-            Ok(c) => lakewire::filter::Limits::from(&c.websocket),
-            Err(e) => panic!("default config: {e}"),
-        }
-    })
-}
+mod filter_case;
 
-thread_local! {
-    static ENV: Arc<cel::Env> = filter::env();
-}
-
-fuzz_target!(|data: &[u8]| {
-    let mut parts = data.splitn(3, |&b| b == 0);
-    let Some(Ok(source)) = parts.next().map(std::str::from_utf8) else {
-        return;
-    };
-    let fields: Option<Vec<String>> = match parts.next().map(std::str::from_utf8) {
-        None => None,
-        Some(Err(_)) => return,
-        Some(Ok(f)) => Some(
-            f.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect(),
-        ),
-    };
-    let value = parts.next().unwrap_or(b"{}");
-    if serde_json::from_slice::<IgnoredAny>(value).is_err() {
-        return;
-    }
-    let filter_src = (!source.is_empty()).then_some(source);
-    ENV.with(|env| {
-        let Ok(shape) = Shape::new(filter_src, fields.as_deref(), env, &limits()) else {
-            return;
-        };
-        let record = Record::new(
-            Arc::from("fuzz"),
-            1,
-            42,
-            Some(1_732_690_000_000),
-            Some("k1".into()),
-            bytes::Bytes::copy_from_slice(value),
-        )
-        .with_headers(vec![("source".into(), Some("web".into()))]);
-        if let Ok(Some(out)) = shape.render(&record, env, &mut None, &mut None) {
-            if let Err(e) = serde_json::from_slice::<IgnoredAny>(&out) {
-                panic!("rendered output is not JSON ({e}): {out:?}");
-            }
-        }
-    });
-});
+fuzz_target!(|data: &[u8]| filter_case::run(data));
