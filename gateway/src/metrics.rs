@@ -177,6 +177,8 @@ pub struct Metrics {
     pub sink_expired_records: Family<TopicLabels, Counter>,
     /// Sink: partitions paused because their resume point is above the high watermark.
     pub sink_paused_partitions: Gauge,
+    /// Sink: partitions taken from this worker by a rebalance (their open files dropped).
+    pub sink_revoked_partitions: Counter,
     /// Sink: waits on a record that could not be decoded yet, per topic and reason
     /// (`unknown_schema_id`, `unknown_fingerprint`, `registry_unavailable`).
     pub sink_decode_waits: Family<DecodeErrorLabels, Counter>,
@@ -248,6 +250,7 @@ impl Default for Metrics {
             sink_resume_gaps: Family::default(),
             sink_expired_records: Family::default(),
             sink_paused_partitions: Gauge::default(),
+            sink_revoked_partitions: Counter::default(),
             sink_decode_waits: Family::default(),
             sink_waiting_partitions: Gauge::default(),
         }
@@ -482,6 +485,11 @@ impl Metrics {
             "sink_paused_partitions",
             "Sink partitions paused: their resume point is above the high watermark (topic recreated?)",
             self.sink_paused_partitions.clone(),
+        );
+        r.register(
+            "sink_revoked_partitions",
+            "Sink partitions taken from this worker by a rebalance (their open files dropped; the next owner reads those records again)",
+            self.sink_revoked_partitions.clone(),
         );
         r.register(
             "sink_decode_waits",

@@ -960,70 +960,189 @@ fn landed(log: &Path) -> Vec<(i64, i64, i64)> {
         .collect()
 }
 
+/// The configuration of a second worker beside `cfg` (same group and settings, another
+/// listen port), written next to it.
+fn second_worker(cfg: &Path) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(cfg)?;
+    let port = text
+        .split("listen = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .context("port")?
+        .to_string();
+    let path = cfg.with_file_name("lakewire-b.toml");
+    std::fs::write(
+        &path,
+        text.replace(
+            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{}", free_port()?),
+        ),
+    )?;
+    Ok(path)
+}
+
+/// The partitions a sink's log says it put files of in place.
+fn landed_partitions(log: &Path) -> std::collections::BTreeSet<i64> {
+    landed(log).iter().map(|f| f.0).collect()
+}
+
+/// Two sink workers' set-up on a fresh 4-partition topic: configurations (same group), logs,
+/// and the lake's root.
+struct TwoWorkers {
+    dir: tempfile::TempDir,
+    topic: String,
+    root_s: String,
+    cfg_a: PathBuf,
+    cfg_b: PathBuf,
+    log_a: PathBuf,
+    log_b: PathBuf,
+}
+
+impl TwoWorkers {
+    async fn new(prefix: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let topic = unique(prefix);
+        create_topic(&topic, 4).await?;
+        let root_s = dir.path().join("lake").display().to_string();
+        let cfg_a = config(
+            dir.path(),
+            &topic,
+            "raw",
+            &root_s,
+            "roll_rows = 300\nroll_interval_ms = 1500",
+        )?;
+        let cfg_b = second_worker(&cfg_a)?;
+        let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        Ok(Self {
+            dir,
+            topic,
+            root_s,
+            cfg_a,
+            cfg_b,
+            log_a,
+            log_b,
+        })
+    }
+
+    /// Produces `n` orders over the 4 partitions in 20 chunks, 400 ms apart: the records arrive
+    /// over several seconds while the workers run.
+    fn produce(&self, n: u64) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        let topic = self.topic.clone();
+        tokio::spawn(async move {
+            for chunk in 0..20i64 {
+                let per = n as i64 / 20;
+                produce_order_range(&topic, chunk * per..(chunk + 1) * per, 4, 200).await?;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            anyhow::Ok(())
+        })
+    }
+
+    /// Fails if the two workers' logs name a file twice.
+    fn assert_no_file_twice(&self) {
+        let mut all: Vec<(i64, i64, i64)> = landed(&self.log_a);
+        all.extend(landed(&self.log_b));
+        let mut names = all.clone();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all.len(), "a file was written twice: {all:?}");
+    }
+}
+
+/// A worker joining the group mid-stream moves only the partitions it gets: with the default
+/// assignment strategy (cooperative-sticky) the worker already there gives up 2 of its 4
+/// partitions and keeps the other two's open files, where the eager strategies took all 4 from
+/// it (every open file dropped and read again) and gave 2 back. Exactly N rows, no file twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_worker_takes_only_the_partitions_that_move() -> anyhow::Result<()> {
+    const N: u64 = 24_000;
+    const REVOKED: &str = "lakewire_sink_revoked_partitions_total ";
+    let w = TwoWorkers::new("sink-join").await?;
+    let TwoWorkers {
+        root_s,
+        cfg_a,
+        cfg_b,
+        log_a,
+        log_b,
+        ..
+    } = &w;
+    let a = Sink::start(cfg_a, log_a)?;
+    let producer = w.produce(N);
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| -> anyhow::Result<()> {
+        let end = Instant::now() + Duration::from_secs(90);
+        while !done() {
+            if Instant::now() > end {
+                bail!(
+                    "{what} within 90 s\nA:\n{}\nB:\n{}",
+                    log_tail(log_a),
+                    log_tail(log_b)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    wait_for("A did not write files of all 4 partitions", &|| {
+        landed_partitions(log_a).len() == 4
+    })?;
+    assert_eq!(a.metric(REVOKED)?, 0.0, "A alone lost partitions");
+    let b = Sink::start(cfg_b, log_b)?;
+    wait_for("B did not write files of 2 partitions", &|| {
+        landed_partitions(log_b).len() == 2
+    })?;
+    assert_eq!(
+        a.metric(REVOKED)?,
+        2.0,
+        "A gave up other partitions than the 2 B got (B: {:?})\n{}",
+        landed_partitions(log_b),
+        log_tail(log_a)
+    );
+    producer.await??;
+    wait_rows(root_s, "orders", N, Duration::from_secs(120), &[])
+        .with_context(|| log_tail(log_b))?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_exact(&check(root_s, "orders", &[])?, N);
+    w.assert_no_file_twice();
+    assert_eq!(a.metric(REVOKED)?, 2.0, "A lost partitions later");
+    drop((a, b));
+    Ok(())
+}
+
 /// Two sink workers in one group on a 4-partition topic; one is killed with SIGKILL
 /// mid-stream and the other takes its partitions over: exactly N rows, and no file was
 /// written twice (by either worker).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_one_killed_the_survivor_takes_over() -> anyhow::Result<()> {
     const N: u64 = 40_000;
-    let dir = tempfile::tempdir()?;
-    let topic = unique("sink-group");
-    create_topic(&topic, 4).await?;
+    let w = TwoWorkers::new("sink-group").await?;
+    let TwoWorkers {
+        dir,
+        root_s,
+        cfg_a,
+        cfg_b,
+        log_a,
+        log_b,
+        ..
+    } = &w;
     let root = dir.path().join("lake");
-    let root_s = root.display().to_string();
-    let cfg_a = config(
-        dir.path(),
-        &topic,
-        "raw",
-        &root_s,
-        "roll_rows = 300\nroll_interval_ms = 1500",
-    )?;
-    // The same group and settings, another listen port.
-    let text = std::fs::read_to_string(&cfg_a)?;
-    let port_a = text
-        .split("listen = \"127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .context("port")?
-        .to_string();
-    let cfg_b = dir.path().join("lakewire-b.toml");
-    std::fs::write(
-        &cfg_b,
-        text.replace(
-            &format!("127.0.0.1:{port_a}"),
-            &format!("127.0.0.1:{}", free_port()?),
-        ),
-    )?;
-    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
-    let mut a = Sink::start(&cfg_a, &log_a)?;
-    let b = Sink::start(&cfg_b, &log_b)?;
-    // The records arrive over several seconds while both workers run.
-    let producer = {
-        let topic = topic.clone();
-        tokio::spawn(async move {
-            for chunk in 0..20i64 {
-                let per = N as i64 / 20;
-                produce_order_range(&topic, chunk * per..(chunk + 1) * per, 4, 200).await?;
-                tokio::time::sleep(Duration::from_millis(400)).await;
-            }
-            anyhow::Ok(())
-        })
-    };
+    let mut a = Sink::start(cfg_a, log_a)?;
+    let b = Sink::start(cfg_b, log_b)?;
+    let producer = w.produce(N);
     // Both have put files in place: the partitions are split. Then A dies mid-stream.
     let end = Instant::now() + Duration::from_secs(90);
-    while landed(&log_a).len() < 3 || landed(&log_b).len() < 3 {
+    while landed(log_a).len() < 3 || landed(log_b).len() < 3 {
         if Instant::now() > end {
             bail!(
                 "both workers did not write files in 90 s\nA:\n{}\nB:\n{}",
-                log_tail(&log_a),
-                log_tail(&log_b)
+                log_tail(log_a),
+                log_tail(log_b)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     a.child.kill()?;
     a.child.wait()?;
-    let at_kill = check(&root_s, "orders", &[])?;
+    let at_kill = check(root_s, "orders", &[])?;
     assert!(
         at_kill["rows_pyarrow"].as_u64().unwrap_or(0) < N,
         "A was killed too late: {at_kill}"
@@ -1032,20 +1151,15 @@ async fn two_workers_one_killed_the_survivor_takes_over() -> anyhow::Result<()> 
     let before = inodes(&root);
     producer.await??;
     drop(a);
-    let v = wait_rows(&root_s, "orders", N, Duration::from_secs(120), &[])
-        .with_context(|| log_tail(&log_b))?;
+    let v = wait_rows(root_s, "orders", N, Duration::from_secs(120), &[])
+        .with_context(|| log_tail(log_b))?;
     std::thread::sleep(Duration::from_secs(2));
-    let v2 = check(&root_s, "orders", &[])?;
+    let v2 = check(root_s, "orders", &[])?;
     assert_exact(&v2, N);
     assert_eq!(v["files"], v2["files"], "files were still being added");
     // No file was written twice, and B wrote files for all four partitions after A died.
-    let mut all: Vec<(i64, i64, i64)> = landed(&log_a);
-    all.extend(landed(&log_b));
-    let mut names = all.clone();
-    names.sort_unstable();
-    names.dedup();
-    assert_eq!(names.len(), all.len(), "a file was written twice: {all:?}");
-    let b_parts: std::collections::BTreeSet<i64> = landed(&log_b).iter().map(|f| f.0).collect();
+    w.assert_no_file_twice();
+    let b_parts = landed_partitions(log_b);
     assert_eq!(
         b_parts.len(),
         4,

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
@@ -19,11 +19,17 @@ use crate::config::SinkConfig;
 use crate::kafka::{ClientLog, KafkaClients};
 use crate::metrics::{Metrics, ResumeGapLabels};
 
+/// The assignment strategy of the sink's group unless `[kafka] properties` names one: a
+/// rebalance moves only the partitions that change owner, so the others keep their open files
+/// (under the eager strategies every rebalance drops every open file of every worker).
+pub(super) const DEFAULT_ASSIGNMENT_STRATEGY: &str = "cooperative-sticky";
+
 /// The sink's group consumer settings, from the shared client factory.
 pub(super) fn consumer_config(clients: &KafkaClients, sink: &SinkConfig) -> ClientConfig {
     let mut cc = clients.group_consumer(&sink.group_id, "lakewire-sink");
-    // The rebalance handler assigns and revokes whole assignments (eager protocol).
-    cc.set("partition.assignment.strategy", "range,roundrobin");
+    if cc.get("partition.assignment.strategy").is_none() {
+        cc.set("partition.assignment.strategy", DEFAULT_ASSIGNMENT_STRATEGY);
+    }
     cc
 }
 
@@ -199,21 +205,32 @@ impl SinkContext {
     }
 }
 
+/// `tpl`'s partitions as `(topic, partition)`.
+fn listed(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
 impl ConsumerContext for SinkContext {
+    /// Under the cooperative protocol `tpl` holds only the partitions that move (added to or
+    /// taken from the assignment incrementally); under the eager one, the whole assignment.
+    /// Either way the worker's [`Event`]s name exactly the partitions that changed.
     fn rebalance(
         &self,
         base_consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        let cooperative = matches!(
+            base_consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut resume = self.resume(tpl);
-                let parts: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
+                let parts = listed(tpl);
                 let mut assigned = Vec::with_capacity(parts.len());
                 let mut paused = Vec::new();
                 for (topic, p) in parts.iter().cloned() {
@@ -234,7 +251,12 @@ impl ConsumerContext for SinkContext {
                     assigned.push((topic, p, r));
                 }
                 self.push(Event::Assigned(assigned));
-                if let Err(e) = base_consumer.assign(tpl) {
+                let done = if cooperative {
+                    base_consumer.incremental_assign(tpl)
+                } else {
+                    base_consumer.assign(tpl)
+                };
+                if let Err(e) = done {
                     tracing::error!(error = %e, "sink: assign failed");
                 }
                 if !paused.is_empty() {
@@ -249,32 +271,47 @@ impl ConsumerContext for SinkContext {
                 self.set_paused(&parts, paused);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let revoked = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect::<Vec<_>>();
+                let revoked = listed(tpl);
                 tracing::info!(
                     partitions = revoked.len(),
-                    "sink: partitions revoked; open files dropped"
+                    lost = base_consumer.assignment_lost(),
+                    cooperative,
+                    "sink: partitions revoked; their open files dropped"
                 );
-                self.set_paused(&revoked, Vec::new());
-                self.push(Event::Revoked(revoked));
-                if let Err(e) = base_consumer.unassign() {
-                    tracing::error!(error = %e, "sink: unassign failed");
-                }
+                self.revoke(base_consumer, tpl, revoked, cooperative);
             }
             other => {
                 tracing::error!(error = ?other, "sink: rebalance error");
-                let revoked: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
-                self.set_paused(&revoked, Vec::new());
-                self.push(Event::Revoked(revoked));
-                let _ = base_consumer.unassign();
+                let revoked = listed(tpl);
+                self.revoke(base_consumer, tpl, revoked, cooperative);
             }
+        }
+    }
+}
+
+impl SinkContext {
+    /// Takes `revoked` (the partitions of `tpl`) from the worker and from the assignment. It
+    /// does not wait for storage: the open files are dropped, and the next owner reads their
+    /// records again from the resume point in storage.
+    fn revoke(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+        revoked: Vec<(String, i32)>,
+        cooperative: bool,
+    ) {
+        self.metrics
+            .sink_revoked_partitions
+            .inc_by(revoked.len() as u64);
+        self.set_paused(&revoked, Vec::new());
+        self.push(Event::Revoked(revoked));
+        let done = if cooperative {
+            base_consumer.incremental_unassign(tpl)
+        } else {
+            base_consumer.unassign()
+        };
+        if let Err(e) = done {
+            tracing::error!(error = %e, "sink: unassign failed");
         }
     }
 }

@@ -453,6 +453,31 @@ fn the_consumer_fetches_again_soon_after_its_queue_drains_unless_told_otherwise(
 }
 
 #[test]
+fn the_group_is_cooperative_sticky_unless_the_user_names_a_strategy() -> anyhow::Result<()> {
+    let base = "[kafka]\nbrokers = \"127.0.0.1:1\"\n";
+    let rest = "\n[[topics]]\nname = \"t\"\nformat = \"raw\"\nschema = \"../schemas/order.avsc\"\n\
+                \n[sink]\nroot = \"/tmp/x\"\n\n[[sink.tables]]\ntopic = \"t\"\n";
+    let strategy = |text: &str| -> anyhow::Result<Option<String>> {
+        let config = Config::from_toml_and_env(text, &[], "test")?;
+        let sink = config.sink.clone().context("no [sink]")?;
+        let cc = consumer_config(
+            &crate::kafka::KafkaClients::new(&config.kafka, &Metrics::default()),
+            &sink,
+        );
+        Ok(cc.get("partition.assignment.strategy").map(str::to_string))
+    };
+    assert_eq!(
+        strategy(&format!("{base}{rest}"))?.as_deref(),
+        Some("cooperative-sticky")
+    );
+    let eager = format!(
+        "{base}[kafka.properties]\n\"partition.assignment.strategy\" = \"range,roundrobin\"\n{rest}"
+    );
+    assert_eq!(strategy(&eager)?.as_deref(), Some("range,roundrobin"));
+    Ok(())
+}
+
+#[test]
 fn key_and_headers_columns_keep_every_record_s_key_and_headers() -> anyhow::Result<()> {
     let mut b = BatchBuilder::new(json(ORDER)?, Arc::from("orders"), 0, &[])?
         .with_key()?
