@@ -1,0 +1,230 @@
+use super::*;
+
+const LIMITS: Limits = Limits {
+    max_filter_bytes: 200,
+    max_filter_nodes: 40,
+    max_fields: 4,
+};
+
+fn record(value: &str) -> Record {
+    Record::new(
+        Arc::from("orders"),
+        1,
+        42,
+        Some(1_732_690_000_000),
+        Some("k1".into()),
+        Bytes::copy_from_slice(value.as_bytes()),
+    )
+    .with_headers(vec![("source".into(), Some("web".into()))])
+}
+
+fn compile(src: &str) -> Result<Filter, String> {
+    Filter::compile(src, &env(), &LIMITS).map_err(|e| e.to_string())
+}
+
+fn eval(src: &str, value: &str) -> Result<bool, String> {
+    let f = compile(src)?;
+    let r = record(value);
+    f.matches(&context(&env(), &r))
+}
+
+#[test]
+fn the_design_example_filters() {
+    let v = r#"{"id":7,"amount":150.5,"region":"eu","qty":12}"#;
+    assert_eq!(
+        eval("value.amount > 100.0 && value.region == 'eu'", v),
+        Ok(true)
+    );
+    assert_eq!(eval("value.amount > 200.0", v), Ok(false));
+    assert_eq!(
+        eval("value.qty > 10", v),
+        Ok(true),
+        "JSON integers are CEL ints"
+    );
+    assert_eq!(
+        eval("key == 'k1' && partition == 1 && offset == 42", v),
+        Ok(true)
+    );
+    assert_eq!(eval("timestamp > 1700000000000", v), Ok(true));
+    assert_eq!(eval("headers.source == 'web'", v), Ok(true));
+    assert_eq!(eval("value.region in ['eu', 'us']", v), Ok(true));
+    assert_eq!(eval("has(value.missing)", v), Ok(false));
+}
+
+#[test]
+fn evaluation_errors_are_errors_not_matches() {
+    let r = eval("value.missing > 1", r#"{"id":1}"#);
+    assert!(r.is_err(), "{r:?}");
+}
+
+#[test]
+fn bad_filters_are_refused_with_a_reason() {
+    let e = compile("value.amount >").err().unwrap_or_default();
+    assert!(e.contains("syntax error"), "{e}");
+    let e = compile("valeu.amount > 1").err().unwrap_or_default();
+    assert!(e.contains("unknown name \"valeu\""), "{e}");
+    let e = compile("nosuchfn(value)").err().unwrap_or_default();
+    assert!(e.contains("nosuchfn"), "{e}");
+    for not_bool in [
+        "1 + 2",
+        "value.n + 1",
+        "size(value.tags)",
+        "'x'",
+        "offset > 1 ? 1 : 2",
+    ] {
+        let e = compile(not_bool).err().unwrap_or_default();
+        assert!(e.contains("boolean"), "{not_bool}: {e}");
+    }
+    assert!(compile("offset > 1 ? value.a : false").is_ok());
+    let e = compile(&"a".repeat(300)).err().unwrap_or_default();
+    assert!(e.contains("limit is 200"), "{e}");
+    let e = compile(&["offset > 1"; 12].join(" || "))
+        .err()
+        .unwrap_or_default();
+    assert!(e.contains("too complex"), "{e}");
+    let e = compile("   ").err().unwrap_or_default();
+    assert!(e.contains("empty"), "{e}");
+}
+
+#[test]
+fn comprehensions_over_the_cost_budget_are_refused() {
+    let limits = Limits::from(&crate::config::WebSocketConfig::default());
+    let compile = |src: &str| Filter::compile(src, &env(), &limits).map(|_| ());
+    let list = |n: usize| {
+        let items: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+        format!("[{}]", items.join(","))
+    };
+    // Nested over literal lists: the product of their sizes.
+    let deep = (0..10).fold("true".to_string(), |inner, i| {
+        format!("{}.all(x{i}, {inner})", list(3))
+    });
+    let three = format!(
+        "{l}.all(a, {l}.all(b, {l}.all(c, a + b + c > 0)))",
+        l = list(50)
+    );
+    for costly in [
+        deep.as_str(),
+        three.as_str(),
+        // Lists of the record count as RECORD_LIST_BOUND items: three deep is refused.
+        "value.a.exists(x, value.a.exists(y, value.a.exists(z, x + y == z)))",
+        // `map` keeps its range's size for the comprehension over its result.
+        "value.a.map(x, value.a.map(y, x)).exists(l, l.exists(v, value.a.exists(w, v == w)))",
+    ] {
+        match compile(costly) {
+            Err(ShapeError::BadFilter(m)) => {
+                assert!(m.contains("too costly"), "{costly}: {m}")
+            }
+            other => panic!("{costly}: accepted or wrong error: {:?}", other.err()),
+        }
+    }
+    for fine in [
+        // (Iteration variables must be names a filter may use.)
+        "value.items.exists(key, key.qty > 10)",
+        "value.a.exists(key, value.b.exists(offset, key == offset))",
+        "value.region in ['eu', 'us', 'ap'] && value.tags.all(key, key != 'test')",
+        &format!("{}.exists(key, key == value.n)", list(400)),
+    ] {
+        assert!(compile(fine).is_ok(), "{fine}: {:?}", compile(fine).err());
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused_before_it_can_overflow_a_stack() {
+    let limits = Limits::from(&crate::config::WebSocketConfig::default());
+    // Without the depth check the parser overflowed this thread's stack (and aborted the
+    // process) at 50 nested parentheses.
+    for deep in [
+        format!("{}offset > 1{}", "(".repeat(1000), ")".repeat(1000)),
+        format!("{}true", "!".repeat(1000)),
+        format!("[{}1{}] == []", "[".repeat(500), "]".repeat(500)),
+    ] {
+        match Filter::compile(&deep, &env(), &limits) {
+            Err(ShapeError::BadFilter(m)) => assert!(m.contains("levels deep"), "{m}"),
+            other => panic!("accepted or wrong error: {:?}", other.err()),
+        }
+    }
+    // Within the limit, parsing runs on the compiling thread's large stack.
+    let parens = format!(
+        "{}offset > 1{}",
+        "(".repeat(MAX_FILTER_DEPTH - 1),
+        ")".repeat(MAX_FILTER_DEPTH - 1)
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().build();
+    let rt = rt.unwrap_or_else(|e| panic!("{e}"));
+    let shape = rt.block_on(compile_shape(Some(parens), None, env(), limits));
+    assert!(shape.is_ok(), "{:?}", shape.err());
+}
+
+#[test]
+fn the_deepest_accepted_filter_evaluates_on_an_ordinary_thread() {
+    // Compiled on the large stack, evaluated here (2 MiB, like a runtime worker).
+    let limits = Limits::from(&crate::config::WebSocketConfig::default());
+    let n = MAX_FILTER_DEPTH - 3;
+    let chain = ["offset > 1"; 60].join(" || ");
+    let unary = format!("{}(offset > 1)", "!".repeat(n));
+    let lists = format!("{}1{} != []", "[".repeat(n), "]".repeat(n));
+    let rt = tokio::runtime::Builder::new_current_thread().build();
+    let rt = rt.unwrap_or_else(|e| panic!("{e}"));
+    for src in [chain, unary, lists] {
+        let shape = rt.block_on(compile_shape(Some(src.clone()), None, env(), limits));
+        let shape = shape.unwrap_or_else(|e| panic!("{src}: {e}"));
+        let r = record(r#"{"a":1}"#);
+        let out = shape.render(&r, &env(), &mut None, &mut None);
+        assert!(out.is_ok(), "{out:?}");
+    }
+}
+
+fn render(fields: &[&str], value: &str) -> Result<String, String> {
+    let fields: Vec<String> = fields.iter().map(|s| s.to_string()).collect();
+    let shape = Shape::new(None, Some(&fields), &env(), &LIMITS).map_err(|e| e.to_string())?;
+    let r = record(value);
+    let out = shape.render(&r, &env(), &mut None, &mut None)?;
+    Ok(String::from_utf8_lossy(&out.unwrap_or_default()).to_string())
+}
+
+#[test]
+fn projection_keeps_only_the_paths_nested_as_before() {
+    let v = r#"{"id":7,"amount":1.5,"customer":{"name":"Ana","tier":"gold"},"tags":["a"]}"#;
+    assert_eq!(
+        render(&["value.id"], v),
+        Ok(r#"{"partition":1,"offset":42,"timestamp":1732690000000,"value":{"id":7}}"#.into())
+    );
+    assert_eq!(
+        render(&["value.customer.tier", "value.id", "key"], v),
+        Ok(r#"{"partition":1,"offset":42,"timestamp":1732690000000,"key":"k1","value":{"id":7,"customer":{"tier":"gold"}}}"#.into())
+    );
+    assert_eq!(
+        render(&["value.customer", "value.customer.tier"], v),
+        Ok(r#"{"partition":1,"offset":42,"timestamp":1732690000000,"value":{"customer":{"name":"Ana","tier":"gold"}}}"#.into()),
+        "a shorter path keeps its whole subtree"
+    );
+    assert_eq!(
+        render(&["value.nope"], v),
+        Ok(r#"{"partition":1,"offset":42,"timestamp":1732690000000}"#.into()),
+        "absent paths are left out"
+    );
+}
+
+#[test]
+fn bad_projections_are_refused() {
+    assert!(render(&["value..id"], "{}").is_err());
+    assert!(render(&["body.id"], "{}").is_err());
+    assert!(render(&["key", "value.a", "value.b", "value.c", "value.d"], "{}").is_err());
+}
+
+#[test]
+fn equal_shapes_have_equal_keys() -> Result<(), ShapeError> {
+    let f = |filter: Option<&str>, fields: Option<&[String]>| {
+        Shape::new(filter, fields, &env(), &LIMITS).map(|s| s.key)
+    };
+    let ab = ["value.a".to_string(), "value.b".to_string()];
+    let ba = ["value.b".to_string(), "value.a".to_string()];
+    assert_eq!(
+        f(Some("offset > 1"), Some(&ab))?,
+        f(Some(" offset > 1 "), Some(&ba))?
+    );
+    assert_ne!(f(None, None)?, f(None, Some(&ab))?);
+    assert_ne!(f(Some("offset > 1"), None)?, f(Some("offset > 2"), None)?);
+    assert_eq!(f(None, None)?, Shape::whole().key);
+    Ok(())
+}
