@@ -8,9 +8,9 @@
 //! it is assigned, so "latest" has a definite meaning. Partitions a topic gains later are read
 //! from their first record, found within `kafka.partition_refresh_ms`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -24,11 +24,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
 use crate::decode::Decoder;
-use crate::hub::{Subscription, TopicHub};
+use crate::hub::TopicHub;
 use crate::kafka::{KafkaClients, KafkaContext};
 use crate::log_limit::LogLimiter;
 use crate::metrics::{Metrics, TopicLabels};
 use crate::record::{RawRecord, Record};
+
+mod replay;
+pub use replay::{Followers, run_replay};
 
 /// A Kafka operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -532,145 +535,6 @@ async fn add_partitions(
     }
 }
 
-/// Per topic, the subscriptions that did not start live (`from` in the past): the hub delivers
-/// a partition's records to such a subscription only from the offset its replay reader handed
-/// the partition over at, so a partition the topic gains later must be handed over to each of
-/// them, at the offset the live consumer starts it at, before any of its records is published.
-/// (A `latest` subscription takes every partition from the start.) One lock orders adding
-/// partitions against registering a subscription, so each one learns of a new partition from
-/// exactly one side: the live consumer, or its replay plan.
-#[derive(Debug, Clone, Default)]
-pub struct Followers(Arc<std::sync::Mutex<HashMap<Arc<str>, TopicFollowers>>>);
-
-#[derive(Debug, Default)]
-struct TopicFollowers {
-    subs: Vec<Weak<Subscription>>,
-    /// How many were left at the last clean-up: the next one comes when the list has doubled.
-    kept: usize,
-}
-
-impl TopicFollowers {
-    fn clean_up(&mut self) {
-        self.subs
-            .retain(|s| s.upgrade().is_some_and(|s| s.is_active()));
-        self.kept = self.subs.len();
-    }
-}
-
-impl Followers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, TopicFollowers>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Registers `sub`, which `hub` holds and which is not live from the start; returns, per
-    /// partition the live consumer reads now, where it is (empty before it is assigned). A
-    /// partition not among these is handed to `sub` by the live consumer once it reads it.
-    pub fn follow(&self, hub: &TopicHub, sub: &Arc<Subscription>) -> BTreeMap<i32, i64> {
-        let mut all = self.lock();
-        let topic = all.entry(hub.name().clone()).or_default();
-        if topic.subs.len() >= 2 * topic.kept.max(32) {
-            topic.clean_up();
-        }
-        topic.subs.push(Arc::downgrade(sub));
-        hub.published_next()
-    }
-
-    /// The live consumer now reads `at` (partition: first offset) too.
-    fn add_partitions(&self, hub: &TopicHub, at: &BTreeMap<i32, i64>) {
-        let mut all = self.lock();
-        let mut next = hub.published_next();
-        next.extend(at);
-        hub.set_assigned(Some(next));
-        if let Some(topic) = all.get_mut(hub.name()) {
-            topic.clean_up();
-            for sub in topic.subs.iter().filter_map(Weak::upgrade) {
-                for (&p, &o) in at {
-                    // Nothing of `p` is published yet, so this hands it over at `o`.
-                    hub.try_go_live(&sub, p, o);
-                }
-            }
-        }
-    }
-}
-
-/// Feeds one subscription from `start` (next offset per partition) with its own reader, at the
-/// client's pace (waiting for room in its queue rather than dropping), and hands each partition
-/// over to the live consumer as soon as the reader has caught up with it; ends when every
-/// partition is live, on `cancel`, or when the client's queue closes.
-pub async fn run_replay(
-    kafka: Kafka,
-    decoder: Arc<Decoder>,
-    hub: Arc<TopicHub>,
-    sub: Arc<Subscription>,
-    start: BTreeMap<i32, i64>,
-    cancel: CancellationToken,
-) -> Result<(), SourceError> {
-    let topic = decoder.topic().to_string();
-    // Per partition still replaying: the next offset to deliver.
-    let mut next: BTreeMap<i32, i64> = start
-        .into_iter()
-        .filter(|&(p, o)| !hub.try_go_live(&sub, p, o))
-        .collect();
-    if next.is_empty() {
-        return Ok(());
-    }
-    // Dropped on the blocking pool: closing a librdkafka consumer waits for its threads.
-    let owned = OffRuntimeDrop(Some(kafka.replay_consumer(&topic)?));
-    let Some(consumer) = owned.0.as_ref() else {
-        return Ok(());
-    };
-    assign_at(consumer, &topic, next.iter().map(|(&p, &o)| (p, o)))?;
-    // What a replay meets was met by the live consumer first, and dead-lettered then.
-    let reader = RecordIntake::new(decoder, &kafka.metrics, &kafka.metrics.kafka_replay_records)
-        .without_dead_letters();
-    // While the reader sits at the end of the log, the hand-over is retried on this tick.
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !next.is_empty() {
-        let msg = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Ok(()),
-            _ = tick.tick() => {
-                next.retain(|&p, &mut o| !hub.try_go_live(&sub, p, o));
-                continue;
-            }
-            m = consumer.recv() => m,
-        };
-        // Decoding may wait for the schema registry: only cancellation may interrupt it, so a
-        // tick never drops a record half-read.
-        let record = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Ok(()),
-            r = reader.take(msg) => r,
-        };
-        let Some(record) = record else {
-            continue;
-        };
-        let p = record.partition;
-        // Records of a partition already handed over (read before the hand-over took effect).
-        let Some(&expected) = next.get(&p) else {
-            continue;
-        };
-        if record.offset < expected {
-            continue;
-        }
-        let delivered = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            ok = hub.deliver_replayed(&sub, &record) => ok,
-        };
-        if !delivered {
-            return Ok(());
-        }
-        let after = record.offset + 1;
-        if hub.try_go_live(&sub, p, after) {
-            next.remove(&p);
-        } else {
-            next.insert(p, after);
-        }
-    }
-    Ok(())
-}
-
 /// Every few seconds, sets `lakewire_consumer_lag{topic,partition}`: the high watermark less the
 /// live consumer's position.
 pub async fn report_lag(kafka: Kafka, hub: Arc<TopicHub>, cancel: CancellationToken) {
@@ -703,67 +567,4 @@ pub async fn report_lag(kafka: Kafka, hub: Arc<TopicHub>, cancel: CancellationTo
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::SlowClientPolicy;
-    use crate::filter::{Limits, Shape};
-    use crate::hub::ClientQueue;
-
-    fn record(partition: i32, offset: i64) -> Arc<Record> {
-        Arc::new(Record::new(
-            Arc::from("t"),
-            partition,
-            offset,
-            None,
-            None,
-            bytes::Bytes::from_static(b"{}"),
-        ))
-    }
-
-    #[test]
-    fn a_partition_added_later_reaches_a_replay_that_is_not_all_live() {
-        let metrics = Metrics::default();
-        let hub = TopicHub::new("t", crate::filter::env(), metrics.clone(), 10);
-        hub.set_assigned(Some(BTreeMap::from([(0, 0)])));
-        let limits = Limits {
-            max_filter_bytes: 100,
-            max_filter_nodes: 100,
-            max_fields: 4,
-        };
-        let shape = Shape::new(None, None, hub.env(), &limits).unwrap_or_else(|e| panic!("{e}"));
-        let queue = ClientQueue::new(16, 1 << 20, SlowClientPolicy::Drop, metrics);
-        let sub = Subscription::new(1, "s".into(), queue.clone(), Arc::new(shape), false);
-        hub.add(sub.clone()).unwrap_or_else(|e| panic!("{e}"));
-        let followers = Followers::default();
-        assert_eq!(followers.follow(&hub, &sub), BTreeMap::from([(0, 0)]));
-        // Its reader was ahead of the live consumer when it handed partition 0 over: the hub
-        // goes on checking each record against the hand-over offsets, and knows of no other.
-        assert!(hub.try_go_live(&sub, 0, 3));
-        followers.add_partitions(&hub, &BTreeMap::from([(1, 0)]));
-        assert_eq!(hub.assigned(), Some(vec![0, 1]));
-        hub.publish_batch(&[record(0, 2), record(0, 3), record(1, 0)]);
-        // (0, 2) was the reader's; (0, 3) and the new partition's first record are live.
-        assert_eq!(queue.len(), 2);
-    }
-
-    #[test]
-    fn kafka_tls_and_sasl_properties_are_supported() {
-        // librdkafka refuses these at client creation when built without OpenSSL.
-        let config = KafkaConfig {
-            request_timeout_ms: 1000,
-            properties: [
-                ("security.protocol", "SASL_SSL"),
-                ("sasl.mechanisms", "SCRAM-SHA-512"),
-                ("sasl.username", "u"),
-                ("sasl.password", "p"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-            ..KafkaConfig::new("127.0.0.1:1")
-        };
-        if let Err(e) = Kafka::new(&config, Metrics::default()) {
-            panic!("{e}");
-        }
-    }
-}
+mod tests;
