@@ -7,6 +7,7 @@
 //! - [`ws`]: a minimal WebSocket client (handshake, frame parsing in place);
 //! - [`scan`]: what a client takes from a frame (type, stamps) without parsing the JSON;
 //! - [`load`]: one measured point (clients, window, figures, the human table row);
+//! - [`subscribe`]: what each client subscribes with, for Lakewire and for Centrifugo;
 //! - [`gateway`]: starting a gateway with a generated configuration, topics;
 //! - [`procstat`]: CPU and memory from `/proc`;
 //! - [`kafkalat`]: the Kafka leg's latency alone, through librdkafka's two consumer APIs;
@@ -22,6 +23,7 @@ pub mod produce;
 pub mod report;
 pub mod scan;
 pub mod sinkbench;
+pub mod subscribe;
 pub mod ws;
 
 /// Microseconds since the Unix epoch (0 if the clock is before it).
