@@ -1058,15 +1058,7 @@ async fn a_joining_worker_takes_only_the_partitions_that_move() -> anyhow::Resul
     const N: u64 = 24_000;
     const REVOKED: &str = "lakewire_sink_revoked_partitions_total ";
     let w = TwoWorkers::new("sink-join").await?;
-    let TwoWorkers {
-        root_s,
-        cfg_a,
-        cfg_b,
-        log_a,
-        log_b,
-        ..
-    } = &w;
-    let a = Sink::start(cfg_a, log_a)?;
+    let a = Sink::start(&w.cfg_a, &w.log_a)?;
     let producer = w.produce(N);
     let wait_for = |what: &str, done: &dyn Fn() -> bool| -> anyhow::Result<()> {
         let end = Instant::now() + Duration::from_secs(90);
@@ -1074,8 +1066,8 @@ async fn a_joining_worker_takes_only_the_partitions_that_move() -> anyhow::Resul
             if Instant::now() > end {
                 bail!(
                     "{what} within 90 s\nA:\n{}\nB:\n{}",
-                    log_tail(log_a),
-                    log_tail(log_b)
+                    log_tail(&w.log_a),
+                    log_tail(&w.log_b)
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -1083,25 +1075,25 @@ async fn a_joining_worker_takes_only_the_partitions_that_move() -> anyhow::Resul
         Ok(())
     };
     wait_for("A did not write files of all 4 partitions", &|| {
-        landed_partitions(log_a).len() == 4
+        landed_partitions(&w.log_a).len() == 4
     })?;
     assert_eq!(a.metric(REVOKED)?, 0.0, "A alone lost partitions");
-    let b = Sink::start(cfg_b, log_b)?;
+    let b = Sink::start(&w.cfg_b, &w.log_b)?;
     wait_for("B did not write files of 2 partitions", &|| {
-        landed_partitions(log_b).len() == 2
+        landed_partitions(&w.log_b).len() == 2
     })?;
     assert_eq!(
         a.metric(REVOKED)?,
         2.0,
         "A gave up other partitions than the 2 B got (B: {:?})\n{}",
-        landed_partitions(log_b),
-        log_tail(log_a)
+        landed_partitions(&w.log_b),
+        log_tail(&w.log_a)
     );
     producer.await??;
-    wait_rows(root_s, "orders", N, Duration::from_secs(120), &[])
-        .with_context(|| log_tail(log_b))?;
+    wait_rows(&w.root_s, "orders", N, Duration::from_secs(120), &[])
+        .with_context(|| log_tail(&w.log_b))?;
     std::thread::sleep(Duration::from_secs(2));
-    assert_exact(&check(root_s, "orders", &[])?, N);
+    assert_exact(&check(&w.root_s, "orders", &[])?, N);
     w.assert_no_file_twice();
     assert_eq!(a.metric(REVOKED)?, 2.0, "A lost partitions later");
     drop((a, b));
@@ -1115,34 +1107,25 @@ async fn a_joining_worker_takes_only_the_partitions_that_move() -> anyhow::Resul
 async fn two_workers_one_killed_the_survivor_takes_over() -> anyhow::Result<()> {
     const N: u64 = 40_000;
     let w = TwoWorkers::new("sink-group").await?;
-    let TwoWorkers {
-        dir,
-        root_s,
-        cfg_a,
-        cfg_b,
-        log_a,
-        log_b,
-        ..
-    } = &w;
-    let root = dir.path().join("lake");
-    let mut a = Sink::start(cfg_a, log_a)?;
-    let b = Sink::start(cfg_b, log_b)?;
+    let root = w.dir.path().join("lake");
+    let mut a = Sink::start(&w.cfg_a, &w.log_a)?;
+    let b = Sink::start(&w.cfg_b, &w.log_b)?;
     let producer = w.produce(N);
     // Both have put files in place: the partitions are split. Then A dies mid-stream.
     let end = Instant::now() + Duration::from_secs(90);
-    while landed(log_a).len() < 3 || landed(log_b).len() < 3 {
+    while landed(&w.log_a).len() < 3 || landed(&w.log_b).len() < 3 {
         if Instant::now() > end {
             bail!(
                 "both workers did not write files in 90 s\nA:\n{}\nB:\n{}",
-                log_tail(log_a),
-                log_tail(log_b)
+                log_tail(&w.log_a),
+                log_tail(&w.log_b)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     a.child.kill()?;
     a.child.wait()?;
-    let at_kill = check(root_s, "orders", &[])?;
+    let at_kill = check(&w.root_s, "orders", &[])?;
     assert!(
         at_kill["rows_pyarrow"].as_u64().unwrap_or(0) < N,
         "A was killed too late: {at_kill}"
@@ -1151,15 +1134,15 @@ async fn two_workers_one_killed_the_survivor_takes_over() -> anyhow::Result<()> 
     let before = inodes(&root);
     producer.await??;
     drop(a);
-    let v = wait_rows(root_s, "orders", N, Duration::from_secs(120), &[])
-        .with_context(|| log_tail(log_b))?;
+    let v = wait_rows(&w.root_s, "orders", N, Duration::from_secs(120), &[])
+        .with_context(|| log_tail(&w.log_b))?;
     std::thread::sleep(Duration::from_secs(2));
-    let v2 = check(root_s, "orders", &[])?;
+    let v2 = check(&w.root_s, "orders", &[])?;
     assert_exact(&v2, N);
     assert_eq!(v["files"], v2["files"], "files were still being added");
     // No file was written twice, and B wrote files for all four partitions after A died.
     w.assert_no_file_twice();
-    let b_parts = landed_partitions(log_b);
+    let b_parts = landed_partitions(&w.log_b);
     assert_eq!(
         b_parts.len(),
         4,

@@ -22,7 +22,7 @@ use crate::metrics::{Metrics, ResumeGapLabels};
 /// The assignment strategy of the sink's group unless `[kafka] properties` names one: a
 /// rebalance moves only the partitions that change owner, so the others keep their open files
 /// (under the eager strategies every rebalance drops every open file of every worker).
-pub(super) const DEFAULT_ASSIGNMENT_STRATEGY: &str = "cooperative-sticky";
+const DEFAULT_ASSIGNMENT_STRATEGY: &str = "cooperative-sticky";
 
 /// The sink's group consumer settings, from the shared client factory.
 pub(super) fn consumer_config(clients: &KafkaClients, sink: &SinkConfig) -> ClientConfig {
@@ -198,6 +198,31 @@ impl SinkContext {
         }
     }
 
+    /// Takes `tpl`'s partitions from the worker and from the assignment. It does not wait for
+    /// storage: their open files are dropped, and the next owner reads those records again
+    /// from the resume point in storage.
+    fn revoke(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+        cooperative: bool,
+    ) {
+        let revoked = listed(tpl);
+        self.metrics
+            .sink_revoked_partitions
+            .inc_by(revoked.len() as u64);
+        self.set_paused(&revoked, Vec::new());
+        self.push(Event::Revoked(revoked));
+        let done = if cooperative {
+            base_consumer.incremental_unassign(tpl)
+        } else {
+            base_consumer.unassign()
+        };
+        if let Err(e) = done {
+            tracing::error!(error = %e, "sink: unassign failed");
+        }
+    }
+
     fn push(&self, e: Event) {
         if let Ok(mut events) = self.events.lock() {
             events.push(e);
@@ -271,47 +296,18 @@ impl ConsumerContext for SinkContext {
                 self.set_paused(&parts, paused);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let revoked = listed(tpl);
                 tracing::info!(
-                    partitions = revoked.len(),
+                    partitions = tpl.count(),
                     lost = base_consumer.assignment_lost(),
                     cooperative,
                     "sink: partitions revoked; their open files dropped"
                 );
-                self.revoke(base_consumer, tpl, revoked, cooperative);
+                self.revoke(base_consumer, tpl, cooperative);
             }
             other => {
                 tracing::error!(error = ?other, "sink: rebalance error");
-                let revoked = listed(tpl);
-                self.revoke(base_consumer, tpl, revoked, cooperative);
+                self.revoke(base_consumer, tpl, cooperative);
             }
-        }
-    }
-}
-
-impl SinkContext {
-    /// Takes `revoked` (the partitions of `tpl`) from the worker and from the assignment. It
-    /// does not wait for storage: the open files are dropped, and the next owner reads their
-    /// records again from the resume point in storage.
-    fn revoke(
-        &self,
-        base_consumer: &BaseConsumer<Self>,
-        tpl: &TopicPartitionList,
-        revoked: Vec<(String, i32)>,
-        cooperative: bool,
-    ) {
-        self.metrics
-            .sink_revoked_partitions
-            .inc_by(revoked.len() as u64);
-        self.set_paused(&revoked, Vec::new());
-        self.push(Event::Revoked(revoked));
-        let done = if cooperative {
-            base_consumer.incremental_unassign(tpl)
-        } else {
-            base_consumer.unassign()
-        };
-        if let Err(e) = done {
-            tracing::error!(error = %e, "sink: unassign failed");
         }
     }
 }
