@@ -11,6 +11,9 @@
 //!   that reads it; the replay's place under the limits is freed when it catches up.
 //! - A graceful stop lands the sink's open file, although the store takes 2 s for it and the
 //!   sessions' grace is 1 ms (the store is a stand-in S3 endpoint: a slow store is the point).
+//! - A storage outage longer than the sink's `max.poll.interval.ms` (issue 17): the worker goes
+//!   on polling, stays in its group and reports the lag; every record lands once afterwards
+//!   (the stand-in S3 endpoint answers 503: an outage on cue is the point).
 #![cfg(feature = "real-kafka")]
 
 use std::sync::{Arc, Mutex};
@@ -275,9 +278,20 @@ fn avro_long(n: i64) -> Vec<u8> {
     }
 }
 
-/// An S3 endpoint for one bucket that lists nothing and stores every PUT, the file starting
-/// at offset 10 after 2 s; returns its address and the keys stored so far.
-async fn slow_s3() -> anyhow::Result<(std::net::SocketAddr, Arc<Mutex<Vec<String>>>)> {
+/// How the stand-in S3 endpoint answers PUTs.
+#[derive(Clone)]
+enum Store {
+    /// The file starting at offset 10 after 2 s, the others at once.
+    Slow,
+    /// 503 while the flag is set.
+    Down(Arc<std::sync::atomic::AtomicBool>),
+}
+
+/// An S3 endpoint for one bucket that lists nothing and stores every PUT it takes (see
+/// [`Store`]); returns its address and the keys stored so far.
+async fn stand_in_s3(
+    store: Store,
+) -> anyhow::Result<(std::net::SocketAddr, Arc<Mutex<Vec<String>>>)> {
     let stored = Arc::new(Mutex::new(Vec::new()));
     let list = warp::get().map(|| {
         warp::reply::with_header(
@@ -292,20 +306,28 @@ async fn slow_s3() -> anyhow::Result<(std::net::SocketAddr, Arc<Mutex<Vec<String
         .and_then({
             let stored = stored.clone();
             move |path: warp::path::FullPath, _body: bytes::Bytes| {
-                let stored = stored.clone();
+                let (stored, store) = (stored.clone(), store.clone());
                 async move {
                     // The key as named (the client sends `+` as `%2B`).
                     let key = path.as_str().replace("%2B", "+");
-                    if key.contains("+10+") {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                    if let Ok(mut s) = stored.lock() {
+                    let status = match store {
+                        Store::Slow if key.contains("+10+") => {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            warp::http::StatusCode::OK
+                        }
+                        Store::Down(down) if down.load(std::sync::atomic::Ordering::SeqCst) => {
+                            warp::http::StatusCode::SERVICE_UNAVAILABLE
+                        }
+                        _ => warp::http::StatusCode::OK,
+                    };
+                    if status.is_success()
+                        && let Ok(mut s) = stored.lock()
+                    {
                         s.push(key);
                     }
-                    Ok::<_, warp::Rejection>(warp::reply::with_header(
-                        warp::reply(),
-                        "etag",
-                        "\"e\"",
+                    Ok::<_, warp::Rejection>(warp::reply::with_status(
+                        warp::reply::with_header(warp::reply(), "etag", "\"e\""),
+                        status,
                     ))
                 }
             }
@@ -314,6 +336,40 @@ async fn slow_s3() -> anyhow::Result<(std::net::SocketAddr, Arc<Mutex<Vec<String
     let addr = listener.local_addr()?;
     tokio::spawn(warp::serve(list.or(put)).incoming(listener).run());
     Ok((addr, stored))
+}
+
+/// A one-field Avro schema (`n: long`, what [`avro_long`] writes) as a file in `dir`.
+fn long_schema(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let schema = dir.join("r.avsc");
+    std::fs::write(
+        &schema,
+        r#"{"type":"record","name":"R","fields":[{"name":"n","type":"long"}]}"#,
+    )?;
+    Ok(schema)
+}
+
+/// A sink-role config writing raw `topic` (records of `schema`) to bucket `b` of the stand-in
+/// S3 endpoint at `s3`, a file per `roll_rows`; `kafka` and `websocket` are more lines of
+/// those sections.
+fn s3_sink_toml(
+    topic: &str,
+    schema: &std::path::Path,
+    s3: std::net::SocketAddr,
+    roll_rows: u64,
+    kafka: &str,
+    websocket: &str,
+) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{}\"\nrequest_timeout_ms = 5000\n{kafka}\n\
+         [[topics]]\nname = \"{topic}\"\nformat = \"raw\"\nschema = \"{}\"\n\n\
+         [websocket]\nlisten = \"127.0.0.1:0\"\n{websocket}\n\
+         [sink]\nroot = \"s3://b\"\nroll_rows = {roll_rows}\ngroup_id = \"{topic}-sink\"\n\n\
+         [sink.s3]\nendpoint = \"http://{s3}\"\nallow_http = true\n\
+         access_key_id = \"k\"\nsecret_access_key = \"s\"\n\n\
+         [[sink.tables]]\ntopic = \"{topic}\"\npartition_by = []\n",
+        brokers(),
+        schema.display(),
+    )
 }
 
 fn stored(keys: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
@@ -327,12 +383,8 @@ async fn a_graceful_stop_lands_the_open_files_past_the_session_grace() -> anyhow
     let topic = unique_topic("sink-stop");
     create_topic(&topic, 1).await?;
     let dir = tempfile::tempdir()?;
-    let (s3, keys) = slow_s3().await?;
-    let schema = dir.path().join("r.avsc");
-    std::fs::write(
-        &schema,
-        r#"{"type":"record","name":"R","fields":[{"name":"n","type":"long"}]}"#,
-    )?;
+    let (s3, keys) = stand_in_s3(Store::Slow).await?;
+    let schema = long_schema(dir.path())?;
     // Written before the sink starts: it reads all 15 at once from the start of the partition.
     let p = producer()?;
     for n in 0..15 {
@@ -340,17 +392,7 @@ async fn a_graceful_stop_lands_the_open_files_past_the_session_grace() -> anyhow
     }
     // A grace of 1 ms for sessions: before the fix it was all the sink got, and the stop
     // returned while the last file was still open.
-    let toml = format!(
-        "[kafka]\nbrokers = \"{}\"\nrequest_timeout_ms = 5000\n\n\
-         [[topics]]\nname = \"{topic}\"\nformat = \"raw\"\nschema = \"{}\"\n\n\
-         [websocket]\nlisten = \"127.0.0.1:0\"\nshutdown_grace_ms = 1\n\n\
-         [sink]\nroot = \"s3://b\"\nroll_rows = 10\ngroup_id = \"{topic}-sink\"\n\n\
-         [sink.s3]\nendpoint = \"http://{s3}\"\nallow_http = true\n\
-         access_key_id = \"k\"\nsecret_access_key = \"s\"\n\n\
-         [[sink.tables]]\ntopic = \"{topic}\"\npartition_by = []\n",
-        brokers(),
-        schema.display(),
-    );
+    let toml = s3_sink_toml(&topic, &schema, s3, 10, "", "shutdown_grace_ms = 1\n");
     let running =
         lakewire::app::start_role(Config::from_toml_and_env(&toml, &[], "test")?, Role::Sink)
             .await?;
@@ -378,5 +420,85 @@ async fn a_graceful_stop_lands_the_open_files_past_the_session_grace() -> anyhow
         "the open file was not landed by the time the stop returned ({:?} after it began)",
         stopping.elapsed()
     );
+    Ok(())
+}
+
+/// Issue 17 item 6: while storage refuses every file for longer than the consumer's
+/// `max.poll.interval.ms`, the worker goes on polling: it stays in its group (no partition is
+/// revoked), `lakewire_sink_lag` follows the records written meanwhile, and once storage is
+/// back every record lands exactly once. (Before, landing retried for 30 s inside the poll
+/// loop: no lag was reported meanwhile and the group evicted the worker.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_outage_keeps_the_worker_polling_and_loses_nothing() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let topic = unique_topic("sink-outage");
+    create_topic(&topic, 1).await?;
+    let dir = tempfile::tempdir()?;
+    let down = Arc::new(AtomicBool::new(true));
+    let (s3, keys) = stand_in_s3(Store::Down(down.clone())).await?;
+    let schema = long_schema(dir.path())?;
+    let p = producer()?;
+    for n in 0..10 {
+        send(&p, &topic, &avro_long(n)).await?;
+    }
+    // A poll interval far below the outage: a worker that stops polling for it is evicted.
+    let kafka = "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"7000\"\n";
+    let toml = s3_sink_toml(&topic, &schema, s3, 5, kafka, "");
+    let running =
+        lakewire::app::start_role(Config::from_toml_and_env(&toml, &[], "test")?, Role::Sink)
+            .await?;
+    let errors = || metric(&running, "lakewire_sink_storage_errors_total ").unwrap_or(0.0);
+    let waiting = || metric(&running, "lakewire_sink_waiting_partitions ").unwrap_or(-1.0);
+    let lag_line = format!("lakewire_sink_lag{{topic=\"{topic}\",partition=\"0\"}} ");
+    let lag = || metric(&running, &lag_line);
+    wait_for("a refused file", Duration::from_secs(60), || {
+        errors() >= 1.0
+    })
+    .await?;
+    let outage = Instant::now();
+    assert_eq!(waiting(), 1.0, "the partition waits on the refused file");
+    for n in 10..20 {
+        send(&p, &topic, &avro_long(n)).await?;
+    }
+    // Nothing is in place: all 20 records are lag, reported while storage is still down.
+    wait_for(
+        "lakewire_sink_lag to count the records written during the outage",
+        Duration::from_secs(20),
+        || lag() == Some(20.0),
+    )
+    .await?;
+    // Down for three poll intervals (the worker would have been evicted twice).
+    let down_for = Duration::from_secs(21);
+    if let Some(rest) = down_for.checked_sub(outage.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    assert!(errors() >= 3.0, "storage was tried again during the outage");
+    assert!(stored(&keys).is_empty());
+    down.store(false, Ordering::SeqCst);
+    let table = topic.replace('-', "_");
+    let mut want: Vec<String> = [(0, 4), (5, 9), (10, 14), (15, 19)]
+        .iter()
+        .map(|(a, b)| format!("/b/{table}/{topic}+0+{a}+{b}.parquet"))
+        .collect();
+    want.sort();
+    wait_for(
+        "the 20 records in place after the outage",
+        Duration::from_secs(60),
+        || stored(&keys).len() >= want.len(),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stored(&keys), want, "each record in place once");
+    assert_eq!(
+        metric(&running, "lakewire_sink_revoked_partitions_total "),
+        Some(0.0),
+        "the worker stayed in its group"
+    );
+    assert_eq!(waiting(), 0.0);
+    wait_for("the lag back at 0", Duration::from_secs(15), || {
+        lag() == Some(0.0)
+    })
+    .await?;
+    running.stop().await;
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! records the worker reads of it; output: its open files, one per Hive folder and writer schema
 //! ([`FileKey`]), and the offsets that follow from them: what to commit and rewind to
 //! ([`AssignedPartition::done_below`]), the mark a landing file carries
-//! ([`AssignedPartition::mark`]) and whether a record is already in a file in place.
+//! ([`AssignedPartition::mark`]), whether a record is already in a file in place, and what it
+//! is paused on (a record to decode, a file to put in place).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::avro_to_arrow::BatchBuilder;
+use super::land::Encoded;
 use super::resume::{Landed, Resume};
 use super::worker::ConfiguredTable;
 
@@ -74,6 +76,14 @@ pub(super) struct Waiting {
     pub(super) reason: &'static str,
 }
 
+/// A partition paused on a file that storage did not take: the file is kept, encoded, and put
+/// in place again from the poll loop after a backoff.
+pub(super) struct StorageWait {
+    pub(super) file: Encoded,
+    pub(super) retry_at: Instant,
+    pub(super) backoff: Duration,
+}
+
 /// An assigned topic partition.
 pub(super) struct AssignedPartition {
     /// Every record below this was in a file in place at assignment (records below are
@@ -90,6 +100,8 @@ pub(super) struct AssignedPartition {
     pub(super) lag: Gauge,
     /// Paused on a record to decode again later.
     pub(super) waiting: Option<Waiting>,
+    /// Paused on a file to put in place again later.
+    pub(super) storage: Option<StorageWait>,
     /// The offset of the last record waited for and the wait before its next try (doubled for
     /// each try on the same record).
     retry: Option<(i64, Duration)>,
@@ -109,6 +121,7 @@ impl AssignedPartition {
             landed_end: None,
             lag,
             waiting: None,
+            storage: None,
             retry: None,
         };
         for l in resume.landed {
@@ -119,11 +132,12 @@ impl AssignedPartition {
 
     /// Every record below this is in a file in place or was not to be written: the offset to
     /// commit, to rewind to, and to count lag from. The smallest start among the open files,
-    /// else the offset after the last record handled.
+    /// else the offset after the last record handled. A file waiting for storage counts as open.
     pub(super) fn done_below(&self) -> Option<i64> {
         self.open
             .values()
             .map(|o| o.start)
+            .chain(self.storage.as_ref().map(|w| w.file.start))
             .min()
             .or(self.read_next)
             .or(self.resume)
@@ -203,9 +217,31 @@ impl AssignedPartition {
             .collect()
     }
 
-    /// Drops the open files (revoke, or a file that could not be landed); their Avro bytes.
+    /// Whether the partition is paused: on a record to decode or a file to put in place.
+    pub(super) fn paused(&self) -> bool {
+        self.waiting.is_some() || self.storage.is_some()
+    }
+
+    /// Waits for storage to take `file` (the first try failed, or the try after `backoff`).
+    pub(super) fn wait_for_storage(
+        &mut self,
+        file: Encoded,
+        backoff: Option<Duration>,
+    ) -> Duration {
+        let backoff = backoff.map_or(FIRST_RETRY, |b| (b * 2).min(LONGEST_RETRY));
+        self.storage = Some(StorageWait {
+            file,
+            retry_at: Instant::now() + backoff,
+            backoff,
+        });
+        backoff
+    }
+
+    /// Drops the open files and a file waiting for storage (revoke, or a file that could not
+    /// be encoded); the bytes they held.
     pub(super) fn drop_open(&mut self) -> u64 {
-        let bytes = self.open.values().map(|o| o.bytes).sum();
+        let bytes = self.open.values().map(|o| o.bytes).sum::<u64>()
+            + self.storage.take().map_or(0, |w| w.file.bytes.len() as u64);
         self.open.clear();
         bytes
     }

@@ -61,7 +61,16 @@ impl Storage {
                     config.root
                 )));
             }
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            // Few and short retries of the client's own: the worker tries a file again from its
+            // poll loop (`sink::land`), so an outage does not hold the poll loop for minutes.
+            let retry = object_store::RetryConfig {
+                backoff: object_store::BackoffConfig::default(),
+                max_retries: 2,
+                retry_timeout: std::time::Duration::from_secs(10),
+            };
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(retry);
             if let Some(s3) = &config.s3 {
                 b = b.with_region(&s3.region).with_allow_http(s3.allow_http);
                 if let Some(e) = &s3.endpoint {

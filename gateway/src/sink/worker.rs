@@ -1,16 +1,17 @@
 //! The sink worker: the consumer loop of the sink thread. Input: records of the assigned
 //! partitions and the rebalance events of [`super::consumer`]; output: per topic partition one
 //! open file per Hive folder and writer schema ([`super::partition`]), each closed into a Parquet
-//! file in place (retried, else the partition is rewound to its oldest open file's start), then
-//! the offset below which everything is in place committed; records that are not written are
-//! counted and dead-lettered; the partitions' lag and the open files are reported.
+//! file in place (when storage does not take it, the partition is paused on it and it is tried
+//! again from the poll loop), then the offset below which everything is in place committed;
+//! records that are not written are counted and dead-lettered; the partitions' lag and the open
+//! files are reported.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use super::avro_to_arrow::{BatchBuilder, Meta};
 use super::consumer::{Event, SinkContext};
 use super::hive_paths::{hive_dir, partition_values};
-use super::land::land;
 use super::partition::{AssignedPartition, FileKey, OpenFile, PartitionKey};
 use super::register::Registrar;
 use super::row::{Row, Unwritten, row};
@@ -69,13 +69,13 @@ pub(super) struct WorkerContext {
 
 /// The consumer loop's state: the tables, the assigned partitions and their open files.
 pub(super) struct Worker {
-    tables: Vec<ConfiguredTable>,
+    pub(super) tables: Vec<ConfiguredTable>,
     /// Topic → index in `tables`.
     index: HashMap<String, usize>,
-    parts: HashMap<(usize, i32), AssignedPartition>,
-    /// The Avro bytes of all open files.
-    open_bytes: u64,
-    ctx: WorkerContext,
+    pub(super) parts: HashMap<(usize, i32), AssignedPartition>,
+    /// The Avro bytes of all open files (and of the files waiting for storage).
+    pub(super) open_bytes: u64,
+    pub(super) ctx: WorkerContext,
 }
 
 impl Worker {
@@ -195,8 +195,8 @@ impl Worker {
             self.skip(m.topic(), "unassigned");
             return;
         };
-        if part.waiting.is_some() {
-            // Fetched before the pause: read again from the record waited on.
+        if part.paused() {
+            // Fetched before the pause: read again from where the partition waits.
             return;
         }
         if part.resume.is_some_and(|n| off < n) {
@@ -380,21 +380,25 @@ impl Worker {
             .inc();
     }
 
-    /// The open file with the most Avro bytes, of any partition.
+    /// The open file with the most Avro bytes, of any partition not waiting for storage (whose
+    /// files cannot land before the one storage did not take).
     fn largest_open(&self) -> Option<((usize, i32), FileKey)> {
         self.parts
             .iter()
+            .filter(|(_, part)| part.storage.is_none())
             .flat_map(|(k, part)| part.open.iter().map(move |(f, o)| (o.bytes, *k, f)))
             .max_by_key(|(bytes, _, _)| *bytes)
             .map(|(_, k, f)| (k, f.clone()))
     }
 
     /// Drops `part`'s open files from the worker's totals (revoked or replaced).
-    fn forget_open(&mut self, part: &mut AssignedPartition) {
+    pub(super) fn forget_open(&mut self, part: &mut AssignedPartition) {
         let n = part.open.len() as i64;
+        let was_paused = part.paused();
         self.open_bytes = self.open_bytes.saturating_sub(part.drop_open());
         self.ctx.metrics.sink_open_files.dec_by(n);
-        if part.waiting.take().is_some() {
+        part.waiting = None;
+        if was_paused {
             self.ctx.metrics.sink_waiting_partitions.dec();
         }
     }
@@ -412,9 +416,9 @@ impl Worker {
         let Some(part) = self.parts.get_mut(&key) else {
             return;
         };
-        let was_waiting = part.waiting.is_some();
+        let was_paused = part.paused();
         let backoff = part.wait_on(offset, reason);
-        if !was_waiting {
+        if !was_paused {
             self.ctx.metrics.sink_waiting_partitions.inc();
         }
         self.ctx
@@ -444,13 +448,28 @@ impl Worker {
         }
     }
 
-    /// Resumes the partitions whose wait is over: the record waited on is read again.
+    /// Tries again the files storage did not take and resumes the partitions whose wait is over:
+    /// the record waited on is read again.
     fn retry_waiting(&mut self, consumer: &BaseConsumer<SinkContext>) {
         let now = Instant::now();
+        let due: Vec<(usize, i32)> = self
+            .parts
+            .iter()
+            .filter(|(_, part)| part.storage.as_ref().is_some_and(|w| w.retry_at <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            self.retry_storage(consumer, key);
+        }
         for (&(ti, p), part) in self.parts.iter_mut() {
             let Some(w) = part.waiting.as_ref().filter(|w| w.retry_at <= now) else {
                 continue;
             };
+            if part.storage.is_some() {
+                // Still paused on a file: resumed once storage takes it.
+                part.waiting = None;
+                continue;
+            }
             let t = &self.tables[ti];
             tracing::debug!(topic = %t.topic, partition = p, offset = w.offset, reason = w.reason, "sink: trying the record again");
             let mut tpl = TopicPartitionList::new();
@@ -496,76 +515,6 @@ impl Worker {
                 if let Some(n) = next {
                     part.lag.set((high - n).max(0));
                 }
-            }
-        }
-    }
-
-    /// Lands every open file of partition `key` (shutdown).
-    fn land_all(&mut self, consumer: &BaseConsumer<SinkContext>, key: (usize, i32)) {
-        let files: Vec<FileKey> = self
-            .parts
-            .get(&key)
-            .map(|part| part.open.keys().cloned().collect())
-            .unwrap_or_default();
-        for f in files {
-            if !self.land_file(consumer, key, &f) {
-                return;
-            }
-        }
-    }
-
-    /// Closes partition `key`'s open file `file`: Parquet, in place, then the offset below which
-    /// everything is in place committed. `false` when the file could not be put in place: then
-    /// all the partition's open files are dropped and it is rewound to the oldest one's start.
-    fn land_file(
-        &mut self,
-        consumer: &BaseConsumer<SinkContext>,
-        key: (usize, i32),
-        file: &FileKey,
-    ) -> bool {
-        let t = &self.tables[key.0];
-        let Some(part) = self.parts.get_mut(&key) else {
-            return true;
-        };
-        let Some(mut open) = part.open.remove(file) else {
-            return true;
-        };
-        self.open_bytes = self.open_bytes.saturating_sub(open.bytes);
-        self.ctx.metrics.sink_open_files.dec();
-        let p = key.1;
-        let mark = part.mark(open.end);
-        match land(&self.ctx, t, p, &mut open, mark) {
-            Ok(landed) => {
-                if let Some(l) = landed {
-                    part.add_landed(l);
-                }
-                if let Some(done) = part.done_below() {
-                    let mut tpl = TopicPartitionList::new();
-                    let committed = tpl
-                        .add_partition_offset(&t.topic, p, Offset::Offset(done))
-                        .and_then(|()| consumer.commit(&tpl, CommitMode::Sync));
-                    if let Err(e) = committed {
-                        // The file is in place; storage, not the commit, decides where to resume.
-                        tracing::warn!(topic = %t.topic, partition = p, error = %e, "sink: offset commit failed");
-                    }
-                }
-                true
-            }
-            Err(why) => {
-                let back = part.done_below().map_or(open.start, |d| d.min(open.start));
-                tracing::error!(topic = %t.topic, partition = p, start = open.start, rewind_to = back, error = %why, "sink: file not written; reading the partition's open files' records again");
-                let n = part.open.len() as i64;
-                let dropped = part.drop_open();
-                part.read_next = Some(back);
-                self.open_bytes = self.open_bytes.saturating_sub(dropped);
-                self.ctx.metrics.sink_open_files.dec_by(n);
-                if let Err(e) =
-                    consumer.seek(&t.topic, p, Offset::Offset(back), Duration::from_secs(5))
-                {
-                    tracing::error!(topic = %t.topic, partition = p, error = %e, "sink: cannot rewind; dropping the partition's state");
-                    self.parts.remove(&key);
-                }
-                false
             }
         }
     }
