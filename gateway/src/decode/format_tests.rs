@@ -188,14 +188,15 @@ fn reader_schema_refuses_a_huge_block_count_before_allocating() -> anyhow::Resul
     Ok(())
 }
 
-/// A registry that answers `GET /schemas/ids/1` with [`TRADE`] after `fail_first` 503s, 404
-/// for any other id, and 401 without the basic-auth header for `u:p`.
+/// A registry that answers `GET /schemas/ids/1` with [`TRADE`] after `fail_first` failures, 404
+/// for any other id, and 401 without the basic-auth header for `u:p`. A failure is a 503, or
+/// with `garbled` a 200 whose body is a proxy's HTML error page.
 struct FakeRegistry {
     url: String,
     requests: Arc<AtomicUsize>,
 }
 
-async fn fake_registry(fail_first: usize) -> anyhow::Result<FakeRegistry> {
+async fn fake_registry(fail_first: usize, garbled: bool) -> anyhow::Result<FakeRegistry> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let requests = Arc::new(AtomicUsize::new(0));
@@ -216,6 +217,11 @@ async fn fake_registry(fail_first: usize) -> anyhow::Result<FakeRegistry> {
                 // base64("u:p") = dTpw
                 let (status, body) = if !req.contains("authorization: basic dtpw") {
                     ("401 Unauthorized", r#"{"error_code":401}"#.to_string())
+                } else if n < fail_first && garbled {
+                    (
+                        "200 OK",
+                        "<html><body>502 Bad Gateway</body></html>".to_string(),
+                    )
                 } else if n < fail_first {
                     ("503 Service Unavailable", "{}".to_string())
                 } else if req.starts_with("get /schemas/ids/1 ") {
@@ -250,7 +256,7 @@ fn confluent(id: u32, datum: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn confluent_waits_through_outages_and_fetches_each_id_once() -> anyhow::Result<()> {
     let s = setup()?;
-    let reg = fake_registry(2).await?;
+    let reg = fake_registry(2, false).await?;
     let d = Arc::new(decoder(
         &s,
         "name = \"t\"\nformat = \"confluent\"",
@@ -284,6 +290,24 @@ async fn confluent_waits_through_outages_and_fetches_each_id_once() -> anyhow::R
     // Still cached: no new request for id 1.
     d.prepare(&raw(None, &payload)).await;
     assert_eq!(reg.requests.load(Ordering::SeqCst), 4);
+    Ok(())
+}
+
+/// A garbled answer (a 200 that is not a schema: a proxy's error page) is waited through like
+/// an outage, not taken as the registry's word: before, the id was cached as unusable and its
+/// records refused as `bad_schema` (in the sink: dead-lettered or lost).
+#[tokio::test]
+async fn a_garbled_registry_answer_is_waited_through_like_an_outage() -> anyhow::Result<()> {
+    let s = setup()?;
+    let reg = fake_registry(2, true).await?;
+    let d = decoder(&s, "name = \"t\"\nformat = \"confluent\"", Some(&reg.url))?;
+    let payload = confluent(1, &trade(5)?);
+    d.prepare(&raw(None, &payload)).await;
+    assert_eq!(
+        value(&d, &payload).map_err(|e| anyhow::anyhow!("{e}"))?,
+        TRADE_JSON
+    );
+    assert_eq!(reg.requests.load(Ordering::SeqCst), 3);
     Ok(())
 }
 

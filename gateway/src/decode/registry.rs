@@ -238,9 +238,13 @@ impl Registry {
                 at: Instant::now(),
             })
         };
+        // Not the registry's word on the id but a garbled answer (a proxy's error page, a cut
+        // body): tried again like an outage, never taken as "this id has no usable schema".
         let answer: SchemaAnswer = match serde_json::from_slice(&body) {
             Ok(a) => a,
-            Err(e) => return unusable(format!("the registry's answer is not a schema: {e}")),
+            Err(e) => {
+                return Attempt::Retry(format!("GET {url}: the answer is not a schema: {e}"));
+            }
         };
         if let Some(t) = answer.schema_type.as_deref().filter(|t| *t != "AVRO") {
             return unusable(format!("schema {id} is a {t} schema, not Avro"));
