@@ -1,12 +1,16 @@
-//! A small Confluent-compatible schema registry for the tests, in process: the documented
-//! endpoints Lakewire and test producers use, `POST /subjects/{subject}/versions` (register,
-//! returns `{"id"}`), `GET /schemas/ids/{id}`, `GET /subjects`,
-//! `GET /subjects/{subject}/versions/latest`, with Confluent's error bodies (404 with
-//! `error_code` 40403 / 40401). It can be switched "down" (503) to test outages.
+//! Schema registries for the tests.
 //!
-//! It stands in for a real registry because none installs from the package registries this
-//! project can reach (Karapace is not on PyPI; Confluent's registry is not on Maven Central).
-//! A test uses a real one instead when `TEST_SCHEMA_REGISTRY_URL` is set.
+//! - [`Registry`]: the real one, Apicurio Registry 2.6.13 that `integration-tests/bin/registry
+//!   up` starts (`run-all` does, and sets `TEST_SCHEMA_REGISTRY_URL` to its Confluent API), with
+//!   feature `real-registry`; without it (a plain `cargo test`, no services) the stand-in below.
+//!   Tests register schemas over the Confluent API and use the ids the registry gives.
+//! - [`TestRegistry`]: a small Confluent-compatible stand-in, in process: the documented
+//!   endpoints Lakewire and test producers use, `POST /subjects/{subject}/versions` (register,
+//!   returns `{"id"}`), `GET /schemas/ids/{id}`, `GET /subjects`,
+//!   `GET /subjects/{subject}/versions/latest`, with Confluent's error bodies (404 with
+//!   `error_code` 40403 / 40401). It can be switched "down" (503): the fault a real registry
+//!   cannot be made to show on cue. [`TestRegistry::proxy`] puts that switch in front of the
+//!   real registry instead (every request forwarded while up).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,12 +28,14 @@ struct State {
     subjects: BTreeMap<String, Vec<u32>>,
 }
 
-/// A running registry; it stops when the test's runtime ends.
+/// A running stand-in registry; it stops when the test's runtime ends.
 #[derive(Clone)]
 pub struct TestRegistry {
     pub url: String,
     state: Arc<Mutex<State>>,
     down: Arc<AtomicBool>,
+    /// With [`TestRegistry::proxy`]: the registry every request is forwarded to while up.
+    upstream: Option<String>,
     /// `GET /schemas/ids/..` requests answered so far.
     pub id_requests: Arc<AtomicUsize>,
 }
@@ -37,11 +43,22 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// Starts one on a free port of 127.0.0.1.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::listen(None).await
+    }
+
+    /// Starts a proxy to the registry at `upstream` (a base URL such as
+    /// `http://127.0.0.1:8081/apis/ccompat/v7`) that [`TestRegistry::set_down`] can switch off.
+    pub async fn proxy(upstream: &str) -> anyhow::Result<Self> {
+        Self::listen(Some(upstream.trim_end_matches('/').to_string())).await
+    }
+
+    async fn listen(upstream: Option<String>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let reg = Self {
             url: format!("http://{}", listener.local_addr()?),
             state: Arc::default(),
             down: Arc::default(),
+            upstream,
             id_requests: Arc::default(),
         };
         let r = reg.clone();
@@ -158,8 +175,16 @@ impl TestRegistry {
                     let mut words = head.split_whitespace();
                     let method = words.next().unwrap_or("");
                     let path = words.next().unwrap_or("");
-                    let (status, body) = self.answer(method, path, &buf[end + 4..end + 4 + len]);
-                    let body = body.to_string();
+                    let request = &buf[end + 4..end + 4 + len];
+                    let (status, body) = match &self.upstream {
+                        Some(up) if !self.down.load(Ordering::SeqCst) => {
+                            forward(up, method, path, request).await
+                        }
+                        _ => {
+                            let (status, body) = self.answer(method, path, request);
+                            (status, body.to_string())
+                        }
+                    };
                     let reply = format!(
                         "HTTP/1.1 {status} X\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
@@ -174,5 +199,118 @@ impl TestRegistry {
             }
             buf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+/// `method path` with `body` sent on to `upstream`; its status and body (502 when it cannot be
+/// reached).
+async fn forward(upstream: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let url = format!("{upstream}{path}");
+    let req = match method {
+        "POST" => client
+            .post(&url)
+            .header("content-type", "application/vnd.schemaregistry.v1+json")
+            .body(body.to_vec()),
+        _ => client.get(&url),
+    };
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        }
+        Err(e) => (
+            502,
+            json!({"error_code": 50201, "message": e.to_string()}).to_string(),
+        ),
+    }
+}
+
+/// The default URL of the registry `integration-tests/bin/registry up` starts.
+const REAL_DEFAULT: &str = "http://127.0.0.1:8081/apis/ccompat/v7";
+
+/// The schema registry of a test: the real one with feature `real-registry`
+/// (`TEST_SCHEMA_REGISTRY_URL`, else [`REAL_DEFAULT`]), else a [`TestRegistry`].
+pub struct Registry {
+    pub url: String,
+    client: reqwest::Client,
+    /// The stand-in, kept running while this lives.
+    _stand_in: Option<TestRegistry>,
+}
+
+impl Registry {
+    /// The real registry (checked to answer), or a new stand-in without `real-registry`.
+    pub async fn start() -> anyhow::Result<Self> {
+        let client = reqwest::Client::new();
+        if !cfg!(feature = "real-registry") {
+            let stand_in = TestRegistry::start().await?;
+            return Ok(Self {
+                url: stand_in.url.clone(),
+                client,
+                _stand_in: Some(stand_in),
+            });
+        }
+        let url = std::env::var("TEST_SCHEMA_REGISTRY_URL")
+            .unwrap_or_else(|_| REAL_DEFAULT.to_string())
+            .trim_end_matches('/')
+            .to_string();
+        let answer = client.get(format!("{url}/subjects")).send().await;
+        anyhow::ensure!(
+            answer.as_ref().is_ok_and(|r| r.status().is_success()),
+            "no schema registry answers at {url} ({answer:?}): start one with \
+             `integration-tests/bin/registry up` (run-all does)"
+        );
+        Ok(Self {
+            url,
+            client,
+            _stand_in: None,
+        })
+    }
+
+    /// Registers the Avro schema `schema` under `subject`; the id the registry gives it.
+    pub async fn register(&self, subject: &str, schema: &str) -> anyhow::Result<u32> {
+        self.register_as(subject, json!({ "schema": schema })).await
+    }
+
+    /// Registers `request` (`{"schema", "schemaType"?, "references"?}`) under `subject`.
+    pub async fn register_as(&self, subject: &str, request: Value) -> anyhow::Result<u32> {
+        let resp = self
+            .client
+            .post(format!("{}/subjects/{subject}/versions", self.url))
+            .header("content-type", "application/vnd.schemaregistry.v1+json")
+            .body(request.to_string())
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        anyhow::ensure!(status.is_success(), "register {subject}: {status} {body}");
+        body["id"]
+            .as_u64()
+            .and_then(|id| u32::try_from(id).ok())
+            .ok_or_else(|| anyhow::anyhow!("register {subject}: no id in {body}"))
+    }
+
+    /// The id the next new schema will get (a schema registered to find out takes the one
+    /// before it). Holds only while nothing else registers meanwhile: check the id given.
+    pub async fn next_id(&self) -> anyhow::Result<u32> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        let probe = json!({"type": "record", "name": format!("Probe{nanos}"), "fields": []});
+        Ok(self
+            .register(&format!("probe-{nanos}"), &probe.to_string())
+            .await?
+            + 1)
+    }
+
+    /// The subjects the registry has.
+    pub async fn subjects(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .client
+            .get(format!("{}/subjects", self.url))
+            .send()
+            .await?
+            .json()
+            .await?)
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use apache_avro::types::Value as AV;
 use lakewire::config::Config;
-use lakewire_integration_tests::registry::TestRegistry;
+use lakewire_integration_tests::registry::{Registry, TestRegistry};
 use lakewire_integration_tests::{WsClient, brokers, http_get, metric, unique_topic, wait_ready};
 use rdkafka::Message as _;
 use rdkafka::config::ClientConfig;
@@ -25,7 +25,7 @@ const SCHEMA: &str = r#"{"type":"record","name":"Fill","namespace":"it","fields"
   {"name":"venue","type":["null","string"]},
   {"name":"px","type":{"type":"bytes","logicalType":"decimal","precision":10,"scale":3}}]}"#;
 
-fn fill(n: i64) -> anyhow::Result<Vec<u8>> {
+fn fill(id: u32, n: i64) -> anyhow::Result<Vec<u8>> {
     let schema = apache_avro::Schema::parse_str(SCHEMA)?;
     let datum = apache_avro::to_avro_datum(
         &schema,
@@ -43,7 +43,7 @@ fn fill(n: i64) -> anyhow::Result<Vec<u8>> {
             ),
         ]),
     )?;
-    Ok(confluent(7, &datum))
+    Ok(confluent(id, &datum))
 }
 
 fn confluent(id: u32, datum: &[u8]) -> Vec<u8> {
@@ -68,14 +68,16 @@ async fn avro_through_kafka_and_registry_skips_bad_records_and_waits_for_the_reg
 -> anyhow::Result<()> {
     let topic = unique_topic("avro");
     let dlq = format!("{topic}-dlq");
-    let registry = TestRegistry::start().await?;
-    registry.put(7, &format!("{topic}-value"), SCHEMA);
+    // The real registry, behind a proxy the test can switch off (an outage on cue).
+    let real = Registry::start().await?;
+    let id = real.register(&format!("{topic}-value"), SCHEMA).await?;
+    let registry = TestRegistry::proxy(&real.url).await?;
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("acks", "all")
         .create()?;
     // Creates the topic (auto-created on first produce) before the gateway starts.
-    send(&p, &topic, &fill(-1)?).await?;
+    send(&p, &topic, &fill(id, -1)?).await?;
 
     let text = format!(
         "[kafka]\nbrokers = \"{}\"\nrequest_timeout_ms = 5000\n\n\
@@ -93,7 +95,7 @@ async fn avro_through_kafka_and_registry_skips_bad_records_and_waits_for_the_reg
 
     // The registry is down: the first record waits instead of being skipped.
     registry.set_down(true);
-    send(&p, &topic, &fill(0)?).await?;
+    send(&p, &topic, &fill(id, 0)?).await?;
     let early = ws.next_json(Duration::from_millis(1500)).await;
     assert!(
         early.is_err(),
@@ -102,8 +104,8 @@ async fn avro_through_kafka_and_registry_skips_bad_records_and_waits_for_the_reg
     registry.set_down(false);
 
     send(&p, &topic, &[0x07, 0, 0, 0, 7, 2]).await?; // wrong magic byte
-    send(&p, &topic, &fill(1)?).await?;
-    let good = fill(2)?;
+    send(&p, &topic, &fill(id, 1)?).await?;
+    let good = fill(id, 2)?;
     send(&p, &topic, &good[..good.len() - 2]).await?; // truncated
     send(&p, &topic, &confluent(424_242, &good[5..])).await?; // unknown schema id
     send(&p, &topic, &good).await?;

@@ -782,13 +782,12 @@ async fn a_recreated_topic_pauses_its_partition_instead_of_overwriting_files() -
 /// is registered, as a new user's producer may do) are not lost: the partition waits on the
 /// first of them, backing off, and nothing after it is committed; once the schema is registered
 /// every record lands, exactly once. (Before: each was skipped as `unknown_schema_id`, and
-/// without a dead-letter topic it was gone.) The registry is the harness's stand-in
-/// (integration-tests/src/registry.rs): a real one is issue 16's first item.
+/// without a dead-letter topic it was gone.) Against the real registry (Apicurio's Confluent
+/// API): the records carry the id it gives the schema registered later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_whose_schema_is_registered_later_land_once_it_is() -> anyhow::Result<()> {
-    use lakewire_integration_tests::registry::TestRegistry;
-    const ID: u32 = 42;
-    let registry = TestRegistry::start().await?;
+    let registry = lakewire_integration_tests::registry::Registry::start().await?;
+    let id = registry.next_id().await?;
     let t = Table::new_with(
         "sink-late-schema",
         1,
@@ -803,7 +802,7 @@ async fn records_whose_schema_is_registered_later_land_once_it_is() -> anyhow::R
         registry.url
     ));
     std::fs::write(&t.cfg, text)?;
-    produce_confluent(&t.topic, 0..300, ID).await?;
+    produce_confluent(&t.topic, 0..300, id).await?;
     let sink = t.start()?;
     let topic = &t.topic;
     let waits = format!(
@@ -818,8 +817,16 @@ async fn records_whose_schema_is_registered_later_land_once_it_is() -> anyhow::R
     }
     assert_eq!(sink.metric("lakewire_sink_waiting_partitions ")?, 1.0);
     assert_eq!(check(&t.root_s, "orders", &[])?["rows_pyarrow"], 0);
-    registry.put(ID, &format!("{topic}-value"), ORDER);
-    produce_confluent(&t.topic, 300..400, ID).await?;
+    // A schema text of its own: the registry gives a text it has seen before its old id.
+    let schema = ORDER.replacen('{', &format!("{{\"doc\":\"{topic}\","), 1);
+    let given = registry
+        .register(&format!("{topic}-value"), &schema)
+        .await?;
+    anyhow::ensure!(
+        given == id,
+        "the registry gave the schema id {given}, not {id}: something else registered meanwhile"
+    );
+    produce_confluent(&t.topic, 300..400, id).await?;
     let v = t.wait_rows(400)?;
     std::thread::sleep(Duration::from_secs(2));
     let v2 = check(&t.root_s, "orders", &[])?;
