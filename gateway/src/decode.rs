@@ -450,6 +450,13 @@ impl Decoder {
             dl.send(to, &self.topic, raw, error);
         }
     }
+
+    /// The lowest offset of `partition` whose dead-letter copy Kafka has not confirmed yet (the
+    /// sink commits nothing past it).
+    pub fn dead_letters_unconfirmed(&self, partition: i32) -> Option<i64> {
+        let (dl, _) = self.dead_letter_topic.as_ref()?;
+        dl.unconfirmed_from(&self.topic, partition)
+    }
 }
 
 /// The schema id of a Confluent-framed payload.

@@ -14,6 +14,8 @@
 //! - A storage outage longer than the sink's `max.poll.interval.ms` (issue 17): the worker goes
 //!   on polling, stays in its group and reports the lag; every record lands once afterwards
 //!   (the stand-in S3 endpoint answers 503: an outage on cue is the point).
+//! - A record the sink dead-letters holds the group's commit and the files' resume marks until
+//!   Kafka has the copy (issue 16).
 #![cfg(feature = "real-kafka")]
 
 use std::sync::{Arc, Mutex};
@@ -499,6 +501,145 @@ async fn a_storage_outage_keeps_the_worker_polling_and_loses_nothing() -> anyhow
         lag() == Some(0.0)
     })
     .await?;
+    running.stop().await;
+    Ok(())
+}
+
+/// The committed offset of `group` for `topic`'s partition 0 (`None`: nothing committed).
+async fn committed(group: &str, topic: &str) -> anyhow::Result<Option<i64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got =
+        tokio::task::spawn_blocking(move || c.committed_offsets(tpl, Duration::from_secs(10)))
+            .await??;
+    Ok(got.elements().first().and_then(|e| match e.offset() {
+        rdkafka::Offset::Offset(o) => Some(o),
+        _ => None,
+    }))
+}
+
+/// The resume marks in the footers of `table`'s files (the sink of config `toml`), by file name.
+async fn resume_marks(toml: &str, table: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let sink = Config::from_toml_and_env(toml, &[], "test")?
+        .sink
+        .ok_or_else(|| anyhow::anyhow!("no [sink]"))?;
+    let storage = lakewire::sink::storage::Storage::new(&sink)?;
+    let (files, _) = storage.list(table).await?;
+    let mut marks = Vec::new();
+    for f in files {
+        let kv = storage
+            .parquet_key_values(&f.path)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let mark = kv
+            .get(lakewire::sink::resume::RESUME_KEY)
+            .cloned()
+            .unwrap_or_default();
+        marks.push((f.name.render(), mark));
+    }
+    marks.sort();
+    Ok(marks)
+}
+
+/// Issue 16 item 3: a record refused by the sink and copied to the dead-letter topic holds the
+/// commit and the resume marks until Kafka has the copy. The dead-letter topic does not exist
+/// yet (and clients may not create topics), so the copy waits until the test creates it;
+/// meanwhile a file after the refused record lands, and neither the group's offset nor that
+/// file's mark may pass the record: a crash then would have lost the copy. (Before, both were
+/// 11: the copy was fire-and-forget.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_holds_the_commit_until_kafka_has_it() -> anyhow::Result<()> {
+    let topic = unique_topic("sink-dlq");
+    let dlq = format!("{topic}-dlq");
+    create_topic(&topic, 1).await?;
+    let dir = tempfile::tempdir()?;
+    let schema = long_schema(dir.path())?;
+    let root = dir.path().join("lake");
+    let p = producer()?;
+    // Offsets 0-4 good, 5 bad (a varint that never ends), 6-10 good.
+    for n in 0..5 {
+        send(&p, &topic, &avro_long(n)).await?;
+    }
+    send(&p, &topic, &[0x80]).await?;
+    for n in 6..11 {
+        send(&p, &topic, &avro_long(n)).await?;
+    }
+    let group = format!("{topic}-sink");
+    let toml = format!(
+        "[kafka]\nbrokers = \"{}\"\nrequest_timeout_ms = 5000\n\n\
+         [kafka.properties]\n\"allow.auto.create.topics\" = \"false\"\n\
+         \"topic.metadata.propagation.max.ms\" = \"60000\"\n\n\
+         [[topics]]\nname = \"{topic}\"\nformat = \"raw\"\nschema = \"{}\"\n\
+         dead_letter_topic = \"{dlq}\"\n\n\
+         [websocket]\nlisten = \"127.0.0.1:0\"\n\n\
+         [sink]\nroot = \"{}\"\nroll_rows = 5\ngroup_id = \"{group}\"\n\n\
+         [[sink.tables]]\ntopic = \"{topic}\"\npartition_by = []\n",
+        brokers(),
+        schema.display(),
+        root.display(),
+    );
+    let running =
+        lakewire::app::start_role(Config::from_toml_and_env(&toml, &[], "test")?, Role::Sink)
+            .await?;
+    let table = topic.replace('-', "_");
+    let files = |n: usize| {
+        let dir = root.join(&table);
+        move || {
+            std::fs::read_dir(&dir).map_or(0, |d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+                    .count()
+            }) >= n
+        }
+    };
+    wait_for(
+        "the two files around the refused record",
+        Duration::from_secs(60),
+        files(2),
+    )
+    .await?;
+    let delivered = format!("lakewire_dead_letter_records_total{{topic=\"{topic}\"}} ");
+    assert_eq!(
+        metric(&running, &delivered).unwrap_or(0.0),
+        0.0,
+        "the copy cannot be delivered yet"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        committed(&group, &topic).await?,
+        Some(5),
+        "the commit passed a record whose dead-letter copy Kafka does not have"
+    );
+    // The second file's range starts at the refused record (its rows are 6-10).
+    let name = |a: i64, b: i64| format!("{topic}+0+{a}+{b}.parquet");
+    assert_eq!(
+        resume_marks(&toml, &table).await?,
+        vec![
+            (name(0, 4), "5".to_string()),
+            (name(5, 10), "5".to_string())
+        ],
+        "a resume mark passed the unconfirmed copy"
+    );
+
+    // Kafka takes the copy once its topic exists.
+    create_topic(&dlq, 1).await?;
+    wait_for(
+        "the dead-letter copy delivered",
+        Duration::from_secs(30),
+        || metric(&running, &delivered) == Some(1.0),
+    )
+    .await?;
+    for n in 11..16 {
+        send(&p, &topic, &avro_long(n)).await?;
+    }
+    wait_for("the file after the copy", Duration::from_secs(30), files(3)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(committed(&group, &topic).await?, Some(16));
     running.stop().await;
     Ok(())
 }

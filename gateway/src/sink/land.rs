@@ -162,7 +162,7 @@ impl Worker {
                 self.open_bytes = self.open_bytes.saturating_sub(w.file.bytes.len() as u64);
                 tracing::info!(topic = %t.topic, partition = key.1, file = %w.file.path(), "sink: storage took the file; the partition goes on");
                 part.add_landed(landed);
-                commit_done(consumer, &t.topic, key.1, part);
+                commit_done(consumer, t, key.1, part);
                 if part.waiting.is_none() {
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&t.topic, key.1);
@@ -231,11 +231,11 @@ impl Worker {
         self.open_bytes = self.open_bytes.saturating_sub(open.bytes);
         self.ctx.metrics.sink_open_files.dec();
         let p = key.1;
-        let mark = part.mark(open.end);
+        let mark = t.confirmed_below(p, part.mark(open.end));
         let encoded = match encode(&self.ctx, t, p, &mut open, mark) {
             Ok(Some(encoded)) => encoded,
             Ok(None) => {
-                commit_done(consumer, &t.topic, p, part);
+                commit_done(consumer, t, p, part);
                 return true;
             }
             Err(why) => {
@@ -258,7 +258,7 @@ impl Worker {
         match put(&self.ctx, t, &encoded) {
             Ok(landed) => {
                 part.add_landed(landed);
-                commit_done(consumer, &t.topic, p, part);
+                commit_done(consumer, t, p, part);
                 true
             }
             Err(why) => {
@@ -291,17 +291,19 @@ impl Worker {
     }
 }
 
-/// Commits partition `p`'s offset below which everything is in place. A failed commit is
-/// logged: storage, not the commit, decides where to resume.
+/// Commits partition `p`'s offset below which everything is in place (and every dead-letter
+/// copy confirmed). A failed commit is logged: storage, not the commit, decides where to resume.
 fn commit_done(
     consumer: &BaseConsumer<SinkContext>,
-    topic: &str,
+    t: &ConfiguredTable,
     p: i32,
     part: &AssignedPartition,
 ) {
     let Some(done) = part.done_below() else {
         return;
     };
+    let done = t.confirmed_below(p, done);
+    let topic = &*t.topic;
     let mut tpl = TopicPartitionList::new();
     let committed = tpl
         .add_partition_offset(topic, p, Offset::Offset(done))

@@ -47,6 +47,16 @@ pub(super) struct ConfiguredTable {
     pub(super) files: Counter,
 }
 
+impl ConfiguredTable {
+    /// `offset`, or lower: the lowest offset of partition `p` whose dead-letter copy Kafka has
+    /// not confirmed yet. A resume mark or commit never passes a record whose copy may be lost.
+    pub(super) fn confirmed_below(&self, p: i32, offset: i64) -> i64 {
+        self.decoder
+            .dead_letters_unconfirmed(p)
+            .map_or(offset, |held| held.min(offset))
+    }
+}
+
 /// What the worker needs besides its tables and partitions: where files go, the metrics, the
 /// metastore queue, the roll limits, and the shutdown signal.
 pub(super) struct WorkerContext {
