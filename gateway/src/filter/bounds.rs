@@ -125,6 +125,58 @@ pub(super) fn ast_depth(e: &cel::common::ast::Expr) -> usize {
     }
 }
 
+/// The first name `e` uses that is neither bound by an enclosing comprehension (its loop and
+/// accumulator variables, in its condition, step and result, as CEL scopes them: an inner loop's
+/// variable shadows an outer one) nor in `known`.
+pub(super) fn unknown_name<'e>(
+    e: &'e cel::common::ast::Expr,
+    known: &[&str],
+    bound: &mut Vec<&'e str>,
+) -> Option<&'e str> {
+    use cel::common::ast::{EntryExpr, Expr};
+    let first = |x: &'e cel::common::ast::IdedExpr, bound: &mut Vec<&'e str>| {
+        unknown_name(&x.expr, known, bound)
+    };
+    match e {
+        Expr::Ident(name) => {
+            let name = name.as_str();
+            (!bound.contains(&name) && !known.contains(&name)).then_some(name)
+        }
+        Expr::Comprehension(c) => {
+            if let Some(n) = first(&c.iter_range, bound).or_else(|| first(&c.accu_init, bound)) {
+                return Some(n);
+            }
+            let outer = bound.len();
+            bound.push(&c.iter_var);
+            if let Some(v2) = &c.iter_var2 {
+                bound.push(v2);
+            }
+            bound.push(&c.accu_var);
+            let found = first(&c.loop_cond, bound)
+                .or_else(|| first(&c.loop_step, bound))
+                .or_else(|| first(&c.result, bound));
+            bound.truncate(outer);
+            found
+        }
+        Expr::List(l) => l.elements.iter().find_map(|x| first(x, bound)),
+        Expr::Map(m) => m.entries.iter().find_map(|x| match &x.expr {
+            EntryExpr::MapEntry(me) => first(&me.key, bound).or_else(|| first(&me.value, bound)),
+            EntryExpr::StructField(f) => first(&f.value, bound),
+        }),
+        Expr::Struct(st) => st.entries.iter().find_map(|x| match &x.expr {
+            EntryExpr::MapEntry(me) => first(&me.key, bound).or_else(|| first(&me.value, bound)),
+            EntryExpr::StructField(f) => first(&f.value, bound),
+        }),
+        Expr::Call(call) => call
+            .target
+            .iter()
+            .find_map(|t| first(t, bound))
+            .or_else(|| call.args.iter().find_map(|a| first(a, bound))),
+        Expr::Select(s) => first(&s.operand, bound),
+        Expr::Literal(_) | Expr::Unspecified => None,
+    }
+}
+
 /// The most evaluation steps a filter may take per record, by `cost`. A step is one node
 /// evaluated once; the interpreter takes well under a microsecond per step, so a filter at the
 /// limit costs at most a few milliseconds per record. Without it, 512 nodes of nested

@@ -232,6 +232,37 @@ impl Compiled {
         pred(&expr.expr).map(|pred| Compiled { pred })
     }
 
+    /// The top-level conjuncts of a filter that does not compile as a whole but some of whose
+    /// `&&` operands do (`value.region == 'eu' && value.items.exists(i, i.qty > 5)`): a
+    /// record can match the filter only if each of these is true (CEL's `&&` is false or an
+    /// error otherwise), so they place the filter in the index. Never evaluated as the filter.
+    pub fn guard(expr: &IdedExpr) -> Option<Self> {
+        fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+            match e {
+                Expr::Call(c)
+                    if c.target.is_none()
+                        && c.func_name == operators::LOGICAL_AND
+                        && c.args.len() == 2 =>
+                {
+                    for a in &c.args {
+                        conjuncts(&a.expr, out);
+                    }
+                }
+                other => out.push(other),
+            }
+        }
+        let mut all = Vec::new();
+        conjuncts(&expr.expr, &mut all);
+        let mut kept: Vec<Pred> = all.into_iter().filter_map(pred).collect();
+        match kept.len() {
+            0 => None,
+            1 => kept.pop().map(|pred| Compiled { pred }),
+            _ => Some(Compiled {
+                pred: Pred::And(kept),
+            }),
+        }
+    }
+
     /// True when the record matches; an error where the interpreter would give one.
     pub fn eval<'p>(&'p self, record: &Record) -> Result<bool, Fault<'p>> {
         self.pred.eval(record)

@@ -260,7 +260,7 @@ impl<Id: Copy + Eq + Hash> FilterIndex<Id> {
     /// record). An id already present is replaced.
     pub fn insert(&mut self, id: Id, filter: Option<&Filter>) {
         self.remove(id);
-        let placement = match filter.and_then(Filter::compiled) {
+        let placement = match filter.and_then(Filter::access) {
             Some(c) => self.place(id, c),
             None => Placement::Always,
         };

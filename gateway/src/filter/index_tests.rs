@@ -218,6 +218,29 @@ fn the_smallest_bucket_is_the_access_predicate() {
     assert_eq!(c, BTreeSet::from([0, 77]));
 }
 
+/// Issue 26 item 1: a filter that does not compile as a whole (a comprehension runs on the
+/// interpreter) is still placed by its top-level conjuncts that do compile (before, it was a
+/// candidate for every record).
+#[test]
+fn a_comprehension_beside_an_access_predicate_is_placed_by_it() {
+    let fx = Fixture::new([
+        "value.region == 'eu' && value.items.exists(i, i.qty > 5)".to_string(),
+        "value.items.all(i, i.ok) && value.n > 10 && size(value.items) > 0".to_string(),
+    ]);
+    assert_eq!(fx.index.unindexed(), 0);
+    for f in fx.filters.iter().flatten() {
+        assert!(
+            f.compiled().is_none(),
+            "compiled as a whole: the test needs one that is not"
+        );
+    }
+    let us = r#"{"region":"us","n":1,"items":[{"qty":9,"ok":true}]}"#;
+    assert_eq!(fx.candidates(us), BTreeSet::new());
+    let eu = r#"{"region":"eu","n":11,"items":[{"qty":9,"ok":true}]}"#;
+    assert_eq!(fx.candidates(eu), BTreeSet::from([0, 1]));
+    assert_eq!(fx.matching(eu), BTreeSet::from([0, 1]));
+}
+
 #[test]
 fn filters_without_an_access_predicate_are_always_candidates() {
     let mut index = FilterIndex::default();

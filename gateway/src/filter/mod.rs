@@ -26,7 +26,7 @@ use cel::{Context, Env, ExecutionError, Program};
 use serde_json::Value;
 
 pub use self::bounds::{MAX_FILTER_DEPTH, MAX_FILTER_STEPS, RECORD_LIST_BOUND, compile_shape};
-use self::bounds::{ast_depth, cost, text_depth};
+use self::bounds::{ast_depth, cost, text_depth, unknown_name};
 pub use self::index::FilterIndex;
 use crate::config::WebSocketConfig;
 use crate::record::Record;
@@ -79,6 +79,8 @@ pub enum ShapeError {
 pub struct Filter {
     program: Program,
     compiled: Option<compiled::Compiled>,
+    /// Without `compiled`: the conjuncts that place the filter in the index.
+    guard: Option<compiled::Compiled>,
 }
 
 impl Filter {
@@ -126,12 +128,7 @@ impl Filter {
                 cost.steps
             ));
         }
-        let refs = program.references();
-        if let Some(v) = refs
-            .variables()
-            .into_iter()
-            .find(|v| !VARIABLES.contains(v))
-        {
+        if let Some(v) = unknown_name(&program.expression().expr, VARIABLES, &mut Vec::new()) {
             return bad(format!(
                 "unknown name {v:?}; a filter can use {}",
                 VARIABLES.join(", ")
@@ -143,7 +140,15 @@ impl Filter {
             ));
         }
         let compiled = compiled::Compiled::new(program.expression());
-        let filter = Self { program, compiled };
+        let guard = match compiled {
+            Some(_) => None,
+            None => compiled::Compiled::guard(program.expression()),
+        };
+        let filter = Self {
+            program,
+            compiled,
+            guard,
+        };
         // A trial run on an empty record finds what only evaluation can: unknown functions and
         // a result that is not a boolean. Errors that depend on the data (a missing field) are
         // expected here and mean nothing.
@@ -178,6 +183,12 @@ impl Filter {
     /// The native predicate, when the filter compiled to one.
     pub fn compiled(&self) -> Option<&compiled::Compiled> {
         self.compiled.as_ref()
+    }
+
+    /// What places the filter in the index: the compiled filter, or when it does not compile as
+    /// a whole, its top-level conjuncts that do ([`compiled::Compiled::guard`]).
+    pub fn access(&self) -> Option<&compiled::Compiled> {
+        self.compiled.as_ref().or(self.guard.as_ref())
     }
 
     /// True when `record` matches; an evaluation error (a missing field, a wrong type in this

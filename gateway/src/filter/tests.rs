@@ -57,6 +57,40 @@ fn evaluation_errors_are_errors_not_matches() {
     assert!(r.is_err(), "{r:?}");
 }
 
+/// Issue 26 item 1: comprehension variables of any name, scoped as CEL scopes them (before,
+/// every one but the names of the record's variables was refused as an unknown name).
+#[test]
+fn comprehension_variables_may_have_any_name_and_are_scoped() {
+    let v = r#"{"items":[{"qty":3},{"qty":7}],"a":[1,2],"b":[2,3]}"#;
+    for (src, want) in [
+        ("value.items.exists(i, i.qty > 5)", true),
+        ("value.items.all(i, i.qty > 5)", false),
+        ("value.items.exists_one(item, item.qty > 5)", true),
+        ("value.items.map(i, i.qty).exists(q, q == 7)", true),
+        ("size(value.items.filter(i, i.qty > 5)) == 1", true),
+        // Shadowing: inside, `value` and the inner `x` are the loops'.
+        ("value.items.exists(value, value.qty == 3)", true),
+        ("value.a.exists(x, value.b.exists(x, x == 3))", true),
+        ("value.a.exists(x, value.b.exists(y, x == y))", true),
+        // (The outer x is 1 once; the inner, shadowing it, never is.)
+        ("value.a.exists(x, value.b.exists(x, x == 1))", false),
+    ] {
+        assert_eq!(eval(src, v), Ok(want), "{src}");
+    }
+    // A loop's variable is not a name outside the loop.
+    for (src, name) in [
+        ("value.items.exists(i, i.qty > 5) && i.qty == 1", "i"),
+        ("value.a.exists(x, x == y)", "y"),
+        ("value.a.map(x, x).exists(y, x == y)", "x"),
+    ] {
+        let e = compile(src).err().unwrap_or_default();
+        assert!(
+            e.contains(&format!("unknown name \"{name}\"")),
+            "{src}: {e}"
+        );
+    }
+}
+
 #[test]
 fn bad_filters_are_refused_with_a_reason() {
     let e = compile("value.amount >").err().unwrap_or_default();
@@ -118,7 +152,6 @@ fn comprehensions_over_the_cost_budget_are_refused() {
         }
     }
     for fine in [
-        // (Iteration variables must be names a filter may use.)
         "value.items.exists(key, key.qty > 10)",
         "value.a.exists(key, value.b.exists(offset, key == offset))",
         "value.region in ['eu', 'us', 'ap'] && value.tags.all(key, key != 'test')",
