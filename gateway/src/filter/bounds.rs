@@ -125,6 +125,89 @@ pub(super) fn ast_depth(e: &cel::common::ast::Expr) -> usize {
     }
 }
 
+/// The operands of `e`, in order (a comprehension's range, initial value, condition, step and
+/// result).
+pub(super) fn children(e: &cel::common::ast::Expr) -> Vec<&cel::common::ast::IdedExpr> {
+    use cel::common::ast::{EntryExpr, Expr};
+    fn entries(entries: &[cel::common::ast::IdedEntryExpr]) -> Vec<&cel::common::ast::IdedExpr> {
+        entries
+            .iter()
+            .flat_map(|x| match &x.expr {
+                EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+                EntryExpr::StructField(f) => vec![&f.value],
+            })
+            .collect()
+    }
+    match e {
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::List(l) => l.elements.iter().collect(),
+        Expr::Map(m) => entries(&m.entries),
+        Expr::Struct(st) => entries(&st.entries),
+        Expr::Call(call) => call
+            .target
+            .as_deref()
+            .into_iter()
+            .chain(call.args.iter())
+            .collect(),
+        Expr::Select(s) => vec![&s.operand],
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+    }
+}
+
+/// The most bytes one regular expression of a filter may compile to (`regex`'s `size_limit`),
+/// and the most its lazy DFA may cache (`dfa_size_limit`): with `max_filters_per_topic`
+/// filters a topic's patterns hold at most that many times 2 MiB. Typical patterns (`^order-
+/// [0-9]{6}$`, `(?i)error|warn`, an e-mail address) take under 64 KiB; `\w{20}` takes
+/// about 1 MiB (`\w` is Unicode's), `\w{100}` 10 MiB: refused.
+pub const MAX_REGEX_BYTES: usize = 1 << 20;
+
+/// `pattern` compiled within [`MAX_REGEX_BYTES`].
+pub(super) fn limited_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(MAX_REGEX_BYTES)
+        .dfa_size_limit(MAX_REGEX_BYTES)
+        .build()
+}
+
+/// Why the first literal pattern of a `matches` in `e` cannot be used: not a regular
+/// expression, or over [`MAX_REGEX_BYTES`] compiled. Checked at subscribe, so a pattern that
+/// would fail on every record never reaches one.
+pub(super) fn bad_pattern(e: &cel::common::ast::Expr) -> Option<String> {
+    use cel::common::ast::{Expr, LiteralValue};
+    let sub = |x: &cel::common::ast::IdedExpr| bad_pattern(&x.expr);
+    match e {
+        Expr::Call(call) => {
+            let pattern = match (call.target.as_deref(), call.args.as_slice()) {
+                (Some(_), [p]) | (None, [_, p]) if call.func_name == "matches" => Some(&p.expr),
+                _ => None,
+            };
+            if let Some(Expr::Literal(LiteralValue::String(p))) = pattern {
+                match limited_regex(p.inner()) {
+                    Err(regex::Error::CompiledTooBig(_)) => {
+                        return Some(format!(
+                            "the regular expression {:?} is too large: it compiles to over {} KiB (the limit)",
+                            p.inner(),
+                            MAX_REGEX_BYTES / 1024
+                        ));
+                    }
+                    Err(e) => {
+                        return Some(format!("{:?} is not a regular expression: {e}", p.inner()));
+                    }
+                    Ok(_) => {}
+                }
+            }
+            children(e).into_iter().find_map(sub)
+        }
+        other => children(other).into_iter().find_map(sub),
+    }
+}
+
 /// The first name `e` uses that is neither bound by an enclosing comprehension (its loop and
 /// accumulator variables, in its condition, step and result, as CEL scopes them: an inner loop's
 /// variable shadows an outer one) nor in `known`.
@@ -133,7 +216,7 @@ pub(super) fn unknown_name<'e>(
     known: &[&str],
     bound: &mut Vec<&'e str>,
 ) -> Option<&'e str> {
-    use cel::common::ast::{EntryExpr, Expr};
+    use cel::common::ast::Expr;
     let first = |x: &'e cel::common::ast::IdedExpr, bound: &mut Vec<&'e str>| {
         unknown_name(&x.expr, known, bound)
     };
@@ -158,22 +241,7 @@ pub(super) fn unknown_name<'e>(
             bound.truncate(outer);
             found
         }
-        Expr::List(l) => l.elements.iter().find_map(|x| first(x, bound)),
-        Expr::Map(m) => m.entries.iter().find_map(|x| match &x.expr {
-            EntryExpr::MapEntry(me) => first(&me.key, bound).or_else(|| first(&me.value, bound)),
-            EntryExpr::StructField(f) => first(&f.value, bound),
-        }),
-        Expr::Struct(st) => st.entries.iter().find_map(|x| match &x.expr {
-            EntryExpr::MapEntry(me) => first(&me.key, bound).or_else(|| first(&me.value, bound)),
-            EntryExpr::StructField(f) => first(&f.value, bound),
-        }),
-        Expr::Call(call) => call
-            .target
-            .iter()
-            .find_map(|t| first(t, bound))
-            .or_else(|| call.args.iter().find_map(|a| first(a, bound))),
-        Expr::Select(s) => first(&s.operand, bound),
-        Expr::Literal(_) | Expr::Unspecified => None,
+        other => children(other).into_iter().find_map(|x| first(x, bound)),
     }
 }
 

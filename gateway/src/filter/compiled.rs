@@ -470,13 +470,14 @@ fn flatten(
     Some(out)
 }
 
-/// `s.matches('re')` with a literal, valid pattern: compiled now, as `regex` (which the
-/// interpreter uses too) would compile it on every record.
+/// `s.matches('re')` with a literal, valid pattern: compiled now (within the size limits
+/// subscribe checks), as `regex` (which the interpreter uses too) would compile it on every
+/// record.
 fn matches(target: &Expr, pattern: &Expr) -> Option<Pred> {
     let Expr::Literal(LiteralValue::String(p)) = pattern else {
         return None;
     };
-    let re = regex::Regex::new(p.inner()).ok()?;
+    let re = super::bounds::limited_regex(p.inner()).ok()?;
     Some(Pred::Matches(operand(target)?, Box::new(re)))
 }
 

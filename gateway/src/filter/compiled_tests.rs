@@ -308,7 +308,7 @@ fn what_does_not_compile_runs_on_the_interpreter() -> Result<(), super::ShapeErr
         ("int(value.d) == 2", Ok(true)),
         ("value.i > 1 ? value.flag : false", Ok(true)),
         ("value.s.matches(value.s)", Ok(true)),
-        ("value.s.matches('(')", Err(())),
+        // (An invalid or oversize literal pattern is refused at subscribe: filter/tests.rs.)
         ("value.s == b'abc'", Ok(false)),
         ("value.s in ['a', value.s + 'x']", Ok(false)),
     ] {

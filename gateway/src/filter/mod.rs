@@ -26,7 +26,7 @@ use cel::{Context, Env, ExecutionError, Program};
 use serde_json::Value;
 
 pub use self::bounds::{MAX_FILTER_DEPTH, MAX_FILTER_STEPS, RECORD_LIST_BOUND, compile_shape};
-use self::bounds::{ast_depth, cost, text_depth, unknown_name};
+use self::bounds::{ast_depth, bad_pattern, cost, text_depth, unknown_name};
 pub use self::index::FilterIndex;
 use crate::config::WebSocketConfig;
 use crate::record::Record;
@@ -133,6 +133,9 @@ impl Filter {
                 "unknown name {v:?}; a filter can use {}",
                 VARIABLES.join(", ")
             ));
+        }
+        if let Some(why) = bad_pattern(&program.expression().expr) {
+            return bad(why);
         }
         if let Some(what) = not_boolean(&program.expression().expr) {
             return bad(format!(

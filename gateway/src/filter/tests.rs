@@ -91,6 +91,41 @@ fn comprehension_variables_may_have_any_name_and_are_scoped() {
     }
 }
 
+/// Issue 26 item 2: a literal pattern is compiled within a size limit at subscribe, and one
+/// over it (or not a regular expression) is refused there, inside comprehensions too (before,
+/// `\w{100}` was accepted and compiled to some 10 MiB for every record the interpreter saw).
+#[test]
+fn oversize_and_invalid_patterns_are_refused_at_subscribe() {
+    for (src, why) in [
+        (r"value.s.matches('\\w{100}')", "too large"),
+        (
+            r"value.items.exists(i, i.s.matches('\\w{100}'))",
+            "too large",
+        ),
+        (r"value.s.matches('(')", "not a regular expression"),
+        (r"matches(value.s, '[')", "not a regular expression"),
+    ] {
+        let e = compile(src).err().unwrap_or_default();
+        assert!(e.contains(why), "{src}: {e:?}");
+    }
+    for fine in [
+        r"value.s.matches('^order-[0-9]{6}$')",
+        r"value.s.matches('\\w{20}')",
+        r"value.items.exists(i, i.s.matches('(?i)error|warn'))",
+        // A pattern from the record is the record's: checked when it is used.
+        "value.s.matches(value.p)",
+    ] {
+        assert!(compile(fine).is_ok(), "{fine}: {:?}", compile(fine).err());
+    }
+    assert_eq!(
+        eval(
+            r"value.s.matches('^order-[0-9]{6}$')",
+            r#"{"s":"order-123456"}"#
+        ),
+        Ok(true)
+    );
+}
+
 #[test]
 fn bad_filters_are_refused_with_a_reason() {
     let e = compile("value.amount >").err().unwrap_or_default();
