@@ -73,12 +73,21 @@ impl KafkaClients {
 
     /// A replay reader: an assigned consumer with a small prefetch (librdkafka's default queues
     /// up to 64 MiB and 100,000 records per consumer), set after `[kafka]`'s properties so one
-    /// connection's replays stay small whatever the live consumers use.
+    /// connection's replays stay small whatever the live consumers use. A fetch is never below
+    /// `message.max.bytes` nor above `receive.message.max.bytes` less 512 (librdkafka refuses
+    /// such a consumer): a cluster of large records gets replay fetches of its largest record.
     pub fn replay_consumer(&self, purpose: &str) -> ClientConfig {
+        const SMALL_FETCH: u64 = 2 * 1024 * 1024;
         let mut cc = self.assigned_consumer(purpose);
-        cc.set("queued.max.messages.kbytes", "2048")
+        let number = |key: &str| cc.get(key).and_then(|v| v.trim().parse::<u64>().ok());
+        let mut fetch = SMALL_FETCH.max(number("message.max.bytes").unwrap_or(0));
+        if let Some(cap) = number("receive.message.max.bytes") {
+            // librdkafka wants room for a response's framing above a fetch.
+            fetch = fetch.min(cap.saturating_sub(512));
+        }
+        cc.set("queued.max.messages.kbytes", (fetch / 1024).to_string())
             .set("queued.min.messages", "1000")
-            .set("fetch.max.bytes", "2097152");
+            .set("fetch.max.bytes", fetch.to_string());
         cc
     }
 
@@ -183,3 +192,48 @@ impl ClientContext for KafkaContext {
 }
 
 impl ConsumerContext for KafkaContext {}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::consumer::BaseConsumer;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// Issue 26 item 9: a replay reader of a cluster whose records may be large (`message.max.bytes`
+    /// raised in `[kafka] properties`) or whose responses are capped lower
+    /// (`receive.message.max.bytes`) can be created (before: librdkafka refused its 2 MiB
+    /// `fetch.max.bytes`, so every replay failed while the live consumers worked).
+    #[test]
+    fn a_replay_reader_fetches_at_least_the_largest_message() -> anyhow::Result<()> {
+        let config = Config::from_toml_and_env(
+            "[kafka]\nbrokers = \"127.0.0.1:1\"\n\n[kafka.properties]\n\"message.max.bytes\" = \"10485760\"\n",
+            &[],
+            "test",
+        )?;
+        let clients = KafkaClients::new(&config.kafka, &Metrics::default());
+        let cc = clients.replay_consumer("t-replay");
+        assert_eq!(cc.get("fetch.max.bytes"), Some("10485760"));
+        cc.create::<BaseConsumer>()?;
+        // A cap on what one response may hold: the replay fetch stays under it.
+        let config = Config::from_toml_and_env(
+            "[kafka]\nbrokers = \"127.0.0.1:1\"\n\n[kafka.properties]\n\"receive.message.max.bytes\" = \"1100000\"\n\"fetch.max.bytes\" = \"1050000\"\n",
+            &[],
+            "test",
+        )?;
+        KafkaClients::new(&config.kafka, &Metrics::default())
+            .assigned_consumer("t")
+            .create::<BaseConsumer>()
+            .map_err(|e| anyhow::anyhow!("live: {e}"))?;
+        KafkaClients::new(&config.kafka, &Metrics::default())
+            .replay_consumer("t-replay")
+            .create::<BaseConsumer>()?;
+        // Small records: the small prefetch stays.
+        let config =
+            Config::from_toml_and_env("[kafka]\nbrokers = \"127.0.0.1:1\"\n", &[], "test")?;
+        let cc = KafkaClients::new(&config.kafka, &Metrics::default()).replay_consumer("t-replay");
+        assert_eq!(cc.get("fetch.max.bytes"), Some("2097152"));
+        cc.create::<BaseConsumer>()?;
+        Ok(())
+    }
+}

@@ -31,7 +31,7 @@ use crate::metrics::{Metrics, TopicLabels};
 use crate::record::{RawRecord, Record};
 
 mod replay;
-pub use replay::{Followers, run_replay};
+pub use replay::{Followers, ReplayReader, open_replay, run_replay};
 
 /// A Kafka operation that failed.
 #[derive(Debug, thiserror::Error)]

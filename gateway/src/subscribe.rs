@@ -104,6 +104,12 @@ pub async fn start(
         let Some(decoder) = services.decoders.get(req.topic.as_str()).cloned() else {
             return Err(err(ErrorCode::UnknownTopic, "no decoder for topic".into()));
         };
+        let reader = source::open_replay(&services.kafka, &req.topic).map_err(|e| {
+            err(
+                ErrorCode::BadRequest,
+                format!("cannot start the subscription: {e}"),
+            )
+        })?;
         // In the hub first (not yet live), so the replay reader can hand partitions over.
         topic
             .add(sub.clone())
@@ -117,7 +123,9 @@ pub async fn start(
             let token = token.clone();
             let start = plan.start.clone();
             async move {
-                if let Err(e) = source::run_replay(kafka, decoder, topic, sub, start, token).await {
+                if let Err(e) =
+                    source::run_replay(kafka, reader, decoder, topic, sub, start, token).await
+                {
                     tracing::warn!(error = %e, "replay reader failed");
                 }
                 // The place is freed once the reader has caught up (or stopped).

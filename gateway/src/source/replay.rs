@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use rdkafka::consumer::StreamConsumer;
 use tokio_util::sync::CancellationToken;
 
-use super::{Kafka, OffRuntimeDrop, RecordIntake, SourceError, assign_at};
+use super::{Kafka, KafkaContext, OffRuntimeDrop, RecordIntake, SourceError, assign_at};
 use crate::decode::Decoder;
 use crate::hub::{Subscription, TopicHub};
 
@@ -75,12 +76,25 @@ impl Followers {
     }
 }
 
+/// A replay's own consumer, made before the subscription is confirmed (so a client whose replay
+/// cannot start gets an `error` frame, not `subscribed` and then nothing); dropped on the blocking
+/// pool (closing a librdkafka consumer waits for its threads).
+pub struct ReplayReader(OffRuntimeDrop<StreamConsumer<KafkaContext>>);
+
+/// Creates the consumer of a replay of `topic`.
+pub fn open_replay(kafka: &Kafka, topic: &str) -> Result<ReplayReader, SourceError> {
+    Ok(ReplayReader(OffRuntimeDrop(Some(
+        kafka.replay_consumer(topic)?,
+    ))))
+}
+
 /// Feeds one subscription from `start` (next offset per partition) with its own reader, at the
 /// client's pace (waiting for room in its queue rather than dropping), and hands each partition
 /// over to the live consumer as soon as the reader has caught up with it; ends when every
 /// partition is live, on `cancel`, or when the client's queue closes.
 pub async fn run_replay(
     kafka: Kafka,
+    reader: ReplayReader,
     decoder: Arc<Decoder>,
     hub: Arc<TopicHub>,
     sub: Arc<Subscription>,
@@ -96,8 +110,7 @@ pub async fn run_replay(
     if next.is_empty() {
         return Ok(());
     }
-    // Dropped on the blocking pool: closing a librdkafka consumer waits for its threads.
-    let owned = OffRuntimeDrop(Some(kafka.replay_consumer(&topic)?));
+    let owned = reader.0;
     let Some(consumer) = owned.0.as_ref() else {
         return Ok(());
     };
