@@ -165,11 +165,19 @@ pub async fn start_built(built: Built, role: Role) -> Result<Running, AppError> 
         let Some(decoder) = services.decoders.get(&**topic.name()).cloned() else {
             continue;
         };
+        // In `--role all` a topic the sink writes is dead-lettered by the sink alone.
+        let sink_reads = role == Role::All
+            && services
+                .config
+                .sink
+                .as_ref()
+                .is_some_and(|sink| sink.tables.iter().any(|t| t.topic == **topic.name()));
         sources.spawn(source::run_live(
             services.kafka.clone(),
             decoder,
             topic.clone(),
             services.followers.clone(),
+            !sink_reads,
             shutdown.child_token(),
         ));
         sources.spawn(source::report_lag(

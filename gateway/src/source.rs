@@ -292,7 +292,8 @@ impl RecordIntake {
         }
     }
 
-    /// The intake of a replay: undecodable records are counted, not dead-lettered again.
+    /// An intake whose undecodable records are counted, not dead-lettered (a replay: the live
+    /// reader copied them; a live reader beside the sink: the sink copies them).
     fn without_dead_letters(mut self) -> Self {
         self.dead_letters = false;
         self
@@ -363,11 +364,14 @@ const LIVE_BATCH: usize = 256;
 /// partition at its high watermark, then decodes and publishes each record to `hub`. Every
 /// `kafka.partition_refresh_ms` it looks the topic's partitions up again; a partition added
 /// since is read from its first record and handed to the subscriptions (see [`Followers`]).
+/// With `dead_letters` false it only counts undecodable records: the sink of the same process
+/// reads the topic too (every record, from where it resumes) and copies them.
 pub async fn run_live(
     kafka: Kafka,
     decoder: Arc<Decoder>,
     hub: Arc<TopicHub>,
     followers: Followers,
+    dead_letters: bool,
     cancel: CancellationToken,
 ) {
     let topic = hub.name().to_string();
@@ -407,7 +411,10 @@ pub async fn run_live(
             }
         }
     };
-    let reader = RecordIntake::new(decoder, &metrics, &metrics.kafka_records);
+    let mut reader = RecordIntake::new(decoder, &metrics, &metrics.kafka_records);
+    if !dead_letters {
+        reader = reader.without_dead_letters();
+    }
     let mut batch: Vec<Arc<Record>> = Vec::with_capacity(LIVE_BATCH);
     // The lookups run in a task of their own: a slow metadata answer never holds up records.
     let (found_tx, mut found) = tokio::sync::watch::channel(Vec::new());

@@ -16,6 +16,7 @@
 //!   (the stand-in S3 endpoint answers 503: an outage on cue is the point).
 //! - A record the sink dead-letters holds the group's commit and the files' resume marks until
 //!   Kafka has the copy (issue 16).
+//! - In `--role all`, an undecodable record is dead-lettered once (issue 26).
 #![cfg(feature = "real-kafka")]
 
 use std::sync::{Arc, Mutex};
@@ -505,6 +506,18 @@ async fn a_storage_outage_keeps_the_worker_polling_and_loses_nothing() -> anyhow
     Ok(())
 }
 
+/// Writes offsets 0-4 good, 5 bad (an Avro long whose varint never ends), 6-10 good.
+async fn send_one_bad_among_good(p: &FutureProducer, topic: &str) -> anyhow::Result<()> {
+    for n in 0..5 {
+        send(p, topic, &avro_long(n)).await?;
+    }
+    send(p, topic, &[0x80]).await?;
+    for n in 6..11 {
+        send(p, topic, &avro_long(n)).await?;
+    }
+    Ok(())
+}
+
 /// The committed offset of `group` for `topic`'s partition 0 (`None`: nothing committed).
 async fn committed(group: &str, topic: &str) -> anyhow::Result<Option<i64>> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -561,14 +574,7 @@ async fn a_dead_letter_copy_holds_the_commit_until_kafka_has_it() -> anyhow::Res
     let schema = long_schema(dir.path())?;
     let root = dir.path().join("lake");
     let p = producer()?;
-    // Offsets 0-4 good, 5 bad (a varint that never ends), 6-10 good.
-    for n in 0..5 {
-        send(&p, &topic, &avro_long(n)).await?;
-    }
-    send(&p, &topic, &[0x80]).await?;
-    for n in 6..11 {
-        send(&p, &topic, &avro_long(n)).await?;
-    }
+    send_one_bad_among_good(&p, &topic).await?;
     let group = format!("{topic}-sink");
     let toml = format!(
         "[kafka]\nbrokers = \"{}\"\nrequest_timeout_ms = 5000\n\n\
@@ -640,6 +646,57 @@ async fn a_dead_letter_copy_holds_the_commit_until_kafka_has_it() -> anyhow::Res
     wait_for("the file after the copy", Duration::from_secs(30), files(3)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(committed(&group, &topic).await?, Some(16));
+    running.stop().await;
+    Ok(())
+}
+
+/// Issue 26 item 10: in `--role all` a record that cannot be decoded is copied to the
+/// dead-letter topic once, by the sink (which reads every record, from where it resumes), not
+/// by the live reader as well. (Before: two copies of each.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_all_dead_letters_a_bad_record_once() -> anyhow::Result<()> {
+    let topic = unique_topic("all-dlq");
+    let dlq = format!("{topic}-dlq");
+    create_topic(&topic, 1).await?;
+    create_topic(&dlq, 1).await?;
+    let dir = tempfile::tempdir()?;
+    let schema = long_schema(dir.path())?;
+    let root = dir.path().join("lake");
+    let toml = format!(
+        "[kafka]\nbrokers = \"{}\"\nrequest_timeout_ms = 5000\n\n\
+         [[topics]]\nname = \"{topic}\"\nformat = \"raw\"\nschema = \"{}\"\n\
+         dead_letter_topic = \"{dlq}\"\n\n\
+         [websocket]\nlisten = \"127.0.0.1:0\"\n\n\
+         [sink]\nroot = \"{}\"\nroll_rows = 5\ngroup_id = \"{topic}-sink\"\n\n\
+         [[sink.tables]]\ntopic = \"{topic}\"\npartition_by = []\n",
+        brokers(),
+        schema.display(),
+        root.display(),
+    );
+    let running = start_ready(&toml, &topic).await?;
+    let p = producer()?;
+    send_one_bad_among_good(&p, &topic).await?;
+    let delivered = format!("lakewire_dead_letter_records_total{{topic=\"{topic}\"}} ");
+    wait_for("the dead-letter copy", Duration::from_secs(60), || {
+        metric(&running, &delivered).unwrap_or(0.0) >= 1.0
+    })
+    .await?;
+    let files = root.join(topic.replace('-', "_"));
+    wait_for("the sink's two files", Duration::from_secs(60), || {
+        std::fs::read_dir(&files).map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+                .count()
+        }) >= 2
+    })
+    .await?;
+    // Both readers have read the record by now; a second copy would have come.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        metric(&running, &delivered),
+        Some(1.0),
+        "copies of the one bad record"
+    );
     running.stop().await;
     Ok(())
 }
