@@ -470,11 +470,17 @@ impl Shape {
             .collect();
         sorted.sort_unstable();
         sorted.dedup();
+        // The filter by its syntax tree (spacing, comments, quotes and brackets do not count),
+        // hashed; the fields escaped, so no text can pass for a separator.
+        let tree = compiled.as_ref().map_or(String::new(), |f| {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(format!("{:?}", f.program.expression()));
+            digest.iter().map(|b| format!("{b:02x}")).collect()
+        });
         let key = format!(
-            "{}\u{0}{}",
-            filter_src.unwrap_or(""),
+            "{tree}\u{0}{}",
             if fields.is_some() {
-                sorted.join("\u{1}")
+                format!("{sorted:?}")
             } else {
                 "*".into()
             }

@@ -294,5 +294,25 @@ fn equal_shapes_have_equal_keys() -> Result<(), ShapeError> {
     assert_ne!(f(None, None)?, f(None, Some(&ab))?);
     assert_ne!(f(Some("offset > 1"), None)?, f(Some("offset > 2"), None)?);
     assert_eq!(f(None, None)?, Shape::whole().key);
+    // Issue 26 item 3: the key is the filter's syntax tree, not its text, so spacing, comments
+    // and quotes do not make a new shape (before, one client could fill a topic's
+    // max_filters_per_topic with `value.a == 1`, `value.a ==  1`, ...).
+    let one = f(Some("value.a == 'x' && offset > 1"), None)?;
+    for same in [
+        "value.a=='x'&&offset>1",
+        "value.a == \"x\"  &&\n offset > 1",
+        "value.a == 'x' // the tier\n && offset > 1",
+        "(value.a == 'x') && (offset > 1)",
+    ] {
+        assert_eq!(f(Some(same), None)?, one, "{same}");
+    }
+    // A NUL in a comment cannot make a filter look like another filter and fields.
+    let ab_key = f(Some("offset > 1"), Some(&ab))?;
+    let sneaky = f(Some("offset > 1 // \u{0}value.a\u{1}value.b"), None)?;
+    assert_ne!(sneaky, ab_key);
+    assert_ne!(
+        f(Some("value.a == 'x\u{0}'"), None)?,
+        f(Some("value.a == 'x'"), None)?
+    );
     Ok(())
 }
