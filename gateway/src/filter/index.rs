@@ -40,6 +40,8 @@ pub struct FilterIndex<Id> {
     /// The paths filters are placed on, in the order they were first used.
     paths: Vec<PathIndex<Id>>,
     slots: HashMap<FieldPath, usize>,
+    /// Slots of `paths` whose last filter went: reused for the next new path.
+    free: Vec<usize>,
     placed: HashMap<Id, Placement>,
 }
 
@@ -250,6 +252,7 @@ impl<Id: Copy + Eq + Hash> Default for FilterIndex<Id> {
             always: IdSet::default(),
             paths: Vec::new(),
             slots: HashMap::new(),
+            free: Vec::new(),
             placed: HashMap::new(),
         }
     }
@@ -275,9 +278,10 @@ impl<Id: Copy + Eq + Hash> FilterIndex<Id> {
         let Some(placement) = self.placed.remove(&id) else {
             return;
         };
-        match placement {
+        let slot = match placement {
             Placement::Always => {
                 self.always.remove(id);
+                return;
             }
             Placement::Equal { slot, keys } => {
                 let p = &mut self.paths[slot];
@@ -285,18 +289,33 @@ impl<Id: Copy + Eq + Hash> FilterIndex<Id> {
                 for key in &keys {
                     p.unbucket(key, id);
                 }
+                slot
             }
             Placement::Numbers { slot } => {
                 let p = &mut self.paths[slot];
                 p.members.remove(id);
                 p.number_ranges.remove(id);
+                slot
             }
             Placement::Strings { slot } => {
                 let p = &mut self.paths[slot];
                 p.members.remove(id);
                 p.str_ranges.remove(id);
+                slot
             }
+        };
+        if self.paths[slot].members.is_empty() {
+            // The path's last filter went: its slot (and all it holds) is freed for another.
+            let path = self.paths[slot].path.clone();
+            self.slots.remove(&path);
+            self.paths[slot] = PathIndex::new(path);
+            self.free.push(slot);
         }
+    }
+
+    /// Paths with filters placed on them.
+    pub fn paths_in_use(&self) -> usize {
+        self.slots.len()
     }
 
     /// Filters in the index.
@@ -333,9 +352,18 @@ impl<Id: Copy + Eq + Hash> FilterIndex<Id> {
         if let Some(&slot) = self.slots.get(path) {
             return slot;
         }
-        self.paths.push(PathIndex::new(path.clone()));
-        self.slots.insert(path.clone(), self.paths.len() - 1);
-        self.paths.len() - 1
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.paths[slot] = PathIndex::new(path.clone());
+                slot
+            }
+            None => {
+                self.paths.push(PathIndex::new(path.clone()));
+                self.paths.len() - 1
+            }
+        };
+        self.slots.insert(path.clone(), slot);
+        slot
     }
 
     /// Places `c` by its best access predicate (see the module docs).

@@ -331,3 +331,28 @@ fn subscribe_and_unsubscribe_keep_the_index_exact() {
         BTreeSet::new()
     );
 }
+
+/// Issue 26 item 5: a path's slot is freed when its last filter goes, and reused (before, every
+/// path ever used stayed, checked for every record: a client cycling through field names grew
+/// the index for good).
+#[test]
+fn a_path_is_freed_with_its_last_filter_and_its_slot_reused() {
+    let mut fx = Fixture::new((0..50).map(|i| format!("value.f{i} == 1")));
+    assert_eq!(fx.index.paths_in_use(), 50);
+    let shared = fx.add("value.f0 == 2");
+    for id in 0..50 {
+        fx.remove(id);
+    }
+    // value.f0 still has a filter.
+    assert_eq!(fx.index.paths_in_use(), 1);
+    assert_eq!(fx.candidates(r#"{"f0":2}"#), BTreeSet::from([shared]));
+    fx.remove(shared);
+    assert_eq!(fx.index.paths_in_use(), 0);
+    let again = fx.add("value.g == 'x'");
+    assert_eq!(fx.index.paths_in_use(), 1);
+    assert_eq!(
+        fx.candidates(r#"{"g":"x","f0":1}"#),
+        BTreeSet::from([again])
+    );
+    assert_eq!(fx.candidates(r#"{"g":"y"}"#), BTreeSet::new());
+}
