@@ -341,9 +341,11 @@ impl<Id: Copy + Eq + Hash> FilterIndex<Id> {
             if p.members.is_empty() {
                 continue;
             }
-            match p.path.resolve(record) {
-                Ok(v) => p.lookup(v, out),
-                Err(_) => out.extend(p.members.iter()),
+            // A record without the path (a tombstone's null value, a missing field, a list too
+            // short) makes each filter placed on it false or an error, never a match: none is
+            // a candidate.
+            if let Ok(v) = p.path.resolve(record) {
+                p.lookup(v, out);
             }
         }
     }

@@ -64,8 +64,8 @@ impl Fixture {
         self.filters[id] = None;
     }
 
-    /// The candidates for `value`, checked: each once, each a filter in the index, and every
-    /// filter left out evaluates to `false` without an error.
+    /// The candidates for `value`, checked: each once, each a filter in the index, and no
+    /// filter left out matches (it is false, or an error such as a missing field).
     fn candidates(&self, value: &str) -> BTreeSet<usize> {
         let r = record(value);
         let mut out = Vec::new();
@@ -79,7 +79,7 @@ impl Fixture {
             };
             if !set.contains(&id) {
                 let got = f.matches_record(&r, &env(), &mut None);
-                assert_eq!(got, Ok(false), "filter {id} left out for {value}");
+                assert_ne!(got, Ok(true), "filter {id} left out for {value}");
             }
         }
         set
@@ -107,8 +107,9 @@ fn equality_finds_the_one_bucket_of_the_records_value() {
     // Another type equals no string: no candidate, no error.
     assert_eq!(fx.candidates(r#"{"device":7}"#), BTreeSet::new());
     assert_eq!(fx.candidates(r#"{"device":["d7"]}"#), BTreeSet::new());
-    // A missing field is an error for every filter on the path: all are evaluated.
-    assert_eq!(fx.candidates(r#"{"other":1}"#).len(), 1000);
+    // A missing field is an error for every filter on the path, never a match: none is a
+    // candidate (issue 26 item 5; before, all 1,000 were evaluated).
+    assert_eq!(fx.candidates(r#"{"other":1}"#), BTreeSet::new());
 }
 
 #[test]
@@ -145,11 +146,11 @@ fn in_lists_are_found_by_each_of_their_items() {
     assert_eq!(fx.candidates(r#"{"s":"b","n":0}"#), BTreeSet::from([0, 1]));
     assert_eq!(fx.candidates(r#"{"s":"c","n":0}"#), BTreeSet::from([1]));
     assert_eq!(fx.candidates(r#"{"s":"z","n":0}"#), BTreeSet::new());
-    // No `n`: the error of the filter on it is found by evaluation.
-    assert_eq!(fx.candidates(r#"{"s":"z"}"#), BTreeSet::from([3]));
+    // No `n`: the filter on it is an error, never a match, so no candidate.
+    assert_eq!(fx.candidates(r#"{"s":"z"}"#), BTreeSet::new());
     assert_eq!(fx.candidates(r#"{"s":"z","n":2.5}"#), BTreeSet::from([3]));
-    // Missing: all of the path's filters, the empty list too (its error).
-    assert_eq!(fx.candidates(r#"{"n":1}"#), BTreeSet::from([0, 1, 2, 3]));
+    // No `s`: none of the path's filters, the empty list's either (errors all).
+    assert_eq!(fx.candidates(r#"{"n":1}"#), BTreeSet::from([3]));
 }
 
 #[test]
@@ -275,7 +276,8 @@ fn headers_key_and_partition_paths() {
         "partition == 2".into(),
         "headers.missing == 'x'".into(),
     ]);
-    assert_eq!(fx.candidates("{}"), BTreeSet::from([0, 2, 4, 6]));
+    // (A header the record lacks: `headers.missing` is an error, so 6 is no candidate.)
+    assert_eq!(fx.candidates("{}"), BTreeSet::from([0, 2, 4]));
 }
 
 #[test]
@@ -355,4 +357,16 @@ fn a_path_is_freed_with_its_last_filter_and_its_slot_reused() {
         BTreeSet::from([again])
     );
     assert_eq!(fx.candidates(r#"{"g":"y"}"#), BTreeSet::new());
+}
+
+/// Issue 26 item 5: a record without an indexed field (a tombstone's null value, a missing
+/// field) is a candidate for none of the filters placed on it (before, for all of them: a
+/// tombstone made the index a full scan).
+#[test]
+fn a_record_without_the_indexed_field_is_a_candidate_for_none_of_its_filters() {
+    let fx = Fixture::new((0..100).map(|i| format!("value.region == 'r{i}'")));
+    for value in ["null", "{}", r#"{"other":1}"#, r#"{"region":null}"#, "[1]"] {
+        assert_eq!(fx.candidates(value), BTreeSet::new(), "{value}");
+    }
+    assert_eq!(fx.candidates(r#"{"region":"r7"}"#), BTreeSet::from([7]));
 }
