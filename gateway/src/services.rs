@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::decode::{DecodeContext, DecodeSetupError, Decoder};
-use crate::hub::Hub;
+use crate::hub::{Hub, ShapeLimits};
 use crate::metrics::{self, Metrics};
 use crate::source::{Followers, Kafka, SourceError};
 
@@ -168,7 +168,10 @@ impl Services {
         let hub = Hub::new(
             config.topics.iter().map(|t| t.name.as_str()),
             &metrics,
-            config.websocket.max_filters_per_topic,
+            ShapeLimits {
+                per_topic: config.websocket.max_filters_per_topic,
+                per_connection: config.websocket.max_filters_per_connection,
+            },
         );
         let cx = DecodeContext::new(&config, &metrics)?;
         let decoders = Decoder::for_topics(&config, &cx)?;

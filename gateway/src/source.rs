@@ -75,6 +75,14 @@ impl Kafka {
             .assigned_consumer("admin")
             .create_with_context(clients.context("admin"))
             .map_err(SourceError::Client)?;
+        // A replay reader's settings are its own (its fetch sizes): one is made here, dry, so
+        // that a configuration under which replays cannot start is refused at start-up and by
+        // `lakewire check`, not at each subscribe that reads the past.
+        let replay: BaseConsumer<KafkaContext> = clients
+            .replay_consumer("check")
+            .create_with_context(clients.context("check-replay"))
+            .map_err(SourceError::Client)?;
+        drop(replay);
         Ok(Self {
             clients,
             admin: Arc::new(admin),

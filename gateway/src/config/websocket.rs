@@ -92,6 +92,12 @@ pub struct WebSocketConfig {
     /// (`too_many_subscriptions`); one that uses a filter in use is not.
     #[serde(default = "default_max_filters_per_topic")]
     pub max_filters_per_topic: usize,
+    /// Most distinct filters (filter and `fields` together) one connection's subscriptions
+    /// hold on one topic, so one client cannot fill `max_filters_per_topic`. A subscription
+    /// with one more is refused (`too_many_subscriptions`); one that reuses a filter the
+    /// connection already has on the topic is not.
+    #[serde(default = "default_max_filters_per_connection")]
+    pub max_filters_per_connection: usize,
     /// Most paths in a subscription's `fields`.
     #[serde(default = "default_max_fields")]
     pub max_fields: usize,
@@ -177,6 +183,9 @@ const fn default_write_timeout_ms() -> u64 {
 const fn default_max_filters_per_topic() -> usize {
     10_000
 }
+const fn default_max_filters_per_connection() -> usize {
+    16
+}
 const fn default_max_fields() -> usize {
     64
 }
@@ -216,6 +225,7 @@ impl Default for WebSocketConfig {
             max_replays: default_max_replays(),
             write_timeout_ms: default_write_timeout_ms(),
             max_filters_per_topic: default_max_filters_per_topic(),
+            max_filters_per_connection: default_max_filters_per_connection(),
             max_fields: default_max_fields(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
             header_read_timeout_ms: default_header_read_timeout_ms(),
@@ -278,6 +288,9 @@ impl WebSocketConfig {
         }
         if self.max_filters_per_topic == 0 {
             return bad("max_filters_per_topic", "must be at least 1");
+        }
+        if self.max_filters_per_connection == 0 {
+            return bad("max_filters_per_connection", "must be at least 1");
         }
         if self.max_subscriptions == 0 {
             return bad("max_subscriptions", "must be at least 1");

@@ -21,39 +21,58 @@ pub const MAX_FILTER_DEPTH: usize = 32;
 /// [`text_depth`] lets through.
 const COMPILE_STACK_BYTES: usize = 256 << 20;
 
-/// At most this many filters compile at once (each on a thread of its own).
+/// At most this many filters compile at once (each on a thread of its own). The semaphore is
+/// fair (first come, first served) and a connection compiles one filter at a time (a session
+/// handles its requests in turn), so one client's slow filters hold at most one place each
+/// and never jump the queue.
 static COMPILING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// How long a subscribe waits for its filter to compile before it is refused. Filters are
+/// bounded in size, nodes and steps, so this is far above any found so far (under 50 ms in a
+/// debug build); it keeps a subscribe from hanging if one is not.
+const COMPILE_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Builds a subscription's shape off the runtime threads: on a thread with a large stack (the
 /// parser recurses per nesting level) where the trial evaluation also runs, at most four at a
-/// time. What [`Shape::new`] gives, or a `BadFilter` when no thread could be started.
+/// time. What [`Shape::new`] gives, or a `BadFilter` when no thread could be started or the
+/// compile took over [`COMPILE_TIME_LIMIT`].
 pub async fn compile_shape(
     filter: Option<String>,
     fields: Option<Vec<String>>,
     env: Arc<Env>,
     limits: Limits,
 ) -> Result<Shape, ShapeError> {
-    let failed =
-        |why: String| ShapeError::BadFilter(format!("cannot compile the filter now: {why}"));
-    let _permit = COMPILING
-        .acquire()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    let compiled = on_compile_thread(&COMPILING, COMPILE_TIME_LIMIT, move || {
+        Shape::new(filter.as_deref(), fields.as_deref(), &env, &limits)
+    })
+    .await;
+    compiled
+        .map_err(|why| ShapeError::BadFilter(format!("cannot compile the filter now: {why}")))?
+}
+
+/// `f` run on a compile thread once `places` has room; its place is held until the thread
+/// ends, even when the caller stops waiting (a dropped subscribe, or past `limit`), so the
+/// threads running never outnumber the places.
+async fn on_compile_thread<T: Send + 'static>(
+    places: &'static tokio::sync::Semaphore,
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let place = places.acquire().await.map_err(|e| e.to_string())?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("lakewire-filter".into())
         .stack_size(COMPILE_STACK_BYTES)
         .spawn(move || {
-            let _ = tx.send(Shape::new(
-                filter.as_deref(),
-                fields.as_deref(),
-                &env,
-                &limits,
-            ));
+            let _ = tx.send(f());
+            drop(place);
         })
-        .map_err(|e| failed(e.to_string()))?;
-    rx.await
-        .map_err(|_| failed("the compiling thread ended early".into()))?
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(_)) => Err("the compiling thread ended early".into()),
+        Err(_) => Err(format!("it took over {} s to compile", limit.as_secs_f64())),
+    }
 }
 
 /// How deep `src` nests, read from the text before the parser sees it: open brackets, plus
@@ -332,5 +351,68 @@ pub(super) fn cost(e: &cel::common::ast::Expr) -> Cost {
             }
         })),
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => leaf,
+    }
+}
+
+#[cfg(test)]
+mod compile_thread_tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use tokio::sync::Semaphore;
+
+    use super::on_compile_thread;
+
+    /// A dropped subscribe (its connection gone) used to give its place back while the filter
+    /// still compiled: one client could keep any number of compile threads running.
+    #[tokio::test]
+    async fn a_compile_holds_its_place_until_its_thread_ends() {
+        static PLACES: Semaphore = Semaphore::const_new(2);
+        let (started_tx, started) = mpsc::channel();
+        let (finish, finish_rx) = mpsc::channel::<()>();
+        let waiting = tokio::spawn(on_compile_thread(
+            &PLACES,
+            Duration::from_secs(60),
+            move || {
+                let _ = started_tx.send(());
+                let _ = finish_rx.recv();
+            },
+        ));
+        tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("the compile thread did not start: {e}"));
+        waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(
+            PLACES.available_permits(),
+            1,
+            "the running compile holds its place"
+        );
+        let _ = finish.send(());
+        for _ in 0..300 {
+            if PLACES.available_permits() == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the place was not given back when the thread ended");
+    }
+
+    /// A compile that does not end is refused after the time limit, and keeps its place.
+    #[tokio::test]
+    async fn a_compile_past_its_time_limit_is_refused() {
+        static PLACES: Semaphore = Semaphore::const_new(1);
+        let (finish, finish_rx) = mpsc::channel::<()>();
+        let got = on_compile_thread(&PLACES, Duration::from_millis(200), move || {
+            let _ = finish_rx.recv();
+        })
+        .await;
+        assert!(
+            got.as_ref().is_err_and(|e| e.contains("took over")),
+            "{got:?}"
+        );
+        assert_eq!(PLACES.available_permits(), 0);
+        let _ = finish.send(());
     }
 }

@@ -1,8 +1,9 @@
 //! Compiled filters: a CEL filter turned once, at subscribe time, into a native predicate over
 //! the decoded record. Input: the filter's syntax tree (`cel::Program::expression`); output: a
 //! [`Compiled`] predicate, or `None` when the filter uses anything this compiler does not know
-//! (arithmetic, `size`, macros such as `exists`, conditionals, ...), which then runs on the
-//! interpreter as before.
+//! (arithmetic, `size`, the macros `map`, `filter` and `exists_one`, conditionals, ...), which
+//! then runs on the interpreter as before. The translation from the syntax tree is in
+//! [`from_ast`].
 //!
 //! Why: the interpreter needs the whole record converted to `cel::Value` for every record; a
 //! compiled filter reads only the fields it names (`view.rs`) and runs its regular
@@ -15,12 +16,15 @@
 //! `value["x"]`, `value.list[0]`, `key`, `headers["x"]`, `partition`, `offset`, `timestamp`)
 //! and scalar literals; `in` a list of those or a field; `has(path.f)`; `startsWith`,
 //! `endsWith`, `contains`; `matches` with a literal pattern; `&&`, `||`, `!`; a boolean field
-//! or literal on its own. [`Compiled::equality_terms`] and [`Compiled::range_terms`] describe
+//! or literal on its own; `exists` and `all` over a field (a list's elements, a map's keys) of
+//! any of these, their loop variable of any name (`value.items.exists(i, i.qty > 5)`). [`Compiled::equality_terms`] and [`Compiled::range_terms`] describe
 //! the top-level conjuncts, for indexing filters by the fields they pin.
 
 use std::cmp::Ordering;
 
-use cel::common::ast::{CallExpr, Expr, IdedExpr, LiteralValue, operators};
+mod from_ast;
+
+use cel::common::ast::{Expr, IdedExpr, LiteralValue, operators};
 
 pub use super::view::{Fault, Root};
 use super::view::{View, compare, equals};
@@ -80,9 +84,19 @@ pub struct FieldPath {
 }
 
 impl FieldPath {
-    /// The field's value in `record`; an error where the interpreter gives one.
+    /// The field's value in `record`; an error where the interpreter gives one. (A path of
+    /// a loop variable, [`Root::Item`], is only resolved inside its comprehension.)
     pub fn resolve<'a, 'p>(&'p self, record: &'a Record) -> Result<View<'a>, Fault<'p>> {
-        let mut v = View::variable(record, self.root);
+        self.resolve_in(record, &[])
+    }
+
+    /// The field's value in `record`, with `items` the loop variables' current values.
+    fn resolve_in<'a, 'p>(
+        &'p self,
+        record: &'a Record,
+        items: &[View<'a>],
+    ) -> Result<View<'a>, Fault<'p>> {
+        let mut v = View::variable(record, self.root, items);
         for step in &self.steps {
             v = match step {
                 Step::Field(name) => v.field(name)?,
@@ -114,9 +128,13 @@ pub enum Operand {
 }
 
 impl Operand {
-    fn resolve<'a, 'p: 'a>(&'p self, record: &'a Record) -> Result<View<'a>, Fault<'p>> {
+    fn resolve<'a, 'p: 'a>(
+        &'p self,
+        record: &'a Record,
+        items: &[View<'a>],
+    ) -> Result<View<'a>, Fault<'p>> {
         match self {
-            Operand::Path(p) => p.resolve(record),
+            Operand::Path(p) => p.resolve_in(record, items),
             Operand::Lit(l) => Ok(l.view()),
         }
     }
@@ -218,6 +236,14 @@ enum Pred {
     Not(Box<Pred>),
     And(Vec<Pred>),
     Or(Vec<Pred>),
+    /// `range.exists(x, body)`, or with `all`, `range.all(x, body)`: `body` with `x` (a
+    /// [`Root::Item`] one deeper than the enclosing comprehensions') bound to each of the
+    /// range's items in turn, decided as CEL's `||` (`&&`) over them.
+    Loop {
+        range: Operand,
+        all: bool,
+        body: Box<Pred>,
+    },
 }
 
 /// A filter compiled to a native predicate.
@@ -229,7 +255,7 @@ pub struct Compiled {
 impl Compiled {
     /// Compiles the filter's syntax tree; `None` when it uses anything not compiled here.
     pub fn new(expr: &IdedExpr) -> Option<Self> {
-        pred(&expr.expr).map(|pred| Compiled { pred })
+        from_ast::pred(&expr.expr, &mut Vec::new()).map(|pred| Compiled { pred })
     }
 
     /// The top-level conjuncts of a filter that does not compile as a whole but some of whose
@@ -253,7 +279,10 @@ impl Compiled {
         }
         let mut all = Vec::new();
         conjuncts(&expr.expr, &mut all);
-        let mut kept: Vec<Pred> = all.into_iter().filter_map(pred).collect();
+        let mut kept: Vec<Pred> = all
+            .into_iter()
+            .filter_map(|e| from_ast::pred(e, &mut Vec::new()))
+            .collect();
         match kept.len() {
             0 => None,
             1 => kept.pop().map(|pred| Compiled { pred }),
@@ -265,7 +294,7 @@ impl Compiled {
 
     /// True when the record matches; an error where the interpreter would give one.
     pub fn eval<'p>(&'p self, record: &Record) -> Result<bool, Fault<'p>> {
-        self.pred.eval(record)
+        self.pred.eval(record, &mut Vec::new())
     }
 
     fn conjuncts(&self) -> &[Pred] {
@@ -327,31 +356,37 @@ impl Pred {
         }
     }
 
-    fn eval<'p>(&'p self, record: &Record) -> Result<bool, Fault<'p>> {
+    /// The predicate on `record`, with `items` the current values of the loop variables of
+    /// the comprehensions it is in (outermost first).
+    fn eval<'p: 'a, 'a>(
+        &'p self,
+        record: &'a Record,
+        items: &mut Vec<View<'a>>,
+    ) -> Result<bool, Fault<'p>> {
         match self {
-            Pred::Value(o) => match o.resolve(record)? {
+            Pred::Value(o) => match o.resolve(record, items)? {
                 View::Bool(b) => Ok(b),
                 other => Err(Fault::NotBoolean(other.type_name())),
             },
-            Pred::Cmp(op, a, b) => op.apply(a.resolve(record)?, b.resolve(record)?),
+            Pred::Cmp(op, a, b) => op.apply(a.resolve(record, items)?, b.resolve(record, items)?),
             Pred::In(needle, hay) => {
-                let needle = needle.resolve(record)?;
+                let needle = needle.resolve(record, items)?;
                 match hay {
-                    Haystack::List(items) => {
+                    Haystack::List(list) => {
                         // The interpreter builds the whole list before it looks.
                         let mut found = false;
-                        for item in items {
-                            found |= equals(item.resolve(record)?, needle);
+                        for item in list {
+                            found |= equals(item.resolve(record, items)?, needle);
                         }
                         Ok(found)
                     }
-                    Haystack::Operand(o) => o.resolve(record)?.holds(needle),
+                    Haystack::Operand(o) => o.resolve(record, items)?.holds(needle),
                 }
             }
-            Pred::Has(path, field) => path.resolve(record)?.has(field),
+            Pred::Has(path, field) => path.resolve_in(record, items)?.has(field),
             Pred::Str(f, target, arg) => {
-                let arg = arg.resolve(record)?;
-                let target = target.resolve(record)?;
+                let arg = arg.resolve(record, items)?;
+                let target = target.resolve(record, items)?;
                 let name = match f {
                     StrFn::StartsWith => "startsWith",
                     StrFn::EndsWith => "endsWith",
@@ -370,7 +405,7 @@ impl Pred {
                     }),
                 }
             }
-            Pred::Matches(target, re) => match target.resolve(record)? {
+            Pred::Matches(target, re) => match target.resolve(record, items)? {
                 View::Str(t) => Ok(re.is_match(t)),
                 other => Err(Fault::NoSuchOverload {
                     op: "matches",
@@ -378,140 +413,48 @@ impl Pred {
                     rhs: "string",
                 }),
             },
-            Pred::Not(p) => p.eval(record).map(|b| !b),
-            Pred::And(all) => junction(all, false, record),
-            Pred::Or(any) => junction(any, true, record),
+            Pred::Not(p) => p.eval(record, items).map(|b| !b),
+            Pred::And(all) => junction(all.iter().map(|p| p.eval(record, items)), false),
+            Pred::Or(any) => junction(any.iter().map(|p| p.eval(record, items)), true),
+            Pred::Loop { range, all, body } => {
+                let over = range.resolve(record, items)?;
+                let Some(each) = over.items() else {
+                    return Err(Fault::NoSuchOverload {
+                        op: if *all { "all" } else { "exists" },
+                        lhs: over.type_name(),
+                        rhs: "bool",
+                    });
+                };
+                // The interpreter's `@result || body` (`&&`) item by item, stopping once
+                // decided.
+                junction(
+                    each.map(|item| {
+                        items.push(item);
+                        let r = body.eval(record, items);
+                        items.pop();
+                        r
+                    }),
+                    !*all,
+                )
+            }
         }
     }
 }
 
-/// CEL's commutative `&&` (`decisive` false) and `||` (true): any operand that gives
-/// `decisive` decides, errors elsewhere notwithstanding; else any error; else `!decisive`.
-fn junction<'p>(preds: &'p [Pred], decisive: bool, record: &Record) -> Result<bool, Fault<'p>> {
+/// CEL's commutative `&&` (`decisive` false) and `||` (true) over `outcomes`, evaluated in
+/// turn: any that gives `decisive` decides (the rest are not evaluated), errors elsewhere
+/// notwithstanding; else any error; else `!decisive`.
+fn junction<'p>(
+    outcomes: impl Iterator<Item = Result<bool, Fault<'p>>>,
+    decisive: bool,
+) -> Result<bool, Fault<'p>> {
     let mut fault = None;
-    for p in preds {
-        match p.eval(record) {
+    for outcome in outcomes {
+        match outcome {
             Ok(b) if b == decisive => return Ok(decisive),
             Ok(_) => {}
             Err(e) => fault = fault.or(Some(e)),
         }
     }
     fault.map_or(Ok(!decisive), Err)
-}
-
-fn pred(e: &Expr) -> Option<Pred> {
-    match e {
-        Expr::Select(s) if s.test => Some(Pred::Has(path(&s.operand.expr)?, s.field.clone())),
-        Expr::Call(c) => call(c).or_else(|| operand(e).map(Pred::Value)),
-        _ => operand(e).map(Pred::Value),
-    }
-}
-
-fn call(c: &CallExpr) -> Option<Pred> {
-    let name = c.func_name.as_str();
-    match (c.target.as_deref(), c.args.as_slice()) {
-        (None, [a, b]) if name == operators::LOGICAL_AND => {
-            Some(Pred::And(flatten([a, b], |p| match p {
-                Pred::And(v) => Ok(v),
-                other => Err(other),
-            })?))
-        }
-        (None, [a, b]) if name == operators::LOGICAL_OR => {
-            Some(Pred::Or(flatten([a, b], |p| match p {
-                Pred::Or(v) => Ok(v),
-                other => Err(other),
-            })?))
-        }
-        (None, [s, re]) if name == "matches" => matches(&s.expr, &re.expr),
-        (None, [a]) if name == operators::LOGICAL_NOT => Some(Pred::Not(Box::new(pred(&a.expr)?))),
-        (None, [a, b]) if name == operators::IN => {
-            let hay = match &b.expr {
-                Expr::List(l) if l.optional_indices.is_empty() => Haystack::List(
-                    l.elements
-                        .iter()
-                        .map(|e| operand(&e.expr))
-                        .collect::<Option<_>>()?,
-                ),
-                other => Haystack::Operand(operand(other)?),
-            };
-            Some(Pred::In(operand(&a.expr)?, hay))
-        }
-        (None, [a, b]) => {
-            let op = CmpOp::from_name(name)?;
-            Some(Pred::Cmp(op, operand(&a.expr)?, operand(&b.expr)?))
-        }
-        (Some(t), [arg]) => {
-            let f = match name {
-                "startsWith" => StrFn::StartsWith,
-                "endsWith" => StrFn::EndsWith,
-                "contains" => StrFn::Contains,
-                "matches" => return matches(&t.expr, &arg.expr),
-                _ => return None,
-            };
-            Some(Pred::Str(f, operand(&t.expr)?, operand(&arg.expr)?))
-        }
-        _ => None,
-    }
-}
-
-/// `a && b` (or `||`) with nested ones of the same operator made one list: the operators are
-/// commutative and associative, so `(a && b) && c` is `a && b && c` in any order.
-fn flatten(
-    sides: [&IdedExpr; 2],
-    same: impl Fn(Pred) -> Result<Vec<Pred>, Pred>,
-) -> Option<Vec<Pred>> {
-    let mut out = Vec::new();
-    for side in sides {
-        match same(pred(&side.expr)?) {
-            Ok(v) => out.extend(v),
-            Err(one) => out.push(one),
-        }
-    }
-    Some(out)
-}
-
-/// `s.matches('re')` with a literal, valid pattern: compiled now (within the size limits
-/// subscribe checks), as `regex` (which the interpreter uses too) would compile it on every
-/// record.
-fn matches(target: &Expr, pattern: &Expr) -> Option<Pred> {
-    let Expr::Literal(LiteralValue::String(p)) = pattern else {
-        return None;
-    };
-    let re = super::bounds::limited_regex(p.inner()).ok()?;
-    Some(Pred::Matches(operand(target)?, Box::new(re)))
-}
-
-fn operand(e: &Expr) -> Option<Operand> {
-    match e {
-        Expr::Literal(l) => Literal::from_ast(l).map(Operand::Lit),
-        _ => path(e).map(Operand::Path),
-    }
-}
-
-fn path(e: &Expr) -> Option<FieldPath> {
-    match e {
-        Expr::Ident(name) => Some(FieldPath {
-            root: Root::parse(name)?,
-            steps: Vec::new(),
-        }),
-        Expr::Select(s) if !s.test => {
-            let mut p = path(&s.operand.expr)?;
-            p.steps.push(Step::Field(s.field.clone()));
-            Some(p)
-        }
-        Expr::Call(c) if c.func_name == operators::INDEX && c.target.is_none() => {
-            let [on, idx] = c.args.as_slice() else {
-                return None;
-            };
-            let mut p = path(&on.expr)?;
-            p.steps.push(match &idx.expr {
-                Expr::Literal(LiteralValue::String(s)) => Step::Field(s.inner().to_owned()),
-                Expr::Literal(LiteralValue::Int(i)) => Step::Index(i128::from(*i.inner())),
-                Expr::Literal(LiteralValue::UInt(u)) => Step::Index(i128::from(*u.inner())),
-                _ => return None,
-            });
-            Some(p)
-        }
-        _ => None,
-    }
 }

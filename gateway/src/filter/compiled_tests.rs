@@ -296,6 +296,50 @@ fn headers_are_a_map_and_the_last_of_a_name_wins() {
     );
 }
 
+/// `exists` and `all` as users write them (any loop variable name, shadowing as CEL scopes it)
+/// compile: records are not converted for the interpreter for them, and their errors are the
+/// interpreter's (an error on one item is outweighed by an item that decides).
+#[test]
+fn exists_and_all_compile_with_their_loop_variable() {
+    use Is::*;
+    let items = r#"{"items":[{"qty":1,"sku":"a1"},{"qty":7,"sku":"b2"},{"sku":"c3"}],
+        "tags":["red","blue"],"m":{"a":1,"bb":2},"l":[[1,2],[3]],"n":3,"e":[]}"#;
+    check(
+        &record(items, Some("k1"), &[("source", Some("web")), ("h", None)]),
+        &[
+            ("value.items.exists(i, i.qty > 5)", T),
+            ("value.items.exists(i, i.qty > 7)", Err),
+            ("value.items.exists(i, i.sku == 'c3')", T),
+            ("value.items.all(i, i.qty > 0)", Err),
+            ("value.items.all(i, i.qty > 5)", F),
+            ("value.items.all(i, has(i.sku))", T),
+            ("value.tags.exists(t, t.startsWith('bl'))", T),
+            ("value.tags.all(t, t in ['red', 'blue'])", T),
+            ("value.e.exists(x, x == 1)", F),
+            ("value.e.all(x, x == 1)", T),
+            // A map's keys; the headers' names.
+            ("value.m.exists(k, k == 'bb')", T),
+            ("value.m.all(k, k.startsWith('b'))", F),
+            ("headers.exists(h, h == 'h')", T),
+            // The record's variables around the loop.
+            ("value.tags.exists(t, t == 'red' && value.n == 3)", T),
+            ("value.tags.exists(t, key == 'k1')", T),
+            // Shadowing: the loop's `value` is the item.
+            ("value.tags.exists(value, value == 'blue')", T),
+            // Nested loops, the inner variable shadowing the outer or not.
+            ("value.l.exists(x, x.exists(y, y == 3))", T),
+            ("value.l.exists(x, x.exists(x, x == 2))", T),
+            ("value.l.all(x, x.exists(y, y > 1))", T),
+            ("value.l.all(x, x.all(y, y > 1))", F),
+            // Not a list or a map.
+            ("value.n.exists(x, x == 1)", Err),
+            ("value.missing.exists(x, x == 1)", Err),
+            ("value.tags.exists(x, x)", Err),
+            ("!value.items.exists(i, i.qty == 1)", F),
+        ],
+    );
+}
+
 #[test]
 fn what_does_not_compile_runs_on_the_interpreter() -> Result<(), super::ShapeError> {
     let env = env();
@@ -304,7 +348,9 @@ fn what_does_not_compile_runs_on_the_interpreter() -> Result<(), super::ShapeErr
     for (src, want) in [
         ("size(value.l) == 3", Ok(true)),
         ("value.i + 1 == 3", Ok(true)),
-        // (`exists` and the other macros are refused: their loop variable is an unknown name.)
+        ("value.l.exists_one(x, x == 'a')", Ok(true)),
+        ("value.l.map(x, x).exists(y, y == 1)", Ok(true)),
+        ("value.l.filter(x, x == 1).all(y, y == 1)", Ok(true)),
         ("int(value.d) == 2", Ok(true)),
         ("value.i > 1 ? value.flag : false", Ok(true)),
         ("value.s.matches(value.s)", Ok(true)),

@@ -260,9 +260,9 @@ fn operand(r: &mut Rng) -> String {
 fn atom(r: &mut Rng, fallback: bool) -> String {
     let op = *r.pick(&["==", "!=", "<", "<=", ">", ">="]);
     let form = if fallback && r.chance(40) {
-        21 + r.below(9)
+        22 + r.below(9)
     } else {
-        r.below(21)
+        r.below(22)
     };
     match form {
         0..=5 => {
@@ -307,16 +307,66 @@ fn atom(r: &mut Rng, fallback: bool) -> String {
         19 => path(r),
         20 => (*r.pick(&["true", "false", "null"])).to_string(),
         // Forms the compiler leaves to the interpreter.
-        21 => format!("size({}) > 1", path(r)),
-        22 => format!("{} + 1 > 2", path(r)),
-        23 => format!("double({}) == {}", path(r), literal(r)),
-        24 => format!("({} > 1 ? {} : false)", path(r), path(r)),
-        25 => format!("{} * 2 == 4", path(r)),
-        26 => format!("string({}) == '1'", path(r)),
-        27 => format!("{}.matches({})", path(r), path(r)),
-        28 => format!("{} in ['a', {}]", path(r), path(r)),
+        21 => comprehension(r),
+        22 => format!("size({}) > 1", path(r)),
+        23 => format!("{} + 1 > 2", path(r)),
+        24 => format!("double({}) == {}", path(r), literal(r)),
+        25 => format!("({} > 1 ? {} : false)", path(r), path(r)),
+        26 => format!("{} * 2 == 4", path(r)),
+        27 => format!("string({}) == '1'", path(r)),
+        28 => format!("{}.matches({})", path(r), path(r)),
+        29 => format!("{} in ['a', {}]", path(r), path(r)),
         _ => format!("{} == b'a'", path(r)),
     }
+}
+
+/// `range.exists(v, body)` or `range.all(v, body)` over a list, a map, the headers or a value
+/// that is neither, its variable of any name (`value` too, shadowing the record's), its body
+/// on the variable, the record and a nested comprehension on the variable.
+fn comprehension(r: &mut Rng) -> String {
+    let var = *r.pick(&["x", "i", "value", "item"]);
+    let range = *r.pick(&[
+        "value.l",
+        "value.l",
+        "value.m",
+        "value.m.l",
+        "headers",
+        "value",
+        "value.s",
+        "key",
+    ]);
+    let quantifier = *r.pick(&["exists", "all"]);
+    let op = *r.pick(&["==", "!=", "<", ">="]);
+    let term = |r: &mut Rng| match r.below(8) {
+        0 | 1 => format!("{var} {op} {}", literal(r)),
+        2 => format!("{} == {var}", literal(r)),
+        3 => format!("{var}.{} {op} {}", r.pick(FIELDS), literal(r)),
+        4 => format!("has({var}.{})", r.pick(FIELDS)),
+        5 => format!("{var}.startsWith('{}')", r.pick(STRINGS)),
+        6 if var != "value" => {
+            let inner = *r.pick(&["y", var]);
+            format!(
+                "{var}.{}.{}({inner}, {inner} == {})",
+                r.pick(&["l", "m"]),
+                r.pick(&["exists", "all"]),
+                if inner == var {
+                    literal(r)
+                } else {
+                    var.to_string()
+                }
+            )
+        }
+        _ => {
+            let (p, l) = typed(r);
+            format!("{p} {op} {l}")
+        }
+    };
+    let body = match r.below(4) {
+        0 => format!("{} && {}", term(r), term(r)),
+        1 => format!("{} || !({})", term(r), term(r)),
+        _ => term(r),
+    };
+    format!("{range}.{quantifier}({var}, {body})")
 }
 
 /// `inner` behind conjuncts the index places filters by (an equality, an `in` list, a range on

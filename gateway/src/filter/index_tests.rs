@@ -225,7 +225,7 @@ fn the_smallest_bucket_is_the_access_predicate() {
 #[test]
 fn a_comprehension_beside_an_access_predicate_is_placed_by_it() {
     let fx = Fixture::new([
-        "value.region == 'eu' && value.items.exists(i, i.qty > 5)".to_string(),
+        "value.region == 'eu' && value.items.map(i, i.qty).exists(q, q > 5)".to_string(),
         "value.items.all(i, i.ok) && value.n > 10 && size(value.items) > 0".to_string(),
     ]);
     assert_eq!(fx.index.unindexed(), 0);

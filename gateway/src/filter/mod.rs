@@ -16,6 +16,7 @@ mod compiled_tests;
 mod differential_tests;
 pub mod index;
 mod intervals;
+mod matches;
 mod view;
 
 use std::collections::BTreeMap;
@@ -537,7 +538,13 @@ impl Shape {
 
 /// The CEL environment every filter compiles and runs in (the standard library).
 pub fn env() -> Arc<Env> {
-    Arc::new(Env::stdlib())
+    let mut env = Env::stdlib();
+    // The `cel` crate is built without its `matches`: ours is registered on a fresh stdlib,
+    // which has no other overload of that name.
+    if let Err(e) = matches::register(&mut env) {
+        tracing::error!(error = %e, "cannot register the filters' matches function");
+    }
+    Arc::new(env)
 }
 
 #[cfg(test)]

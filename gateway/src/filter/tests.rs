@@ -126,6 +126,46 @@ fn oversize_and_invalid_patterns_are_refused_at_subscribe() {
     );
 }
 
+/// The interpreter's `matches` (comprehensions, patterns from the record) compiles a pattern
+/// once, not once per list item and record (the `cel` crate's did), and within the same size
+/// limit as a literal one (the `cel` crate's took `regex`'s 10 MiB default).
+#[test]
+fn interpreted_patterns_are_compiled_once_and_within_the_limit() {
+    let items: Vec<String> = (0..500).map(|i| format!(r#"{{"s":"x{i}"}}"#)).collect();
+    let value = format!(r#"{{"items":[{}]}}"#, items.join(","));
+    // A pattern not seen before on this thread, so the count starts from it.
+    let f = compile(r"value.items.exists_one(i, i.s.matches('^y[0-9]+$'))");
+    let f = f.unwrap_or_else(|e| panic!("{e}"));
+    assert!(f.compiled.is_none(), "exists_one runs on the interpreter");
+    let before = super::matches::compiled_here();
+    for _ in 0..10 {
+        let r = record(&value);
+        assert_eq!(f.matches(&context(&env(), &r)), Ok(false));
+    }
+    assert_eq!(
+        super::matches::compiled_here() - before,
+        1,
+        "5,000 evaluations of one pattern"
+    );
+    // `\w{50}` compiles to some MiB: over the limit from the record as from the filter (and
+    // under `regex`'s 10 MiB default, all the `cel` crate's `matches` had).
+    let big = r#"{"s":"a","p":"\\w{50}"}"#;
+    let e = eval("value.s.matches(value.p)", big)
+        .err()
+        .unwrap_or_default();
+    assert!(e.contains("too large"), "{e:?}");
+    assert_eq!(
+        eval("value.s.matches(value.p)", r#"{"s":"ab","p":"^a"}"#),
+        Ok(true)
+    );
+    assert_eq!(
+        eval("matches(value.s, value.p)", r#"{"s":"ab","p":"^b"}"#),
+        Ok(false)
+    );
+    let e = eval("value.s.matches(value.p)", r#"{"s":"a","p":"("}"#).err();
+    assert!(e.unwrap_or_default().contains("not a valid regex"));
+}
+
 #[test]
 fn bad_filters_are_refused_with_a_reason() {
     let e = compile("value.amount >").err().unwrap_or_default();
@@ -217,7 +257,9 @@ fn deep_nesting_is_refused_before_it_can_overflow_a_stack() {
         "(".repeat(MAX_FILTER_DEPTH - 1),
         ")".repeat(MAX_FILTER_DEPTH - 1)
     );
-    let rt = tokio::runtime::Builder::new_current_thread().build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build();
     let rt = rt.unwrap_or_else(|e| panic!("{e}"));
     let shape = rt.block_on(compile_shape(Some(parens), None, env(), limits));
     assert!(shape.is_ok(), "{:?}", shape.err());
@@ -231,7 +273,9 @@ fn the_deepest_accepted_filter_evaluates_on_an_ordinary_thread() {
     let chain = ["offset > 1"; 60].join(" || ");
     let unary = format!("{}(offset > 1)", "!".repeat(n));
     let lists = format!("{}1{} != []", "[".repeat(n), "]".repeat(n));
-    let rt = tokio::runtime::Builder::new_current_thread().build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build();
     let rt = rt.unwrap_or_else(|e| panic!("{e}"));
     for src in [chain, unary, lists] {
         let shape = rt.block_on(compile_shape(Some(src.clone()), None, env(), limits));

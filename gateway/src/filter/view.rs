@@ -83,9 +83,12 @@ impl<'a> View<'a> {
         }
     }
 
-    /// The record's variable `name` (one of [`super::VARIABLES`]).
-    pub fn variable(record: &'a Record, root: Root) -> Self {
+    /// The record's variable `root` (one of [`super::VARIABLES`]), or the loop variable of
+    /// the comprehension at that depth (`items`, outermost first, are their current values).
+    pub fn variable(record: &'a Record, root: Root, items: &[View<'a>]) -> Self {
         match root {
+            // Compiled only inside its comprehension, which binds it: never out of range.
+            Root::Item(depth) => items.get(usize::from(depth)).copied().unwrap_or(View::Null),
             Root::Value => View::of_json(record.value()),
             Root::Key => record.key.as_deref().map_or(View::Null, View::Str),
             Root::Headers => View::Headers(&record.headers),
@@ -93,6 +96,28 @@ impl<'a> View<'a> {
             Root::Offset => View::Int(record.offset),
             Root::Timestamp => record.timestamp.map_or(View::Null, View::Int),
         }
+    }
+
+    /// What a comprehension (`exists`, `all`) over this value binds its variable to in turn: a
+    /// list's elements, a map's keys (the headers' names, each once); `None` for any other value
+    /// (an error for the interpreter too).
+    pub fn items(self) -> Option<impl Iterator<Item = View<'a>>> {
+        let (list, keys, headers) = match self {
+            View::List(l) => (Some(l.iter().map(View::of_json)), None, None),
+            View::Map(m) => (None, Some(m.keys().map(|k| View::Str(k))), None),
+            View::Headers(h) => (
+                None,
+                None,
+                Some(header_entries(h).map(|(k, _)| View::Str(k))),
+            ),
+            _ => return None,
+        };
+        Some(
+            list.into_iter()
+                .flatten()
+                .chain(keys.into_iter().flatten())
+                .chain(headers.into_iter().flatten()),
+        )
     }
 
     /// The CEL type name, for error messages.
@@ -186,6 +211,9 @@ fn header_entries<'a>(
 /// The variables a filter reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Root {
+    /// The loop variable of a comprehension (`exists`, `all`), by nesting depth (0: the
+    /// outermost), whatever its name: `i` in `value.items.exists(i, i.qty > 5)`.
+    Item(u8),
     Value,
     Key,
     Headers,
@@ -209,6 +237,7 @@ impl Root {
 
     pub fn name(self) -> &'static str {
         match self {
+            Root::Item(_) => "(item)",
             Root::Value => "value",
             Root::Key => "key",
             Root::Headers => "headers",

@@ -51,6 +51,8 @@ struct HubState {
     /// The groups by id; ids grow with each new shape, so this is subscription order.
     groups: BTreeMap<u64, Group>,
     by_key: HashMap<String, u64>,
+    /// Per connection, the groups its subscriptions are in, with how many of them each.
+    by_conn: HashMap<u64, HashMap<u64, u32>>,
     /// The groups' filters, indexed: which groups a record may match.
     index: FilterIndex<u64>,
     next_id: u64,
@@ -101,19 +103,42 @@ pub struct TopicHub {
     filter_errors: prometheus_client::metrics::counter::Counter,
     /// The partitions the live consumer is assigned to; `None` until it is.
     assigned: watch::Sender<Option<Vec<i32>>>,
-    /// The most distinct shapes (filter + projection) the topic takes
-    /// (`websocket.max_filters_per_topic`): each is evaluated for every record.
-    max_shapes: usize,
+    /// The most distinct shapes the topic takes, and one connection holds on it.
+    limits: ShapeLimits,
 }
 
-/// A subscription with a new shape on a topic that has as many as it may.
+/// How many distinct shapes (filter + projection) a topic takes: each is evaluated for every
+/// record it may match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShapeLimits {
+    /// On the topic in all (`websocket.max_filters_per_topic`).
+    pub per_topic: usize,
+    /// Held by one connection's subscriptions on the topic
+    /// (`websocket.max_filters_per_connection`), so no one connection fills the topic's.
+    pub per_connection: usize,
+}
+
+impl ShapeLimits {
+    /// `n` on the topic, and no limit of its own for one connection.
+    pub const fn topic(n: usize) -> Self {
+        Self {
+            per_topic: n,
+            per_connection: usize::MAX,
+        }
+    }
+}
+
+/// A subscription with a new shape on a topic, or for a connection, that has as many as it may.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "topic {topic:?} already has {max} distinct filters and projections, the limit (websocket.max_filters_per_topic): use one that is in use, or try again later"
-)]
-pub struct TooManyShapes {
-    pub topic: Arc<str>,
-    pub max: usize,
+pub enum TooManyShapes {
+    #[error(
+        "topic {topic:?} already has {max} distinct filters and projections, the limit (websocket.max_filters_per_topic): use one that is in use, or try again later"
+    )]
+    Topic { topic: Arc<str>, max: usize },
+    #[error(
+        "this connection already has {max} distinct filters and projections on topic {topic:?}, the limit (websocket.max_filters_per_connection): reuse one, or unsubscribe one first"
+    )]
+    Connection { topic: Arc<str>, max: usize },
 }
 
 impl std::fmt::Debug for TopicHub {
@@ -152,7 +177,7 @@ impl<'r> Renderer<'r> {
 
 impl TopicHub {
     /// A hub for `name` with no subscriptions, not yet assigned.
-    pub fn new(name: &str, env: Arc<Env>, metrics: Metrics, max_shapes: usize) -> Arc<Self> {
+    pub fn new(name: &str, env: Arc<Env>, metrics: Metrics, limits: ShapeLimits) -> Arc<Self> {
         Arc::new(Self {
             name: Arc::from(name),
             state: RwLock::new(HubState::default()),
@@ -160,7 +185,7 @@ impl TopicHub {
             env,
             metrics,
             assigned: watch::Sender::new(None),
-            max_shapes,
+            limits,
         })
     }
 
@@ -420,33 +445,58 @@ impl TopicHub {
     /// one that is not yet live receives records of a partition once its replay reader hands
     /// that partition over.
     /// A subscription with a shape the topic does not have yet is refused when it has
-    /// `max_shapes` already.
+    /// `limits.per_topic` already; one with a shape its connection does not hold yet, when the
+    /// connection holds `limits.per_connection`.
     pub fn add(&self, sub: Arc<Subscription>) -> Result<(), TooManyShapes> {
         let mut st = self.write();
-        if let Some(id) = st.by_key.get(&sub.shape.key).copied() {
-            if let Some(g) = st.groups.get_mut(&id) {
-                g.subs.push(sub);
-                return Ok(());
-            }
-        }
-        if st.groups.len() >= self.max_shapes {
-            return Err(TooManyShapes {
+        let st = &mut *st;
+        let existing = st
+            .by_key
+            .get(&sub.shape.key)
+            .copied()
+            .filter(|id| st.groups.contains_key(id));
+        let held = st.by_conn.get(&sub.conn);
+        let holds = |id: u64| held.is_some_and(|h| h.contains_key(&id));
+        if !existing.is_some_and(holds)
+            && held.map_or(0, HashMap::len) >= self.limits.per_connection
+        {
+            return Err(TooManyShapes::Connection {
                 topic: self.name.clone(),
-                max: self.max_shapes,
+                max: self.limits.per_connection,
             });
         }
-        let id = st.next_id;
-        st.next_id += 1;
-        st.index.insert(id, sub.shape.filter.as_ref());
-        st.by_key.insert(sub.shape.key.clone(), id);
-        st.groups.insert(
-            id,
-            Group {
-                steps: sub.shape.steps(),
-                shape: sub.shape.clone(),
-                subs: vec![sub],
-            },
-        );
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                if st.groups.len() >= self.limits.per_topic {
+                    return Err(TooManyShapes::Topic {
+                        topic: self.name.clone(),
+                        max: self.limits.per_topic,
+                    });
+                }
+                let id = st.next_id;
+                st.next_id += 1;
+                st.index.insert(id, sub.shape.filter.as_ref());
+                st.by_key.insert(sub.shape.key.clone(), id);
+                st.groups.insert(
+                    id,
+                    Group {
+                        steps: sub.shape.steps(),
+                        shape: sub.shape.clone(),
+                        subs: Vec::new(),
+                    },
+                );
+                id
+            }
+        };
+        *st.by_conn
+            .entry(sub.conn)
+            .or_default()
+            .entry(id)
+            .or_insert(0) += 1;
+        if let Some(g) = st.groups.get_mut(&id) {
+            g.subs.push(sub);
+        }
         Ok(())
     }
 
@@ -456,10 +506,26 @@ impl TopicHub {
         let Some(id) = st.by_key.get(&sub.shape.key).copied() else {
             return;
         };
+        let mut found = false;
         let empty = st.groups.get_mut(&id).is_none_or(|g| {
+            let before = g.subs.len();
             g.subs.retain(|s| !Arc::ptr_eq(s, sub));
+            found = g.subs.len() < before;
             g.subs.is_empty()
         });
+        if found {
+            if let Some(held) = st.by_conn.get_mut(&sub.conn) {
+                if let Some(n) = held.get_mut(&id) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        held.remove(&id);
+                    }
+                }
+                if held.is_empty() {
+                    st.by_conn.remove(&sub.conn);
+                }
+            }
+        }
         if empty {
             st.groups.remove(&id);
             st.by_key.remove(&sub.shape.key);
@@ -552,14 +618,14 @@ impl Hub {
     pub fn new<'a>(
         topics: impl IntoIterator<Item = &'a str>,
         metrics: &Metrics,
-        max_shapes: usize,
+        limits: ShapeLimits,
     ) -> Self {
         let env = crate::filter::env();
         Self {
             topics: topics
                 .into_iter()
                 .map(|t| {
-                    let hub = TopicHub::new(t, env.clone(), metrics.clone(), max_shapes);
+                    let hub = TopicHub::new(t, env.clone(), metrics.clone(), limits);
                     (hub.name().clone(), hub)
                 })
                 .collect(),

@@ -56,7 +56,12 @@ fn offsets(next: Next) -> (Vec<(Arc<str>, u64)>, Vec<i64>) {
 }
 
 fn hub(m: &Metrics) -> Arc<TopicHub> {
-    let h = TopicHub::new("t", crate::filter::env(), m.clone(), 100);
+    let h = TopicHub::new(
+        "t",
+        crate::filter::env(),
+        m.clone(),
+        ShapeLimits::topic(100),
+    );
     h.set_assigned(Some(BTreeMap::from([(0, 0), (1, 0)])));
     h
 }
@@ -289,7 +294,7 @@ async fn hand_over_from_replay_to_live_has_no_gap_and_no_duplicate() {
 #[tokio::test]
 async fn a_topic_takes_at_most_max_shapes_distinct_shapes() {
     let m = Metrics::default();
-    let hub = TopicHub::new("t", crate::filter::env(), m.clone(), 2);
+    let hub = TopicHub::new("t", crate::filter::env(), m.clone(), ShapeLimits::topic(2));
     let q = queue(8, SlowClientPolicy::Drop, &m);
     let with = |id: &str, filter: &str| {
         Subscription::new(1, id.into(), q.clone(), shape(Some(filter)), true)
@@ -311,6 +316,50 @@ async fn a_topic_takes_at_most_max_shapes_distinct_shapes() {
     let b = b.unwrap_or_else(|| panic!("no second group"));
     hub.remove(&b);
     assert_eq!(hub.add(with("e", "offset > 3")), Ok(()));
+}
+
+#[tokio::test]
+async fn one_connection_holds_at_most_its_share_of_a_topics_shapes() {
+    let m = Metrics::default();
+    let limits = ShapeLimits {
+        per_topic: 100,
+        per_connection: 2,
+    };
+    let hub = TopicHub::new("t", crate::filter::env(), m.clone(), limits);
+    let q = queue(8, SlowClientPolicy::Drop, &m);
+    let on = |conn: u64, id: &str, filter: &str| {
+        Subscription::new(conn, id.into(), q.clone(), shape(Some(filter)), true)
+    };
+    let a = on(1, "a", "offset > 1");
+    assert_eq!(hub.add(a.clone()), Ok(()));
+    assert_eq!(hub.add(on(1, "b", "offset > 2")), Ok(()));
+    // Its own shapes again, however spelt: no new one.
+    assert_eq!(hub.add(on(1, "c", "offset>1 // again")), Ok(()));
+    let refused = hub.add(on(1, "d", "offset > 3"));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("max_filters_per_connection")),
+        "{refused:?}"
+    );
+    // A shape in use by someone else still counts for this connection...
+    assert_eq!(hub.add(on(2, "x", "offset > 9")), Ok(()));
+    assert!(hub.add(on(1, "e", "offset > 9")).is_err());
+    // ...and other connections are not held back by this one.
+    assert_eq!(hub.add(on(2, "y", "offset > 3")), Ok(()));
+    assert_eq!(hub.shape_count(), 4);
+    // A shape is the connection's until its last subscription on it goes.
+    hub.remove(&a);
+    assert!(hub.add(on(1, "f", "offset > 3")).is_err());
+    let c = hub
+        .read()
+        .groups
+        .values()
+        .flat_map(|g| g.subs.iter())
+        .find(|s| &*s.id == "c")
+        .cloned();
+    hub.remove(&c.unwrap_or_else(|| panic!("no subscription c")));
+    assert_eq!(hub.add(on(1, "f", "offset > 3")), Ok(()));
 }
 
 #[tokio::test]
@@ -372,7 +421,12 @@ async fn the_index_renders_a_record_only_for_the_shapes_it_may_match() {
     // (the filter-error counter shows evaluations that fail: none here), and subscribing and
     // unsubscribing keep the index in step with the groups.
     let m = Metrics::default();
-    let hub = TopicHub::new("t", crate::filter::env(), m.clone(), 10_000);
+    let hub = TopicHub::new(
+        "t",
+        crate::filter::env(),
+        m.clone(),
+        ShapeLimits::topic(10_000),
+    );
     hub.set_assigned(Some(BTreeMap::from([(0, 0)])));
     let queues: Vec<Arc<ClientQueue>> = (0..1000)
         .map(|_| queue(8, SlowClientPolicy::Drop, &m))
@@ -438,7 +492,12 @@ async fn the_index_renders_a_record_only_for_the_shapes_it_may_match() {
 #[tokio::test]
 async fn ranges_and_unfiltered_shapes_share_a_topic() {
     let m = Metrics::default();
-    let hub = TopicHub::new("t", crate::filter::env(), m.clone(), 1000);
+    let hub = TopicHub::new(
+        "t",
+        crate::filter::env(),
+        m.clone(),
+        ShapeLimits::topic(1000),
+    );
     hub.set_assigned(Some(BTreeMap::from([(0, 0)])));
     let qr = queue(64, SlowClientPolicy::Drop, &m);
     let qall = queue(64, SlowClientPolicy::Drop, &m);

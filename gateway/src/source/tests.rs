@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::SlowClientPolicy;
 use crate::filter::{Limits, Shape};
-use crate::hub::{ClientQueue, Subscription};
+use crate::hub::{ClientQueue, ShapeLimits, Subscription};
 
 fn record(partition: i32, offset: i64) -> Arc<Record> {
     Arc::new(Record::new(
@@ -17,7 +17,12 @@ fn record(partition: i32, offset: i64) -> Arc<Record> {
 #[test]
 fn a_partition_added_later_reaches_a_replay_that_is_not_all_live() {
     let metrics = Metrics::default();
-    let hub = TopicHub::new("t", crate::filter::env(), metrics.clone(), 10);
+    let hub = TopicHub::new(
+        "t",
+        crate::filter::env(),
+        metrics.clone(),
+        ShapeLimits::topic(10),
+    );
     hub.set_assigned(Some(BTreeMap::from([(0, 0)])));
     let limits = Limits {
         max_filter_bytes: 100,
