@@ -11,13 +11,14 @@
 //! their ratio are printed.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput};
 use lakewire::decode::Decoder;
 use lakewire::record::RawRecord;
 
 const N: usize = 1024;
+
+#[path = "common/compare.rs"]
+mod compare;
 
 #[path = "common/order_decoder.rs"]
 mod order_decoder;
@@ -55,18 +56,6 @@ fn baseline_path(schema: &apache_avro::Schema, data: &[Vec<u8>]) -> usize {
     bytes
 }
 
-/// Records per second of `f` (which handles `N` records per call), run for about `secs`.
-fn rate(secs: f64, mut f: impl FnMut() -> usize) -> f64 {
-    f();
-    let start = Instant::now();
-    let mut n = 0usize;
-    while start.elapsed().as_secs_f64() < secs {
-        black_box(f());
-        n += N;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
 fn main() {
     let text = orders::SCHEMA;
     let schema = apache_avro::Schema::parse_str(text).unwrap_or_else(|e| panic!("{e}"));
@@ -97,19 +86,12 @@ fn main() {
     .unwrap_or_else(|e| panic!("{e}"));
     println!("sample record as JSON: {sample}");
 
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .configure_from_args();
-    let mut g = c.benchmark_group("decode");
-    g.throughput(Throughput::Elements(N as u64));
-    g.bench_function("lakewire", |b| b.iter(|| lakewire_path(&d, &data)));
-    g.bench_function("apache-avro", |b| b.iter(|| baseline_path(&schema, &data)));
-    g.finish();
-    c.final_summary();
-
-    let ours = rate(3.0, || lakewire_path(&d, &data));
-    let base = rate(3.0, || baseline_path(&schema, &data));
+    let (ours, base) = compare::ours_and_base(
+        "decode",
+        N,
+        ("lakewire", || lakewire_path(&d, &data)),
+        ("apache-avro", || baseline_path(&schema, &data)),
+    );
     println!();
     println!(
         "decode, one core, schemas/order.avsc ({} bytes avg Avro):",

@@ -16,7 +16,6 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
 
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
@@ -24,6 +23,9 @@ use lakewire::config::SinkCompression;
 use lakewire::record::RawRecord;
 use lakewire::sink::avro_to_arrow::{BatchBuilder, Meta};
 
+#[path = "common/compare.rs"]
+#[allow(dead_code)] // its rate only
+mod compare;
 #[path = "common/order_decoder.rs"]
 mod order_decoder;
 #[path = "common/orders.rs"]
@@ -85,15 +87,8 @@ fn build_arrow_avro(text: &str, framed: &[Vec<u8>]) -> Vec<arrow_array::RecordBa
 }
 
 /// Records per second of `f` (which handles `per_call` records), run for about `SECS`.
-fn rate(per_call: usize, mut f: impl FnMut() -> usize) -> f64 {
-    black_box(f());
-    let start = Instant::now();
-    let mut n = 0usize;
-    while start.elapsed().as_secs_f64() < SECS {
-        black_box(f());
-        n += per_call;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
+fn rate(per_call: usize, f: impl FnMut() -> usize) -> f64 {
+    compare::rate(per_call, SECS, f)
 }
 
 fn main() {

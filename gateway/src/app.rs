@@ -148,6 +148,7 @@ pub async fn start_built(built: Built, role: Role) -> Result<Running, AppError> 
     let sink = if role == Role::Gateway {
         None
     } else {
+        crate::sink::check_schema_types(&services.config, &services.decoders).await?;
         crate::sink::start(
             &services.config,
             &services.decoders,

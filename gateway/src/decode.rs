@@ -2,11 +2,15 @@
 //! record however many clients read it. Input: [`RawRecord`]; output: `Arc<Record>` or a
 //! [`DecodeError`] that the source counts and skips (and, if configured, copies to a dead-letter
 //! topic). Formats: JSON as is; Avro in the Confluent (schema registry, [`registry`]),
-//! single-object (schemas folder) or raw framing, written as JSON by [`avro`] from a plan
-//! compiled by [`schema`].
+//! single-object (schemas folder) or raw framing ([`framing`]), written as JSON by [`avro`] from a
+//! plan compiled by [`schema`]; in the Confluent framing also Protobuf ([`protobuf`]) and JSON
+//! Schema ([`json_schema`]), as the registry says of the record's schema id.
 
 pub mod avro;
 pub mod dead_letter;
+mod framing;
+pub mod json_schema;
+pub mod protobuf;
 pub mod registry;
 pub mod schema;
 
@@ -18,7 +22,8 @@ use bytes::Bytes;
 
 use self::avro::AvroError;
 use self::dead_letter::DeadLetters;
-use self::registry::{Lookup, Registry, RegistryError};
+use self::framing::{Format, Framing, confluent_id, to_json, writer_schema};
+use self::registry::{Registry, RegistryError};
 use self::schema::ParsedSchema;
 use crate::config::{Config, PayloadFormat, TopicConfig};
 use crate::metrics::Metrics;
@@ -53,6 +58,20 @@ pub enum DecodeError {
     /// No schema in `schemas_dir` has the single-object record's fingerprint.
     #[error("no schema with fingerprint {0:016x} in the schemas folder")]
     UnknownFingerprint(u64),
+    /// The Protobuf message-index list (after the Confluent header) is too long or names no
+    /// message of the schema.
+    #[error("bad Protobuf message index: {0}")]
+    BadMessageIndex(String),
+    /// The Protobuf bytes do not fit the message type.
+    #[error("bad Protobuf data: {0}")]
+    BadProtobuf(String),
+    /// The JSON value does not validate against its registry JSON Schema
+    /// (`validate_json_schema = true`); `why` is the validator's first error.
+    #[error("schema id {id}: the value does not match its JSON Schema: {why}")]
+    JsonSchemaInvalid { id: u32, why: String },
+    /// An Avro writer schema was needed (the sink) but the registry's schema is of another type.
+    #[error("schema id {id} is a {schema_type} schema, not Avro")]
+    NotAvro { id: u32, schema_type: &'static str },
     /// The key could not be decoded.
     #[error("key: {0}")]
     Key(Box<DecodeError>),
@@ -69,6 +88,10 @@ impl DecodeError {
             DecodeError::UnknownSchemaId(_) => "unknown_schema_id",
             DecodeError::BadSchema { .. } => "bad_schema",
             DecodeError::UnknownFingerprint(_) => "unknown_fingerprint",
+            DecodeError::BadMessageIndex(_) => "bad_message_index",
+            DecodeError::BadProtobuf(_) => "bad_protobuf",
+            DecodeError::JsonSchemaInvalid { .. } => "json_schema_invalid",
+            DecodeError::NotAvro { .. } => "not_avro",
             DecodeError::Key(_) => "bad_key",
         }
     }
@@ -98,28 +121,6 @@ pub enum DecodeSetupError {
     /// The dead-letter producer could not be created.
     #[error(transparent)]
     DeadLetters(#[from] self::dead_letter::DeadLetterError),
-}
-
-/// Where a topic's Avro writer schemas come from.
-#[derive(Debug, Clone)]
-enum Framing {
-    /// No framing; one schema.
-    Raw(Arc<ParsedSchema>),
-    /// `0xC3 0x01` + fingerprint (little-endian), schema from the schemas folder.
-    SingleObject(Arc<HashMap<u64, Arc<ParsedSchema>>>),
-    /// `0x00` + schema id (big-endian), schema from the registry.
-    Confluent(Arc<Registry>),
-}
-
-/// How one part of a record (value or key) is decoded.
-#[derive(Debug, Clone)]
-enum Format {
-    Json,
-    Avro {
-        framing: Framing,
-        /// The reader schema to resolve to, if configured.
-        reader: Option<Arc<ParsedSchema>>,
-    },
 }
 
 /// What the decoders of all topics share: the registry client, the schemas folder, the
@@ -291,22 +292,25 @@ impl Decoder {
                     Framing::SingleObject(known)
                 }
                 PayloadFormat::Confluent => match &cx.registry {
-                    Some(r) => Framing::Confluent(r.clone()),
+                    Some(r) => Framing::Confluent {
+                        registry: r.clone(),
+                        validate_json: topic.validate_json_schema,
+                    },
                     None => return Err(DecodeSetupError::NoRegistry(topic.name.clone())),
                 },
             };
-            Ok(Format::Avro { framing, reader })
+            Ok(Format::Framed { framing, reader })
         };
         let value = format(topic.format, &topic.schema, &topic.reader_schema, "schema")?;
         let client_schema = match &value {
-            Format::Avro {
+            Format::Framed {
                 reader: Some(r), ..
             } => Some(r.clone()),
-            Format::Avro {
+            Format::Framed {
                 framing: Framing::Raw(s),
                 ..
             } => Some(s.clone()),
-            Format::Avro { .. } => match &topic.schema {
+            Format::Framed { .. } => match &topic.schema {
                 // Already loaded and checked above; parsed again only to keep it.
                 Some(p) => ParsedSchema::from_file(p).ok().map(Arc::new),
                 None => None,
@@ -352,6 +356,17 @@ impl Decoder {
         &self.topic
     }
 
+    /// The registry client of the topic's values, when they are Confluent-framed.
+    pub fn value_registry(&self) -> Option<&Arc<Registry>> {
+        match &self.value {
+            Format::Framed {
+                framing: Framing::Confluent { registry, .. },
+                ..
+            } => Some(registry),
+            _ => None,
+        }
+    }
+
     /// Makes sure the schemas `raw` needs are at hand: on a registry cache miss, fetches the
     /// schema, waiting (with retries) while the registry is unavailable. Cheap otherwise.
     pub async fn prepare(&self, raw: &RawRecord<'_>) {
@@ -373,7 +388,7 @@ impl Decoder {
     }
 
     /// The registry schema ids of `raw`'s value and key, with their registry (Confluent-framed
-    /// Avro only).
+    /// parts only).
     fn registry_ids<'s>(&'s self, raw: &RawRecord<'_>) -> Vec<(&'s Registry, u32)> {
         [
             (Some(&self.value), raw.payload),
@@ -382,8 +397,8 @@ impl Decoder {
         .into_iter()
         .filter_map(|(format, bytes)| match (format, bytes) {
             (
-                Some(Format::Avro {
-                    framing: Framing::Confluent(registry),
+                Some(Format::Framed {
+                    framing: Framing::Confluent { registry, .. },
                     ..
                 }),
                 Some(bytes),
@@ -431,13 +446,14 @@ impl Decoder {
 
     /// The writer schema of an Avro value and its datum (the bytes after the framing), for the
     /// sink, which decodes the datum into Arrow itself. Confluent-framed values need
-    /// [`Decoder::prepare`] first. A JSON topic has no writer schema: an error.
+    /// [`Decoder::prepare`] first. A JSON topic has no writer schema: an error; a Confluent value
+    /// whose registry schema is Protobuf or JSON Schema is [`DecodeError::NotAvro`].
     pub fn value_writer<'b>(
         &self,
         payload: &'b [u8],
     ) -> Result<(Arc<ParsedSchema>, &'b [u8]), DecodeError> {
         match &self.value {
-            Format::Avro { framing, .. } => writer_schema(framing, payload),
+            Format::Framed { framing, .. } => writer_schema(framing, payload),
             Format::Json => Err(DecodeError::BadAvro(
                 "the topic's format is json, not Avro".into(),
             )),
@@ -457,107 +473,6 @@ impl Decoder {
         let (dl, _) = self.dead_letter_topic.as_ref()?;
         dl.unconfirmed_from(&self.topic, partition)
     }
-}
-
-/// The schema id of a Confluent-framed payload.
-fn confluent_id(b: &[u8]) -> Option<u32> {
-    match b {
-        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
-        _ => None,
-    }
-}
-
-fn magic_error(format: PayloadFormat, expected: &'static str, b: &[u8]) -> DecodeError {
-    DecodeError::WrongMagic {
-        format,
-        expected,
-        found: b
-            .iter()
-            .take(2)
-            .map(|x| format!("0x{x:02x}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-    }
-}
-
-/// The writer schema of a framed Avro payload and the datum after the framing.
-fn writer_schema<'b>(
-    framing: &Framing,
-    bytes: &'b [u8],
-) -> Result<(Arc<ParsedSchema>, &'b [u8]), DecodeError> {
-    Ok(match framing {
-        Framing::Raw(s) => (s.clone(), bytes),
-        Framing::SingleObject(known) => {
-            if bytes.len() >= 2 && bytes[..2] != [0xc3, 0x01] {
-                return Err(magic_error(PayloadFormat::SingleObject, "0xc3 0x01", bytes));
-            }
-            let Some((head, data)) = bytes.split_first_chunk::<10>() else {
-                return Err(DecodeError::Truncated(
-                    "shorter than the single-object header",
-                ));
-            };
-            let mut fp = [0u8; 8];
-            fp.copy_from_slice(&head[2..]);
-            let fp = u64::from_le_bytes(fp);
-            match known.get(&fp) {
-                Some(s) => (s.clone(), data),
-                None => return Err(DecodeError::UnknownFingerprint(fp)),
-            }
-        }
-        Framing::Confluent(registry) => {
-            if bytes.first().is_some_and(|&b| b != 0) {
-                return Err(magic_error(PayloadFormat::Confluent, "0x00", bytes));
-            }
-            let (Some(id), Some(data)) = (confluent_id(bytes), bytes.get(5..)) else {
-                return Err(DecodeError::Truncated("shorter than the Confluent header"));
-            };
-            match registry.cached(id) {
-                Some(Lookup::Found(s)) => (s, data),
-                Some(Lookup::Unusable { why, .. }) => {
-                    return Err(DecodeError::BadSchema { id, why });
-                }
-                Some(Lookup::Missing { .. }) | None => {
-                    return Err(DecodeError::UnknownSchemaId(id));
-                }
-            }
-        }
-    })
-}
-
-/// The JSON text of one value or key.
-fn to_json(format: &Format, bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    let (framing, reader) = match format {
-        Format::Json => {
-            // Validate without building a tree; the text itself is what clients get.
-            serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(DecodeError::BadJson)?;
-            return Ok(bytes.to_vec());
-        }
-        Format::Avro { framing, reader } => (framing, reader),
-    };
-    let (writer, data) = writer_schema(framing, bytes)?;
-    let mut out = Vec::with_capacity(data.len() * 2 + 16);
-    match reader {
-        None => avro::to_json(&writer.plan, data, &mut out)?,
-        Some(reader) => {
-            // The writer's plan checks every block count against the bytes left first:
-            // apache-avro reserves a block's claimed item count up front, so a few hostile bytes
-            // would make it allocate gigabytes (found by fuzzing).
-            avro::to_json(&writer.plan, data, &mut out)?;
-            out.clear();
-            // Avro's resolution rules, by apache-avro; the resolved value is then written
-            // following the reader's plan, with the same mapping.
-            let mut rest = data;
-            let value = apache_avro::from_avro_datum(&writer.avro, &mut rest, Some(&reader.avro))
-                .map_err(|e| {
-                DecodeError::BadAvro(format!("resolving to the reader schema: {e}"))
-            })?;
-            if !rest.is_empty() {
-                return Err(AvroError::Trailing(rest.len()).into());
-            }
-            avro::value_to_json(&reader.plan, reader.plan.root, &value, &mut out)?;
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -616,3 +531,6 @@ mod tests {
 
 #[cfg(test)]
 mod format_tests;
+
+#[cfg(test)]
+pub(crate) mod protobuf_tests;

@@ -105,6 +105,10 @@ pub struct TopicConfig {
     /// A topic that undecodable records are copied to, as they are, with the error in headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<String>,
+    /// `format = "confluent"`: validate values (and keys) whose registry schema is a JSON
+    /// Schema against it; otherwise they are only checked to be JSON.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub validate_json_schema: bool,
 }
 
 impl TopicConfig {
@@ -118,6 +122,7 @@ impl TopicConfig {
             key_format: None,
             key_schema: None,
             dead_letter_topic: None,
+            validate_json_schema: false,
         }
     }
 }
@@ -128,7 +133,8 @@ impl TopicConfig {
 pub enum PayloadFormat {
     /// UTF-8 JSON documents.
     Json,
-    /// Confluent wire format: `0x00`, a 4-byte big-endian schema id, Avro binary; the schema
+    /// Confluent wire format: `0x00`, a 4-byte big-endian schema id, then Avro binary, Protobuf
+    /// (message indexes, then the message) or JSON text, as the schema's type says; the schema
     /// comes from `[schema_registry]`.
     Confluent,
     /// Avro single-object encoding: `0xC3 0x01`, the schema's 8-byte fingerprint, Avro binary;
@@ -219,6 +225,12 @@ impl TopicConfig {
         }
         let confluent = self.format == PayloadFormat::Confluent
             || self.key_format == Some(PayloadFormat::Confluent);
+        if self.validate_json_schema && !confluent {
+            return Err((
+                key("validate_json_schema"),
+                "only with format = \"confluent\" or key_format = \"confluent\"".into(),
+            ));
+        }
         if confluent && !has_registry {
             return Err((
                 "schema_registry".into(),

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use apache_avro::types::Value as AV;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
 use crate::config::Config;
@@ -205,15 +204,10 @@ async fn fake_registry(fail_first: usize, garbled: bool) -> anyhow::Result<FakeR
         while let Ok((mut sock, _)) = listener.accept().await {
             let n = count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
-                }
-                let req = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                let Some(head) = super::protobuf_tests::read_head(&mut sock).await else {
+                    return;
+                };
+                let req = head.to_ascii_lowercase();
                 // base64("u:p") = dTpw
                 let (status, body) = if !req.contains("authorization: basic dtpw") {
                     ("401 Unauthorized", r#"{"error_code":401}"#.to_string())
@@ -231,15 +225,7 @@ async fn fake_registry(fail_first: usize, garbled: bool) -> anyhow::Result<FakeR
                 };
                 // Slow enough that concurrent lookups overlap.
                 tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-                let _ = sock
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
+                super::protobuf_tests::reply(&mut sock, status, &body).await;
             });
         }
     });

@@ -76,6 +76,53 @@ pub enum SinkError {
     NoDecoder(String),
     #[error("sink: cannot start the worker thread: {0}")]
     Thread(std::io::Error),
+    /// The registry's latest value schema of a table's topic is not Avro: the sink writes Avro
+    /// only.
+    #[error(
+        "sink.tables: table {table} (topic {topic}): the schema registry's latest schema of \
+         subject {topic}-value is a {schema_type} schema; the sink writes Avro values only"
+    )]
+    NotAvro {
+        table: String,
+        topic: String,
+        schema_type: String,
+    },
+}
+
+/// Refuses to start the sink when a table's topic is Confluent-framed and the registry's latest
+/// schema of its subject `{topic}-value` is not Avro (Protobuf, JSON Schema): the sink would wait
+/// on its first record for good. A registry that does not answer is logged and not waited for
+/// (the records then wait, `not_avro`, should they not be Avro).
+pub async fn check_schema_types(
+    config: &Config,
+    decoders: &HashMap<String, Arc<Decoder>>,
+) -> Result<(), SinkError> {
+    let Some(sink) = &config.sink else {
+        return Ok(());
+    };
+    for t in &sink.tables {
+        let Some(registry) = decoders.get(&t.topic).and_then(|d| d.value_registry()) else {
+            continue;
+        };
+        let subject = format!("{}-value", t.topic);
+        match registry.latest_type(&subject).await {
+            Ok(Some(schema_type)) if schema_type != "AVRO" => {
+                return Err(SinkError::NotAvro {
+                    table: t.table_name(),
+                    topic: t.topic.clone(),
+                    schema_type,
+                });
+            }
+            Ok(_) => {}
+            Err(why) => tracing::warn!(
+                table = %t.table_name(),
+                topic = %t.topic,
+                "cannot ask the schema registry for the type of subject {subject} (the sink \
+                 writes Avro only); starting anyway: {why}"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// A running sink.

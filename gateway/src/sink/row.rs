@@ -103,11 +103,37 @@ fn unknown_id(e: &DecodeError) -> bool {
     }
 }
 
-/// The wait reason of an error that can pass; `None` for one that cannot.
+/// The wait reason of an error that can pass; `None` for one that cannot. A value whose registry
+/// schema is not Avro (Protobuf, JSON Schema: the sink does not write them) is a wait too, not a
+/// skip: the partition pauses on it and nothing past it is committed, so it is not lost.
 fn retryable(e: &DecodeError) -> Option<&'static str> {
     match e {
-        DecodeError::UnknownSchemaId(_) | DecodeError::UnknownFingerprint(_) => Some(e.reason()),
+        DecodeError::UnknownSchemaId(_)
+        | DecodeError::UnknownFingerprint(_)
+        | DecodeError::NotAvro { .. } => Some(e.reason()),
         DecodeError::Key(inner) => retryable(inner),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Protobuf or JSON-Schema value in a sink topic waits (the partition pauses, nothing past
+    /// it is committed) rather than being skipped: it is not lost.
+    #[test]
+    fn a_value_that_is_not_avro_is_waited_on_not_skipped() {
+        let e = DecodeError::NotAvro {
+            id: 7,
+            schema_type: "PROTOBUF",
+        };
+        assert_eq!(retryable(&e), Some("not_avro"));
+        assert_eq!(retryable(&DecodeError::Key(Box::new(e))), Some("not_avro"));
+        assert_eq!(
+            retryable(&DecodeError::BadProtobuf("x".into())),
+            None,
+            "a bad record is still skipped"
+        );
     }
 }
