@@ -26,6 +26,7 @@ mod from_ast;
 
 use cel::common::ast::{Expr, IdedExpr, LiteralValue, operators};
 
+use super::bounds::RECORD_LIST_BOUND;
 pub use super::view::{Fault, Root};
 use super::view::{View, compare, equals};
 use crate::record::Record;
@@ -292,6 +293,13 @@ impl Compiled {
         }
     }
 
+    /// The most predicate steps it takes per record: one per comparison or test (per item
+    /// of a literal `in` list), a loop's body counted [`RECORD_LIST_BOUND`] times, as the
+    /// interpreter's estimate counts a comprehension over a list of the record.
+    pub fn steps(&self) -> u64 {
+        self.pred.steps()
+    }
+
     /// True when the record matches; an error where the interpreter would give one.
     pub fn eval<'p>(&'p self, record: &Record) -> Result<bool, Fault<'p>> {
         self.pred.eval(record, &mut Vec::new())
@@ -353,6 +361,26 @@ impl Pred {
             Pred::Cmp(op, Operand::Path(p), Operand::Lit(l)) => Some((p, *op, l)),
             Pred::Cmp(op, Operand::Lit(l), Operand::Path(p)) => Some((p, op.flipped(), l)),
             _ => None,
+        }
+    }
+
+    /// See [`Compiled::steps`].
+    fn steps(&self) -> u64 {
+        match self {
+            Pred::In(_, Haystack::List(list)) => (list.len() as u64).max(1),
+            Pred::Value(_)
+            | Pred::Cmp(..)
+            | Pred::In(..)
+            | Pred::Has(..)
+            | Pred::Str(..)
+            | Pred::Matches(..) => 1,
+            Pred::Not(p) => p.steps(),
+            Pred::And(ps) | Pred::Or(ps) => {
+                ps.iter().fold(0u64, |acc, p| acc.saturating_add(p.steps()))
+            }
+            Pred::Loop { body, .. } => RECORD_LIST_BOUND
+                .saturating_mul(body.steps())
+                .saturating_add(1),
         }
     }
 

@@ -26,7 +26,9 @@ use bytes::Bytes;
 use cel::{Context, Env, ExecutionError, Program};
 use serde_json::Value;
 
-pub use self::bounds::{MAX_FILTER_DEPTH, MAX_FILTER_STEPS, RECORD_LIST_BOUND, compile_shape};
+pub use self::bounds::{
+    COMPILED_STEPS_PER_STEP, MAX_FILTER_DEPTH, MAX_FILTER_STEPS, RECORD_LIST_BOUND, compile_shape,
+};
 use self::bounds::{ast_depth, bad_pattern, cost, text_depth, unknown_name};
 pub use self::index::FilterIndex;
 use crate::config::WebSocketConfig;
@@ -179,9 +181,15 @@ impl Filter {
         Ok(filter)
     }
 
-    /// The most evaluation steps it takes per record (see [`MAX_FILTER_STEPS`]).
+    /// What evaluating it costs per record at most, in the interpreter's evaluation steps (see
+    /// [`MAX_FILTER_STEPS`]): a compiled filter's own steps ([`compiled::Compiled::steps`])
+    /// weighed as [`COMPILED_STEPS_PER_STEP`] to one, any other the interpreter's estimate of
+    /// its syntax tree. The hub budgets rendering with it.
     pub fn steps(&self) -> u64 {
-        cost(&self.program.expression().expr).steps
+        match &self.compiled {
+            Some(c) => c.steps().div_ceil(COMPILED_STEPS_PER_STEP),
+            None => cost(&self.program.expression().expr).steps,
+        }
     }
 
     /// The native predicate, when the filter compiled to one.

@@ -13,12 +13,12 @@
 //! exact offset, so there is no gap and no duplicate.
 
 pub mod queue;
+mod render;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
 use cel::Env;
 use tokio::sync::watch;
 
@@ -27,6 +27,10 @@ use crate::metrics::Metrics;
 use crate::record::Record;
 
 pub use self::queue::{ClientQueue, Delivery, Next, Subscription};
+#[cfg(test)]
+use self::render::INLINE_STEPS;
+pub use self::render::Renderer;
+use self::render::{Plan, Rendered};
 
 /// The subscriptions of one shape.
 #[derive(Debug)]
@@ -37,14 +41,10 @@ struct Group {
     steps: u64,
 }
 
-/// A batch whose candidate filters may take more steps than this in all is rendered on the
-/// blocking pool, off the runtime threads: a costly filter slows its own topic, not `/healthz`
-/// or other sessions. (A step is well under a microsecond: this is about a millisecond.)
-const INLINE_STEPS: u64 = 20_000;
-
-/// A batch rendered: per group (by id), the records it sends (bytes, partition, offset), in
-/// order.
-type Rendered = Vec<(u64, Vec<(Bytes, i32, i64)>)>;
+/// How many times a hand-over that finds shapes subscribed since its batch was planned renders
+/// them off the topic's lock and tries again. Past that (subscribes arriving faster than
+/// batches render) the newest are rendered under the lock, so a hand-over always ends.
+const LATE_ROUNDS: usize = 8;
 
 #[derive(Debug, Default)]
 struct HubState {
@@ -61,39 +61,6 @@ struct HubState {
     published_next: BTreeMap<i32, i64>,
 }
 
-/// What a batch is rendered for: the groups the index found as candidates for its records,
-/// and per record which of them (the others do not match it).
-struct Plan {
-    groups: Vec<(u64, Arc<Shape>)>,
-    /// Per record, indices into `groups`.
-    per_record: Vec<Vec<u32>>,
-    /// The most evaluation steps rendering takes in all.
-    steps: u64,
-    /// Groups with an id from this one were not on the topic when the plan was made.
-    covers_below: u64,
-}
-
-impl Plan {
-    /// Every group of `groups` for every one of `records` records (groups subscribed after a
-    /// plan was made: their filters decide alone).
-    fn all(groups: Vec<(u64, Arc<Shape>, u64)>, records: usize, covers_below: u64) -> Self {
-        let steps = groups
-            .iter()
-            .fold(0u64, |acc, g| acc.saturating_add(g.2))
-            .saturating_mul(records as u64);
-        let every: Vec<u32> = (0..groups.len() as u32).collect();
-        Plan {
-            groups: groups
-                .into_iter()
-                .map(|(id, shape, _)| (id, shape))
-                .collect(),
-            per_record: vec![every; records],
-            steps,
-            covers_below,
-        }
-    }
-}
-
 /// The live fan-out of one topic.
 pub struct TopicHub {
     name: Arc<str>,
@@ -105,6 +72,9 @@ pub struct TopicHub {
     assigned: watch::Sender<Option<Vec<i32>>>,
     /// The most distinct shapes the topic takes, and one connection holds on it.
     limits: ShapeLimits,
+    /// Shapes rendered under the write lock: late to a hand-over more than [`LATE_ROUNDS`]
+    /// times running.
+    rendered_under_lock: std::sync::atomic::AtomicU64,
 }
 
 /// How many distinct shapes (filter + projection) a topic takes: each is evaluated for every
@@ -150,31 +120,6 @@ impl std::fmt::Debug for TopicHub {
     }
 }
 
-/// Renders a record for each shape, once, sharing the CEL context and the whole-record JSON.
-pub struct Renderer<'r> {
-    record: &'r Record,
-    env: &'r Arc<Env>,
-    ctx: Option<cel::Context<'r, 'r>>,
-    whole: Option<Bytes>,
-}
-
-impl<'r> Renderer<'r> {
-    /// A renderer for `record`.
-    pub fn new(record: &'r Record, env: &'r Arc<Env>) -> Self {
-        Self {
-            record,
-            env,
-            ctx: None,
-            whole: None,
-        }
-    }
-
-    /// The record as `shape` sends it; `Err` when its filter failed on this record.
-    pub fn render(&mut self, shape: &Shape) -> Result<Option<Bytes>, String> {
-        shape.render(self.record, self.env, &mut self.ctx, &mut self.whole)
-    }
-}
-
 impl TopicHub {
     /// A hub for `name` with no subscriptions, not yet assigned.
     pub fn new(name: &str, env: Arc<Env>, metrics: Metrics, limits: ShapeLimits) -> Arc<Self> {
@@ -186,6 +131,7 @@ impl TopicHub {
             metrics,
             assigned: watch::Sender::new(None),
             limits,
+            rendered_under_lock: Default::default(),
         })
     }
 
@@ -228,168 +174,80 @@ impl TopicHub {
         self.commit(plan.covers_below, records, rendered);
     }
 
+    /// Hands a rendered batch over ([`TopicHub::try_commit`]), rendering on this thread, off
+    /// the lock, the shapes subscribed since it was planned.
+    fn commit(&self, mut covers_below: u64, records: &[Arc<Record>], mut rendered: Rendered) {
+        for round in 0..=LATE_ROUNDS {
+            let force = round == LATE_ROUNDS;
+            let Some(late) = self.try_commit(covers_below, records, &mut rendered, force) else {
+                return;
+            };
+            covers_below = late.covers_below;
+            rendered.extend(self.render(&late, records));
+        }
+    }
+
     /// Like [`TopicHub::publish_batch`], but a batch whose candidate filters may be costly is
     /// rendered on the blocking pool. Either way the topic's lock is held only to find the
     /// candidates and to hand the rendered records to the queues, not while filters run.
     pub async fn deliver_live(self: &Arc<Self>, records: Vec<Arc<Record>>) {
         let plan = self.plan(&records);
-        if plan.steps <= INLINE_STEPS {
-            let rendered = self.render(&plan, &records);
-            self.commit(plan.covers_below, &records, rendered);
-            return;
-        }
-        let records = Arc::new(records);
         let mut covers_below = plan.covers_below;
-        let Some(mut rendered) = self.render_off_runtime(plan, records.clone()).await else {
+        let records = Arc::new(records);
+        let Some(mut rendered) = self.render_budgeted(plan, &records).await else {
             return;
         };
-        // Shapes subscribed while the batch rendered are rendered the same way before the
-        // hand-over (a few rounds at most: subscribing is rare next to publishing), so the
-        // hand-over renders nothing costly under the lock on a runtime thread.
-        for _ in 0..4 {
-            let late = self.late_groups(covers_below, records.len());
-            if late.groups.is_empty() {
-                break;
-            }
+        // Shapes subscribed while the batch rendered are rendered the same way, off the lock,
+        // before the hand-over (a round or two at most: subscribing is rare next to
+        // publishing).
+        for round in 0..=LATE_ROUNDS {
+            let force = round == LATE_ROUNDS;
+            let Some(late) = self.try_commit(covers_below, &records, &mut rendered, force) else {
+                return;
+            };
             covers_below = late.covers_below;
-            let Some(more) = self.render_off_runtime(late, records.clone()).await else {
+            let Some(more) = self.render_budgeted(late, &records).await else {
                 return;
             };
             rendered.extend(more);
         }
-        self.commit(covers_below, &records, rendered);
-    }
-
-    /// Renders `records` as `plan` says on the blocking pool; `None` if that failed (only a
-    /// panic in a filter: its records are counted as filter errors).
-    async fn render_off_runtime(
-        self: &Arc<Self>,
-        plan: Plan,
-        records: Arc<Vec<Arc<Record>>>,
-    ) -> Option<Rendered> {
-        let hub = self.clone();
-        match tokio::task::spawn_blocking(move || hub.render(&plan, &records)).await {
-            Ok(rendered) => Some(rendered),
-            Err(e) => {
-                self.filter_errors.inc();
-                tracing::error!(topic = %self.name, error = %e, "rendering a batch failed");
-                None
-            }
-        }
-    }
-
-    /// The groups on the topic now with an id from `from`: a plan of every one of them for
-    /// each of `records` records.
-    fn late_groups(&self, from: u64, records: usize) -> Plan {
-        let st = self.read();
-        let late = st
-            .groups
-            .range(from..)
-            .map(|(id, g)| (*id, g.shape.clone(), g.steps))
-            .collect();
-        Plan::all(late, records, st.next_id)
-    }
-
-    /// Finds, under the read lock, the groups each record may match.
-    fn plan(&self, records: &[Arc<Record>]) -> Plan {
-        let st = self.read();
-        let mut plan = Plan {
-            groups: Vec::new(),
-            per_record: Vec::with_capacity(records.len()),
-            steps: 0,
-            covers_below: st.next_id,
-        };
-        if st.groups.is_empty() {
-            return plan;
-        }
-        let mut slots: HashMap<u64, u32> = HashMap::new();
-        let mut ids = Vec::new();
-        for record in records {
-            ids.clear();
-            st.index.candidates(record, &mut ids);
-            let mut mine = Vec::with_capacity(ids.len());
-            for id in &ids {
-                let Some(group) = st.groups.get(id) else {
-                    continue;
-                };
-                plan.steps = plan.steps.saturating_add(group.steps);
-                let slot = *slots.entry(*id).or_insert_with(|| {
-                    plan.groups.push((*id, group.shape.clone()));
-                    (plan.groups.len() - 1) as u32
-                });
-                mine.push(slot);
-            }
-            plan.per_record.push(mine);
-        }
-        plan
-    }
-
-    /// Renders `records` as `plan` says, sharing each record's CEL context and whole JSON
-    /// between shapes. Takes no lock.
-    fn render(&self, plan: &Plan, records: &[Arc<Record>]) -> Rendered {
-        let mut out: Rendered = plan
-            .groups
-            .iter()
-            .map(|(id, _)| (*id, Vec::new()))
-            .collect();
-        for (record, slots) in records.iter().zip(&plan.per_record) {
-            if slots.is_empty() {
-                continue;
-            }
-            let mut renderer = Renderer::new(record, &self.env);
-            for &slot in slots {
-                let (_, shape) = &plan.groups[slot as usize];
-                match renderer.render(shape) {
-                    Ok(Some(b)) => out[slot as usize]
-                        .1
-                        .push((b, record.partition, record.offset)),
-                    Ok(None) => {}
-                    Err(e) => self.filter_failed(&shape.key, &e),
-                }
-            }
-        }
-        out.retain(|(_, r)| !r.is_empty());
-        out
-    }
-
-    fn render_shape(
-        &self,
-        shape: &Shape,
-        records: &[Arc<Record>],
-        renderers: &mut [Renderer<'_>],
-    ) -> Vec<(Bytes, i32, i64)> {
-        let mut out = Vec::new();
-        for (record, renderer) in records.iter().zip(renderers) {
-            match renderer.render(shape) {
-                Ok(Some(b)) => out.push((b, record.partition, record.offset)),
-                Ok(None) => {}
-                Err(e) => self.filter_failed(&shape.key, &e),
-            }
-        }
-        out
     }
 
     /// Hands a rendered batch to the subscriptions, under the write lock: subscribing and the
     /// replay hand-over wait for this, which is what makes the hand-over exact (one publisher
-    /// per topic). Groups from id `covers_below` on were added after the batch was planned and
-    /// are rendered here; groups gone since are skipped.
-    fn commit(&self, covers_below: u64, records: &[Arc<Record>], mut rendered: Rendered) {
+    /// per topic). Groups from id `covers_below` on were added after the batch was planned:
+    /// when there are any, nothing is handed over and their plan is returned, to be rendered
+    /// off the lock before the next try; with `force`, they are rendered here instead. Groups
+    /// gone since are skipped.
+    fn try_commit(
+        &self,
+        covers_below: u64,
+        records: &[Arc<Record>],
+        rendered: &mut Rendered,
+        force: bool,
+    ) -> Option<Plan> {
         let mut st = self.write();
-        let mut late_renderers: Option<Vec<Renderer<'_>>> = None;
-        let mut late: Rendered = Vec::new();
-        for (id, group) in st.groups.range(covers_below..) {
-            let renderers = late_renderers.get_or_insert_with(|| {
-                records
-                    .iter()
-                    .map(|r| Renderer::new(r, &self.env))
-                    .collect()
-            });
-            late.push((*id, self.render_shape(&group.shape, records, renderers)));
+        if st.groups.range(covers_below..).next().is_some() {
+            if !force {
+                let late = st
+                    .groups
+                    .range(covers_below..)
+                    .map(|(id, g)| (*id, g.shape.clone(), g.steps))
+                    .collect();
+                return Some(Plan::all(late, records.len(), st.next_id));
+            }
+            let renderers: &mut Vec<Renderer<'_>> = &mut records
+                .iter()
+                .map(|r| Renderer::new(r, &self.env))
+                .collect();
+            for (id, group) in st.groups.range(covers_below..) {
+                self.rendered_under_lock.fetch_add(1, Ordering::Relaxed);
+                rendered.push((*id, self.render_shape(&group.shape, records, renderers)));
+            }
         }
-        rendered.extend(late);
         // In subscription order, as the groups are.
         rendered.sort_by_key(|(id, _)| *id);
-        for (id, for_group) in &rendered {
+        for (id, for_group) in rendered.iter() {
             let Some(group) = st.groups.get(id) else {
                 continue;
             };
@@ -414,31 +272,12 @@ impl TopicHub {
             st.published_next
                 .insert(record.partition, record.offset + 1);
         }
+        None
     }
 
-    /// Hands `record`, read by `sub`'s own replay reader, to `sub` as its shape sends it,
-    /// waiting for room in its queue (a replay goes at the client's pace instead of dropping).
-    /// False once the queue is closed: the reader should stop.
-    pub async fn deliver_replayed(&self, sub: &Arc<Subscription>, record: &Record) -> bool {
-        // Rendered before waiting: the renderer's CEL context stays on this thread.
-        let rendered = Renderer::new(record, &self.env).render(&sub.shape);
-        match rendered {
-            Ok(Some(bytes)) => {
-                sub.queue
-                    .push_waiting(Delivery {
-                        sub: sub.clone(),
-                        bytes,
-                        partition: record.partition,
-                        offset: record.offset,
-                    })
-                    .await
-            }
-            Ok(None) => true,
-            Err(e) => {
-                self.filter_failed(&sub.shape.key, &e);
-                true
-            }
-        }
+    /// Shapes rendered under the topic's write lock so far (see [`LATE_ROUNDS`]).
+    pub fn rendered_under_lock(&self) -> u64 {
+        self.rendered_under_lock.load(Ordering::Relaxed)
     }
 
     /// Adds a subscription. A live one (`latest`) receives every record published from now on;

@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::SlowClientPolicy;
+use bytes::Bytes;
 
 fn record(partition: i32, offset: i64, value: &str) -> Arc<Record> {
     Arc::new(Record::new(
@@ -385,6 +386,77 @@ async fn a_shape_added_while_a_batch_renders_still_gets_the_batch() {
     hub.commit(plan.covers_below, &records, rendered);
     assert_eq!(offsets(qa.next(10).await).1, vec![0, 1]);
     assert_eq!(offsets(qb.next(10).await).1, vec![1]);
+    // ...and its filter ran off the topic's lock, which subscribes and hand-overs wait for.
+    assert_eq!(hub.rendered_under_lock(), 0);
+}
+
+#[test]
+fn a_compiled_comprehension_is_budgeted_at_its_compiled_cost() {
+    // 20 dashboards, each `exists` over the record's items with its own threshold: compiled,
+    // a batch of 4 records is a few thousand interpreter steps' worth and renders inline; by
+    // the interpreter's estimate of the same tree (~800 steps a filter) it went to the
+    // blocking pool, a thread hop per batch for nothing.
+    let m = Metrics::default();
+    let hub = hub(&m);
+    let q = queue(100, SlowClientPolicy::Drop, &m);
+    for n in 0..20 {
+        let s = shape(Some(&format!("value.items.exists(i, i.qty > {n})")));
+        assert!(
+            s.filter.as_ref().is_some_and(|f| f.compiled().is_some()),
+            "compiles"
+        );
+        add(
+            &hub,
+            Subscription::new(1, format!("s{n}").into(), q.clone(), s, true),
+        );
+    }
+    let records: Vec<_> = (0..4)
+        .map(|o| record(0, o, r#"{"items":[{"qty":3},{"qty":30}]}"#))
+        .collect();
+    let plan = hub.plan(&records);
+    assert_eq!(plan.per_record[0].len(), 20, "every filter is a candidate");
+    assert!(plan.steps <= INLINE_STEPS, "{} steps", plan.steps);
+    // The interpreter's filters keep their estimate: the same test through `map` is costly.
+    let interpreted = shape(Some("value.items.map(i, i.qty).exists(q, q > 3)"));
+    assert!(
+        interpreted.steps() * 20 * 4 > INLINE_STEPS,
+        "{}",
+        interpreted.steps()
+    );
+}
+
+/// A filter that matches `value.n` when it is a product of two numbers up to 80, taking
+/// 80 × 80 interpreter steps and more: over [`INLINE_STEPS`].
+fn costly_filter() -> String {
+    let list: Vec<String> = (1..=80).map(|i| i.to_string()).collect();
+    format!(
+        "[{l}].exists(key, [{l}].exists(offset, key * offset == value.n))",
+        l = list.join(",")
+    )
+}
+
+#[tokio::test]
+async fn a_costly_replayed_record_is_rendered_off_the_runtime() {
+    // On this single-threaded runtime another task runs only while the replay waits: a filter
+    // rendered inline would hold the thread (every session's) for its whole evaluation.
+    let m = Metrics::default();
+    let hub = hub(&m);
+    let q = queue(10, SlowClientPolicy::Drop, &m);
+    let costly = costly_filter();
+    let s = Subscription::new(1, "r".into(), q.clone(), shape(Some(&costly)), false);
+    assert!(s.shape.steps() > INLINE_STEPS, "{}", s.shape.steps());
+    let other_ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = other_ran.clone();
+    tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+    assert!(
+        hub.deliver_replayed(&s, &record(0, 0, r#"{"n":6400}"#))
+            .await
+    );
+    assert!(
+        other_ran.load(Ordering::SeqCst),
+        "the runtime's thread was free while the filter ran"
+    );
+    assert_eq!(offsets(q.next(10).await).1, vec![0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,11 +464,7 @@ async fn costly_batches_render_off_the_runtime_and_arrive_in_order() {
     let m = Metrics::default();
     let hub = hub(&m);
     let q = queue(1000, SlowClientPolicy::Drop, &m);
-    let list: Vec<String> = (1..=80).map(|i| i.to_string()).collect();
-    let costly = format!(
-        "[{l}].exists(key, [{l}].exists(offset, key * offset == value.n))",
-        l = list.join(",")
-    );
+    let costly = costly_filter();
     let s = Subscription::new(1, "c".into(), q.clone(), shape(Some(&costly)), true);
     assert!(s.shape.steps() > INLINE_STEPS, "{}", s.shape.steps());
     add(&hub, s);

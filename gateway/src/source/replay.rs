@@ -141,6 +141,7 @@ pub async fn run_replay(
         let Some(record) = record else {
             continue;
         };
+        let record = Arc::new(record);
         let p = record.partition;
         // Records of a partition already handed over (read before the hand-over took effect).
         let Some(&expected) = next.get(&p) else {
