@@ -185,13 +185,17 @@ pub fn routes(
                     tokio::spawn(tracker.track_future(async move {
                         match on_upgrade.await {
                             Ok(upgraded) => {
+                                let written = session::Written::default();
                                 let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                                    hyper_util::rt::TokioIo::new(upgraded),
+                                    session::CountWrites::new(
+                                        hyper_util::rt::TokioIo::new(upgraded),
+                                        written.clone(),
+                                    ),
                                     tungstenite::protocol::Role::Server,
                                     Some(config),
                                 )
                                 .await;
-                                session::run(socket, services, cancel, access).await;
+                                session::run(socket, written, services, cancel, access).await;
                             }
                             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
                         }

@@ -22,6 +22,8 @@ pub mod close;
 #[cfg(test)]
 mod tests;
 
+pub use close::{CountWrites, Written};
+
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -58,7 +60,8 @@ impl Ended {
         }
     }
 
-    const fn label(self) -> &'static str {
+    /// The `reason` label of `lakewire_ws_closed_total`.
+    pub const fn label(self) -> &'static str {
         match self {
             Ended::ClientClosed => "client_closed",
             Ended::Shutdown => "shutdown",
@@ -123,8 +126,10 @@ fn deadline(access: &Access) -> Option<tokio::time::Instant> {
 
 /// Serves one connection until the client leaves, the queue overflows under the `disconnect`
 /// policy, its token expires, or `cancel` fires (then the client gets close code 1001).
+/// `written` counts the bytes the socket under `socket` takes ([`CountWrites`]).
 pub async fn run<S, E>(
     socket: S,
+    written: Written,
     services: Arc<Services>,
     cancel: CancellationToken,
     access: Access,
@@ -213,20 +218,37 @@ where
         }
     };
     session.end();
+    let mut stuck = None;
     if let Some((code, reason)) = ended.close_frame() {
-        // A client that is slow, not gone, gets as long for its close frame as for any write;
-        // at shutdown the server is going away and a second is enough.
-        let limit = if ended == Ended::Shutdown {
-            Duration::from_secs(1)
-        } else {
-            write_timeout
-        };
-        close::handshake(&mut socket, &mut reader, code, reason, limit).await;
+        // A client that is slow, not gone, gets its close frame for as long as it keeps reading;
+        // one that took nothing for `close::DEADLINE` no longer holds the session.
+        match close::handshake(&mut socket, &mut reader, code, reason, &written).await {
+            close::Handshake::Done => {}
+            close::Handshake::Stuck { queued } => stuck = Some((code, reason, queued)),
+        }
     }
     metrics.ws_connections.dec();
     metrics.closed(ended.label());
-    // Bounded too: a client that stopped reading never takes the close.
-    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close()).await;
+    match stuck {
+        // The socket alone stays, for at most as long as one write may take: a client that
+        // reads late still gets its close frame behind the records it had not read.
+        Some((code, reason, queued)) => {
+            let until = tokio::time::Instant::now() + write_timeout;
+            services.sessions.spawn(close::linger(
+                socket,
+                reader,
+                code,
+                reason,
+                queued,
+                until,
+                cancel.clone(),
+            ));
+        }
+        None => {
+            // Bounded too: a client that stopped reading never takes the close.
+            let _ = tokio::time::timeout(close::DEADLINE, socket.close()).await;
+        }
+    }
     ended
 }
 
@@ -316,14 +338,17 @@ where
 }
 
 /// How a failed read ends the session (RFC 6455 §7.4.1): a message over the configured size
-/// is 1009, invalid UTF-8 1007, any other breach of the protocol 1002; an I/O error has no
-/// close frame.
+/// is 1009, invalid UTF-8 1007, any other breach of the protocol 1002; an I/O error, or a peer
+/// gone without a close frame (EOF, reset), is a socket error and has no close frame.
 fn read_error(e: &(dyn std::error::Error + 'static)) -> Ended {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         match err.downcast_ref::<tungstenite::Error>() {
             Some(tungstenite::Error::Capacity(_)) => return Ended::FrameTooBig,
             Some(tungstenite::Error::Utf8(_)) => return Ended::InvalidData,
+            Some(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            )) => return Ended::SocketError,
             Some(tungstenite::Error::Protocol(_)) => return Ended::ProtocolError,
             _ => {}
         }

@@ -61,6 +61,7 @@ impl Client {
         let cancel = CancellationToken::new();
         let session = tokio::spawn(run(
             ChannelSocket { incoming, outgoing },
+            Written::default(),
             services.clone(),
             cancel.clone(),
             Access::all(),
@@ -278,4 +279,208 @@ async fn reader_stops_after_an_error() {
     let mut reader = FrameReader::spawn(futures_util::stream::iter(frames));
     assert!(matches!(reader.next().await, Some(Err(_))));
     assert!(reader.next().await.is_none());
+}
+
+/// Over a real loopback TCP connection, built as `http.rs` builds it: what the kernel's buffers
+/// do to a close (a client that does not read, or reads late, or is still sending).
+mod over_tcp {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::WebSocketStream;
+
+    use super::*;
+
+    type ClientWs = WebSocketStream<TcpStream>;
+
+    struct Tcp {
+        ws: ClientWs,
+        services: Arc<Services>,
+        session: tokio::task::JoinHandle<anyhow::Result<Ended>>,
+    }
+
+    /// A session on one end of a TCP connection, a subscribed tokio-tungstenite client on the
+    /// other.
+    async fn connect(extra: &str) -> anyhow::Result<Tcp> {
+        let toml = format!(
+            "[kafka]\nbrokers = \"127.0.0.1:1\"\nrequest_timeout_ms = 50\n\n[[topics]]\nname = \"t\"\nformat = \"json\"\n\n[websocket]\n{extra}\n"
+        );
+        let services = Services::new(Config::from_toml_and_env(&toml, &[], "test")?)?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let session = tokio::spawn({
+            let services = services.clone();
+            async move {
+                let (tcp, _) = listener.accept().await?;
+                let written = Written::default();
+                let config = crate::http::ws_config(services.config.websocket.max_frame_bytes);
+                let ws = tokio_tungstenite::accept_async_with_config(
+                    CountWrites::new(tcp, written.clone()),
+                    Some(config),
+                )
+                .await?;
+                let cancel = CancellationToken::new();
+                Ok(run(ws, written, services, cancel, Access::all()).await)
+            }
+        });
+        let (mut ws, _) = tokio_tungstenite::client_async(
+            format!("ws://{addr}/ws"),
+            TcpStream::connect(addr).await?,
+        )
+        .await?;
+        ws.send(Message::text(
+            json!({"op":"subscribe","id":"a","topic":"t"}).to_string(),
+        ))
+        .await?;
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await?;
+        anyhow::ensure!(
+            matches!(&m, Some(Ok(Message::Text(t))) if t.contains("subscribed")),
+            "{m:?}"
+        );
+        Ok(Tcp {
+            ws,
+            services,
+            session,
+        })
+    }
+
+    fn metrics(services: &Services) -> String {
+        crate::metrics::render(&services.prometheus)
+    }
+
+    /// Publishes big records while the client does not read, until its session has decided to
+    /// close it with 4008 (its queue overflowed with the socket's buffers full).
+    async fn overflow(c: &Tcp) -> anyhow::Result<()> {
+        let hub = c
+            .services
+            .hub
+            .topic("t")
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no hub"))?;
+        let pad = "x".repeat(32 * 1024);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut offset = 0;
+        while !metrics(&c.services).contains("reason=\"disconnected\"") {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "never overflowed");
+            for _ in 0..16 {
+                hub.publish(Arc::new(Record::new(
+                    Arc::from("t"),
+                    0,
+                    offset,
+                    Some(offset),
+                    None,
+                    Bytes::from(json!({"n": offset, "pad": pad}).to_string()),
+                )));
+                offset += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// Reads everything the server sends; the close code it ends with.
+    async fn close_code_at_the_end(ws: &mut ClientWs) -> anyhow::Result<Option<u16>> {
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(m) = ws.next().await {
+                if let Message::Close(f) = m? {
+                    return Ok(f.map(|f| u16::from(f.code)));
+                }
+            }
+            anyhow::bail!("the connection ended without a close frame")
+        });
+        read.await?
+    }
+
+    const SLOW: &str = "queue_size = 64\nslow_client = \"disconnect\"";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_reading_only_after_the_4008_decision_still_gets_its_close_frame()
+    -> anyhow::Result<()> {
+        let mut c = connect(SLOW).await?;
+        overflow(&c).await?;
+        // The socket's buffers are full of records; the client reads them only now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            close_code_at_the_end(&mut c.ws).await?,
+            Some(close::SLOW_CONSUMER)
+        );
+        assert_eq!(c.session.await??, Ended::SlowConsumer);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_reading_long_after_the_4008_decision_still_gets_its_close_frame()
+    -> anyhow::Result<()> {
+        let mut c = connect(SLOW).await?;
+        overflow(&c).await?;
+        // Longer than the session waits: the socket stays, with the close frame behind the
+        // records the client has not read (as in integration-tests' real-Kafka
+        // `slow_client_is_disconnected_with_4008_under_the_disconnect_policy`).
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(c.session.await??, Ended::SlowConsumer);
+        assert!(t0.elapsed() < close::DEADLINE * 3, "{:?}", t0.elapsed());
+        tokio::time::sleep(close::DEADLINE * 3).await;
+        assert_eq!(
+            close_code_at_the_end(&mut c.ws).await?,
+            Some(close::SLOW_CONSUMER)
+        );
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_4008_close_while_a_write_is_stuck_waits_the_close_deadline_not_write_timeout()
+    -> anyhow::Result<()> {
+        let c = connect(&format!("{SLOW}\nwrite_timeout_ms = 60000")).await?;
+        overflow(&c).await?;
+        // The client never reads: its close frame cannot go out.
+        let t0 = tokio::time::Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(5), c.session).await???;
+        assert_eq!(ended, Ended::SlowConsumer);
+        let took = t0.elapsed();
+        assert!(took < close::DEADLINE * 3, "took {took:?}");
+        assert!(
+            metrics(&c.services).contains("lakewire_ws_closed_total{reason=\"slow_consumer\"} 1"),
+            "{}",
+            metrics(&c.services)
+        );
+        drop(c.ws);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_still_sending_after_the_close_decision_gets_the_close_frame()
+    -> anyhow::Result<()> {
+        let mut c = connect(&format!("{SLOW}\nwrite_timeout_ms = 3000")).await?;
+        overflow(&c).await?;
+        // The client sends more than the socket's buffers hold before it reads: it is blocked
+        // until the server reads what it sent.
+        let text = "y".repeat(32 * 1024);
+        let sending = async {
+            for _ in 0..512 {
+                c.ws.feed(Message::text(text.clone())).await?;
+            }
+            c.ws.flush().await
+        };
+        tokio::time::timeout(Duration::from_secs(5), sending).await??;
+        assert_eq!(
+            close_code_at_the_end(&mut c.ws).await?,
+            Some(close::SLOW_CONSUMER)
+        );
+        assert_eq!(c.session.await??, Ended::SlowConsumer);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_gone_without_a_close_frame_is_a_socket_error() -> anyhow::Result<()> {
+        let c = connect("").await?;
+        // The TCP connection ends with no close frame.
+        drop(c.ws);
+        let ended = tokio::time::timeout(Duration::from_secs(5), c.session).await???;
+        assert_eq!(ended, Ended::SocketError);
+        let body = metrics(&c.services);
+        assert!(
+            body.contains("lakewire_ws_closed_total{reason=\"socket_error\"} 1"),
+            "{body}"
+        );
+        Ok(())
+    }
 }
