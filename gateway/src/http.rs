@@ -135,10 +135,11 @@ pub fn routes(
         .and(warp::get())
         .and(caller())
         .and(warp::sse::last_event_id::<String>())
+        .and(warp::ext::optional::<crate::listener::CutReason>())
         .then({
             let services = services.clone();
             let shutdown = shutdown.clone();
-            move |mut caller: Caller, last| {
+            move |mut caller: Caller, last, cut| {
                 let services = services.clone();
                 let shutdown = shutdown.clone();
                 async move {
@@ -147,7 +148,8 @@ pub fn routes(
                         Err(refusal) => return refusal,
                     };
                     caller.query.remove("token");
-                    crate::sse::serve(services, caller.query, last, shutdown, access, guard).await
+                    crate::sse::serve(services, caller.query, last, shutdown, access, guard, cut)
+                        .await
                 }
             }
         });
