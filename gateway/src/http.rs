@@ -135,10 +135,11 @@ pub fn routes(
         .and(warp::get())
         .and(caller())
         .and(warp::sse::last_event_id::<String>())
+        .and(warp::ext::optional::<crate::listener::CutReason>())
         .then({
             let services = services.clone();
             let shutdown = shutdown.clone();
-            move |mut caller: Caller, last| {
+            move |mut caller: Caller, last, cut| {
                 let services = services.clone();
                 let shutdown = shutdown.clone();
                 async move {
@@ -147,7 +148,8 @@ pub fn routes(
                         Err(refusal) => return refusal,
                     };
                     caller.query.remove("token");
-                    crate::sse::serve(services, caller.query, last, shutdown, access, guard).await
+                    crate::sse::serve(services, caller.query, last, shutdown, access, guard, cut)
+                        .await
                 }
             }
         });
@@ -185,13 +187,17 @@ pub fn routes(
                     tokio::spawn(tracker.track_future(async move {
                         match on_upgrade.await {
                             Ok(upgraded) => {
+                                let written = session::Written::default();
                                 let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                                    hyper_util::rt::TokioIo::new(upgraded),
+                                    session::CountWrites::new(
+                                        hyper_util::rt::TokioIo::new(upgraded),
+                                        written.clone(),
+                                    ),
                                     tungstenite::protocol::Role::Server,
                                     Some(config),
                                 )
                                 .await;
-                                session::run(socket, services, cancel, access).await;
+                                session::run(socket, written, services, cancel, access).await;
                             }
                             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
                         }

@@ -105,7 +105,8 @@ pub struct Metrics {
     pub ws_refused: Family<CloseLabels, Counter>,
     /// HTTP connections open (TCP accepted, not yet upgraded to a WebSocket or closed).
     pub http_connections: Gauge,
-    /// HTTP connections the server closed, per reason (`header_timeout`, `idle`).
+    /// HTTP connections the server closed, per reason (`header_timeout`, `idle`,
+    /// `write_timeout`).
     pub http_closed: Family<CloseLabels, Counter>,
     /// 1 while the last background check found the Kafka cluster answering, else 0.
     pub kafka_reachable: Gauge,
@@ -313,7 +314,7 @@ impl Metrics {
         );
         r.register(
             "http_closed",
-            "HTTP connections closed by the server for a slow request head or idleness",
+            "HTTP connections closed by the server for a slow request head, idleness or a stalled write",
             self.http_closed.clone(),
         );
         r.register(

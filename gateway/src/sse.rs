@@ -6,6 +6,10 @@
 //! Each `records` event's id is the subscription's position: the next offset per partition,
 //! `"0:43,1:17"`. A browser's `EventSource` sends the last one back as `Last-Event-ID` when it
 //! reconnects, and the stream resumes exactly there.
+//!
+//! A client that stops reading is cut by the listener after `websocket.write_timeout_ms`
+//! ([`crate::listener`]); every ending is counted in `lakewire_ws_closed_total` with the
+//! reasons of a WebSocket's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -18,8 +22,10 @@ use warp::sse::Event;
 
 use crate::auth::Access;
 use crate::hub::{ClientQueue, Next};
+use crate::listener::CutReason;
 use crate::protocol::{self, ErrorCode, ProtocolError, ServerMessage, StartFrom, Subscribe};
 use crate::services::{ConnGuard, Services};
+use crate::session::Ended;
 use crate::subscribe::{self, ActiveSub};
 
 /// The subscription id SSE streams use in their JSON (one subscription per stream).
@@ -112,7 +118,20 @@ struct SseState {
     done: bool,
     /// When the token runs out; the stream ends then (the client reconnects with a new one).
     expires: Option<tokio::time::Instant>,
+    /// Why the stream ended, once it sent its `close` event.
+    ended: Option<Ended>,
+    /// Why the listener cut the connection, if it did.
+    cut: Option<CutReason>,
     _guard: ConnGuard,
+}
+
+impl SseState {
+    /// Ends the stream with a last `close` event.
+    fn close(&mut self, ended: Ended, bye: &'static str) -> Event {
+        self.done = true;
+        self.ended = Some(ended);
+        Event::default().event("close").data(bye)
+    }
 }
 
 impl Drop for SseState {
@@ -122,7 +141,15 @@ impl Drop for SseState {
         }
         self.cancel.cancel();
         self.queue.close();
-        self.services.metrics.ws_connections.dec();
+        let metrics = &self.services.metrics;
+        metrics.ws_connections.dec();
+        // Not ended by the stream itself nor cut by the listener: the client went away.
+        let reason = match (self.ended, self.cut.as_ref().and_then(CutReason::get)) {
+            (Some(ended), _) => ended.label(),
+            (None, Some(cut)) => cut,
+            (None, None) => Ended::ClientClosed.label(),
+        };
+        metrics.closed(reason);
     }
 }
 
@@ -134,6 +161,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     access: Access,
     guard: ConnGuard,
+    cut: Option<CutReason>,
 ) -> Box<dyn warp::Reply> {
     let req = match request(&query, last_event_id.as_deref()) {
         Ok(r) => r,
@@ -176,6 +204,8 @@ pub async fn serve(
         pending,
         done: false,
         expires: access.remaining().map(|d| tokio::time::Instant::now() + d),
+        ended: None,
+        cut,
         _guard: guard,
     };
     let events = events(state, ws.max_records_per_frame);
@@ -218,22 +248,22 @@ fn events(state: SseState, max: usize) -> impl Stream<Item = Result<Event, Infal
         let next = tokio::select! {
             biased;
             _ = st.cancel.cancelled() => {
-                st.done = true;
                 let bye = r#"{"type":"close","code":1001,"reason":"server shutting down"}"#;
-                return Some((Ok(Event::default().event("close").data(bye)), st));
+                let e = st.close(Ended::Shutdown, bye);
+                return Some((Ok(e), st));
             }
             _ = subscribe::sleep_until(st.expires) => {
-                st.done = true;
                 let bye = r#"{"type":"close","code":4001,"reason":"token expired"}"#;
-                return Some((Ok(Event::default().event("close").data(bye)), st));
+                let e = st.close(Ended::TokenExpired, bye);
+                return Some((Ok(e), st));
             }
             n = st.queue.next(max) => n,
         };
         match next {
             Next::Overflowed => {
-                st.done = true;
                 let bye = r#"{"type":"close","code":4008,"reason":"slow consumer"}"#;
-                Some((Ok(Event::default().event("close").data(bye)), st))
+                let e = st.close(Ended::SlowConsumer, bye);
+                Some((Ok(e), st))
             }
             Next::Batch { lagged, deliveries } => {
                 let metrics = &st.services.metrics;

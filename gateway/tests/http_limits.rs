@@ -1,7 +1,9 @@
 //! The listener's HTTP limits, over raw TCP: slow request heads and idle keep-alive connections
-//! are closed, plain HTTP connections count against `max_http_connections` (WebSocket upgrades
-//! leave the count), `/readyz` answers from the background check, and the admin listener serves
-//! what the public one may not. No Kafka is needed: the broker address answers nothing.
+//! are closed, plain HTTP connections count against `max_http_connections` and one address's
+//! share of it (WebSocket upgrades leave the count), an SSE stream that does not end after an
+//! idle close or whose client stopped reading frees its place, `/readyz` answers from the
+//! background check, and the admin listener serves what the public one may not. No Kafka is
+//! needed: the broker address answers nothing (records are published into the hub directly).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -134,7 +136,8 @@ async fn an_idle_keep_alive_connection_is_closed_after_http_idle_timeout() -> an
 
 #[tokio::test]
 async fn plain_http_connections_count_against_max_http_connections() -> anyhow::Result<()> {
-    let gw = start("max_http_connections = 2").await?;
+    // All from 127.0.0.1: its share is the whole limit here.
+    let gw = start("max_http_connections = 2\nmax_http_connections_per_ip = 2").await?;
     let mut held = vec![
         TcpStream::connect(gw.addr).await?,
         TcpStream::connect(gw.addr).await?,
@@ -182,6 +185,154 @@ async fn plain_http_connections_count_against_max_http_connections() -> anyhow::
     };
     assert_eq!(get(&mut c1, "/healthz").await?.0, 200);
     drop(ws);
+    gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_address_gets_its_share_of_max_http_connections_and_is_refused_with_429()
+-> anyhow::Result<()> {
+    let gw = start("max_http_connections = 8\nmax_http_connections_per_ip = 2").await?;
+    let mut held = vec![
+        TcpStream::connect(gw.addr).await?,
+        TcpStream::connect(gw.addr).await?,
+    ];
+    assert_eq!(get(&mut held[0], "/healthz").await?.0, 200);
+    assert_eq!(get(&mut held[1], "/healthz").await?.0, 200);
+    // The third from the same address is answered 429 and closed, with places left in all.
+    let mut third = TcpStream::connect(gw.addr).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), third.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer:?}");
+    // A freed place is the address's again.
+    held.pop();
+    let metrics = {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match get_once(gw.addr, "/metrics").await {
+                Ok((200, body)) => break body,
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                other => anyhow::bail!("no place freed: {other:?}"),
+            }
+        }
+    };
+    assert_eq!(
+        metric(
+            &metrics,
+            "lakewire_ws_refused_total{reason=\"max_http_connections_per_ip\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "lakewire_ws_refused_total{reason=\"max_http_connections\"}"
+        ),
+        0.0,
+        "{metrics}"
+    );
+    gw.stop().await;
+    Ok(())
+}
+
+/// A gateway with topic `t`, whose subscriptions do not wait long for the absent broker.
+async fn start_with_topic(websocket: &str) -> anyhow::Result<lakewire::app::Running> {
+    let toml = format!(
+        "[kafka]\nbrokers = \"127.0.0.1:1\"\nrequest_timeout_ms = 50\n\n[[topics]]\nname = \"t\"\nformat = \"json\"\n\n[websocket]\nlisten = \"127.0.0.1:0\"\n{websocket}\n"
+    );
+    Ok(lakewire::app::start(Config::from_toml_and_env(&toml, &[], "test")?).await?)
+}
+
+/// Opens `GET /sse?topic=t` on a raw connection and reads until its `subscribed` event.
+async fn open_sse(addr: SocketAddr) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(b"GET /sse?topic=t HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("event:subscribed") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await??;
+        anyhow::ensure!(n > 0, "closed before subscribed: {got:?}");
+        got.extend_from_slice(&chunk[..n]);
+        got.retain(|b| *b != b' ');
+    }
+    Ok(s)
+}
+
+/// Waits (at most 5 s) until a plain request gets a place and is answered; the metrics then.
+async fn place_free(addr: SocketAddr) -> anyhow::Result<String> {
+    let t0 = Instant::now();
+    loop {
+        match get_once(addr, "/metrics").await {
+            Ok((200, body)) => return Ok(body),
+            _ if t0.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => anyhow::bail!("no place freed: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_closed_sse_stream_that_does_not_end_is_dropped_after_the_drain()
+-> anyhow::Result<()> {
+    // No keep-alive comment for a minute: the stream carries no byte after `subscribed`, so the
+    // connection is idle, and its response never ends on its own.
+    let gw = start_with_topic(
+        "http_idle_timeout_ms = 300\nping_interval_ms = 60000\nidle_timeout_ms = 120000\nmax_http_connections = 1",
+    )
+    .await?;
+    let mut sse = open_sse(gw.addr).await?;
+    let took = closed_within(&mut sse, Duration::from_secs(4)).await?;
+    assert!(
+        took >= lakewire::listener::DRAIN,
+        "closed before the drain: {took:?}"
+    );
+    place_free(gw.addr).await?;
+    gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_that_stops_reading_is_cut_after_write_timeout() -> anyhow::Result<()> {
+    let gw = start_with_topic("write_timeout_ms = 500\nmax_http_connections = 1").await?;
+    // Subscribed, then never read again.
+    let _sse = open_sse(gw.addr).await?;
+    let hub = gw
+        .services
+        .hub
+        .topic("t")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no hub"))?;
+    let pad = "x".repeat(32 * 1024);
+    let publishing = tokio::spawn(async move {
+        for offset in 0..4000 {
+            hub.publish(std::sync::Arc::new(lakewire::record::Record::new(
+                std::sync::Arc::from("t"),
+                0,
+                offset,
+                Some(offset),
+                None,
+                bytes::Bytes::from(format!("{{\"n\":{offset},\"pad\":\"{pad}\"}}")),
+            )));
+            if offset % 32 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    // The only place is the stream's until the listener cuts it.
+    let metrics = place_free(gw.addr).await?;
+    publishing.abort();
+    for series in [
+        "lakewire_ws_closed_total{reason=\"write_timeout\"}",
+        "lakewire_http_closed_total{reason=\"write_timeout\"}",
+    ] {
+        assert_eq!(metric(&metrics, series), 1.0, "{series}: {metrics}");
+    }
     gw.stop().await;
     Ok(())
 }

@@ -251,6 +251,11 @@ fn http_limits_and_admin_listener_have_defaults_and_are_checked() -> anyhow::Res
     assert_eq!(c.websocket.header_read_timeout_ms, 10_000);
     assert_eq!(c.websocket.http_idle_timeout_ms, 60_000);
     assert_eq!(c.websocket.max_http_connections, 10_000);
+    // A quarter of max_http_connections, at least 1.
+    assert_eq!(c.websocket.http_connections_per_ip(), 2_500);
+    let small = GOOD.replace("queue_size = 16", "max_http_connections = 2");
+    let small = Config::from_toml_and_env(&small, &[], "test.toml")?;
+    assert_eq!(small.websocket.http_connections_per_ip(), 1);
     assert_eq!(c.websocket.admin_listen, None);
     assert!(c.websocket.public_metrics);
     assert_eq!(c.kafka.readiness_check_ms, 5_000);
@@ -268,6 +273,14 @@ fn http_limits_and_admin_listener_have_defaults_and_are_checked() -> anyhow::Res
         (
             "max_http_connections = 0",
             "websocket.max_http_connections: must be at least 1",
+        ),
+        (
+            "max_http_connections_per_ip = 0",
+            "websocket.max_http_connections_per_ip: must be at least 1",
+        ),
+        (
+            "max_http_connections = 4\nmax_http_connections_per_ip = 5",
+            "websocket.max_http_connections_per_ip: must not exceed websocket.max_http_connections",
         ),
         (
             "admin_listen = \"127.0.0.1:8080\"\nlisten = \"127.0.0.1:8080\"",

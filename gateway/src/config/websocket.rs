@@ -118,6 +118,12 @@ pub struct WebSocketConfig {
     /// one more is closed at once (a plain listener first answers 503).
     #[serde(default = "default_max_http_connections")]
     pub max_http_connections: usize,
+    /// The share of `max_http_connections` one client IP address may hold; one more from it is
+    /// refused at accept (a plain listener first answers 429). Default: a quarter of
+    /// `max_http_connections`, at least 1. Behind a reverse proxy every client has the proxy's
+    /// address: set it to `max_http_connections` there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_http_connections_per_ip: Option<usize>,
     /// A second, plain-HTTP listener serving only `/metrics`, `/readyz` and `/healthz` (for
     /// Prometheus and probes on an internal address). Absent: none.
     #[serde(default)]
@@ -231,6 +237,7 @@ impl Default for WebSocketConfig {
             header_read_timeout_ms: default_header_read_timeout_ms(),
             http_idle_timeout_ms: default_http_idle_timeout_ms(),
             max_http_connections: default_max_http_connections(),
+            max_http_connections_per_ip: None,
             admin_listen: None,
             public_metrics: default_public_metrics(),
         }
@@ -238,6 +245,13 @@ impl Default for WebSocketConfig {
 }
 
 impl WebSocketConfig {
+    /// `max_http_connections_per_ip`, or its default: a quarter of `max_http_connections`, at
+    /// least 1.
+    pub fn http_connections_per_ip(&self) -> usize {
+        self.max_http_connections_per_ip
+            .unwrap_or((self.max_http_connections / 4).max(1))
+    }
+
     /// Checks the section (the TLS files are read when the listener is built).
     pub(super) fn validate(&self) -> Result<(), Invalid> {
         let bad = |key: &str, why: &str| Err((format!("websocket.{key}"), why.to_string()));
@@ -309,6 +323,16 @@ impl WebSocketConfig {
         }
         if self.max_http_connections == 0 {
             return bad("max_http_connections", "must be at least 1");
+        }
+        match self.max_http_connections_per_ip {
+            Some(0) => return bad("max_http_connections_per_ip", "must be at least 1"),
+            Some(n) if n > self.max_http_connections => {
+                return bad(
+                    "max_http_connections_per_ip",
+                    "must not exceed websocket.max_http_connections",
+                );
+            }
+            _ => {}
         }
         if self
             .admin_listen
