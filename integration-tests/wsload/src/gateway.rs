@@ -71,11 +71,12 @@ pub fn config_toml_with(
     // Stalled clients never answer pings: the idle timeout is raised so that they stay
     // connected (and stalled) for the whole run instead of being closed after 60 s. Every
     // load client connects from 127.0.0.1, so the per-IP cap (1,000 by default) is raised
-    // for scenarios with 10,000 clients.
+    // for scenarios with 10,000 clients, and so is their share of HTTP places while they
+    // upgrade (a quarter of max_http_connections by default).
     format!(
         "[kafka]\nbrokers = \"{brokers}\"\n\n[websocket]\nlisten = \"127.0.0.1:{port}\"\n\
          queue_size = {queue_size}\nping_interval_ms = 20000\nidle_timeout_ms = 3600000\n\
-         max_connections_per_ip = 100000\n\n\
+         max_connections_per_ip = 100000\nmax_http_connections_per_ip = 10000\n\n\
          [[topics]]\nname = \"{topic}\"\nformat = \"json\"\n{props}"
     )
 }
