@@ -274,17 +274,7 @@ impl Worker {
                     self.ctx.metrics.sink_waiting_partitions.inc();
                 }
                 tracing::warn!(topic = %t.topic, partition = p, file = %path, error = %why, retry_in = ?backoff, "sink: storage does not take the file; the partition waits on it and nothing after it is committed");
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&t.topic, p);
-                let paused = consumer
-                    .seek(&t.topic, p, Offset::Offset(next), Duration::from_secs(5))
-                    .and_then(|()| consumer.pause(&tpl));
-                if let Err(e) = paused {
-                    tracing::error!(topic = %t.topic, partition = p, error = %e, "sink: cannot pause the partition on the file; dropping the partition's state");
-                    if let Some(mut part) = self.parts.remove(&key) {
-                        self.forget_open(&mut part);
-                    }
-                }
+                self.pause_at(consumer, key, next, "file");
                 false
             }
         }

@@ -440,18 +440,32 @@ impl Worker {
             })
             .inc();
         tracing::warn!(topic = %t.topic, partition = key.1, offset, reason, retry_in = ?backoff, "sink: a record cannot be decoded yet; its partition waits and nothing after it is committed");
+        self.pause_at(consumer, key, offset, "record");
+    }
+
+    /// Rewinds `key`'s partition to `offset` and pauses it there, on the `what` (a record, a
+    /// file) it waits on. If Kafka refuses either, the partition's state is dropped (its open
+    /// files with it), so it is read again from its last commit.
+    pub(super) fn pause_at(
+        &mut self,
+        consumer: &BaseConsumer<SinkContext>,
+        key: (usize, i32),
+        offset: i64,
+        what: &'static str,
+    ) {
+        let topic = self.tables[key.0].topic.clone();
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&t.topic, key.1);
-        let rewound = consumer
+        tpl.add_partition(&topic, key.1);
+        let paused = consumer
             .seek(
-                &t.topic,
+                &topic,
                 key.1,
                 Offset::Offset(offset),
                 Duration::from_secs(5),
             )
             .and_then(|()| consumer.pause(&tpl));
-        if let Err(e) = rewound {
-            tracing::error!(topic = %t.topic, partition = key.1, error = %e, "sink: cannot pause the partition on the record; dropping the partition's state");
+        if let Err(e) = paused {
+            tracing::error!(topic = %topic, partition = key.1, on = what, error = %e, "sink: cannot pause the partition on what it waits on; dropping the partition's state");
             if let Some(mut part) = self.parts.remove(&key) {
                 self.forget_open(&mut part);
             }
