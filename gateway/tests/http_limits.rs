@@ -292,8 +292,26 @@ async fn an_idle_closed_sse_stream_that_does_not_end_is_dropped_after_the_drain(
         took >= lakewire::listener::DRAIN,
         "closed before the drain: {took:?}"
     );
-    place_free(gw.addr).await?;
+    let metrics = place_free(gw.addr).await?;
+    // Counted as what ended it, not as a client that went away.
+    let series = "lakewire_ws_closed_total{reason=\"idle_timeout\"}";
+    assert_eq!(metric(&metrics, series), 1.0, "{series}: {metrics}");
     gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_sse_stream_ended_by_shutdown_is_counted_as_shutdown() -> anyhow::Result<()> {
+    let gw = start_with_topic("").await?;
+    let mut sse = open_sse(gw.addr).await?;
+    let services = gw.services.clone();
+    tokio::time::timeout(Duration::from_secs(10), gw.stop()).await?;
+    closed_within(&mut sse, Duration::from_secs(2)).await?;
+    let metrics = lakewire::metrics::render(&services.prometheus);
+    for (reason, n) in [("shutdown", 1.0), ("client_closed", 0.0)] {
+        let series = format!("lakewire_ws_closed_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&metrics, &series), n, "{series}: {metrics}");
+    }
     Ok(())
 }
 
