@@ -144,25 +144,11 @@ async fn plain_http_connections_count_against_max_http_connections() -> anyhow::
     ];
     assert_eq!(get(&mut held[0], "/healthz").await?.0, 200);
     // The third is answered 503 and closed.
-    let mut third = TcpStream::connect(gw.addr).await?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(3), third.read_to_end(&mut answer)).await??;
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = refused_answer(gw.addr).await?;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
     // A freed place is taken again.
     held.pop();
-    let metrics = {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            match get_once(gw.addr, "/metrics").await {
-                Ok((200, body)) => break body,
-                _ if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                other => anyhow::bail!("no place freed: {other:?}"),
-            }
-        }
-    };
+    let metrics = place_free(gw.addr, Duration::from_secs(3)).await?;
     assert_eq!(
         metric(
             &metrics,
@@ -200,25 +186,11 @@ async fn one_address_gets_its_share_of_max_http_connections_and_is_refused_with_
     assert_eq!(get(&mut held[0], "/healthz").await?.0, 200);
     assert_eq!(get(&mut held[1], "/healthz").await?.0, 200);
     // The third from the same address is answered 429 and closed, with places left in all.
-    let mut third = TcpStream::connect(gw.addr).await?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(3), third.read_to_end(&mut answer)).await??;
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = refused_answer(gw.addr).await?;
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer:?}");
     // A freed place is the address's again.
     held.pop();
-    let metrics = {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            match get_once(gw.addr, "/metrics").await {
-                Ok((200, body)) => break body,
-                _ if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                other => anyhow::bail!("no place freed: {other:?}"),
-            }
-        }
-    };
+    let metrics = place_free(gw.addr, Duration::from_secs(3)).await?;
     assert_eq!(
         metric(
             &metrics,
@@ -263,18 +235,26 @@ async fn open_sse(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     Ok(s)
 }
 
-/// Waits (at most 5 s) until a plain request gets a place and is answered; the metrics then.
-async fn place_free(addr: SocketAddr) -> anyhow::Result<String> {
+/// Waits (at most `within`) until a plain request gets a place and is answered; the metrics
+/// then.
+async fn place_free(addr: SocketAddr, within: Duration) -> anyhow::Result<String> {
     let t0 = Instant::now();
     loop {
         match get_once(addr, "/metrics").await {
             Ok((200, body)) => return Ok(body),
-            _ if t0.elapsed() < Duration::from_secs(5) => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
+            _ if t0.elapsed() < within => tokio::time::sleep(Duration::from_millis(20)).await,
             other => anyhow::bail!("no place freed: {other:?}"),
         }
     }
+}
+
+/// What a connection the listener refuses at accept is answered before it is closed (within
+/// 3 s).
+async fn refused_answer(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut answer)).await??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
 #[tokio::test]
@@ -292,7 +272,7 @@ async fn an_idle_closed_sse_stream_that_does_not_end_is_dropped_after_the_drain(
         took >= lakewire::listener::DRAIN,
         "closed before the drain: {took:?}"
     );
-    let metrics = place_free(gw.addr).await?;
+    let metrics = place_free(gw.addr, Duration::from_secs(5)).await?;
     // Counted as what ended it, not as a client that went away.
     let series = "lakewire_ws_closed_total{reason=\"idle_timeout\"}";
     assert_eq!(metric(&metrics, series), 1.0, "{series}: {metrics}");
@@ -343,7 +323,7 @@ async fn an_sse_client_that_stops_reading_is_cut_after_write_timeout() -> anyhow
         }
     });
     // The only place is the stream's until the listener cuts it.
-    let metrics = place_free(gw.addr).await?;
+    let metrics = place_free(gw.addr, Duration::from_secs(5)).await?;
     publishing.abort();
     for series in [
         "lakewire_ws_closed_total{reason=\"write_timeout\"}",
