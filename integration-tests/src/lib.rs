@@ -47,6 +47,34 @@ pub async fn create_topic(name: &str, partitions: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Produces `payload` with key `k` to `topic` and waits for Kafka to confirm it (10 s).
+pub async fn send_keyed(
+    p: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    p.send(
+        rdkafka::producer::FutureRecord::to(topic)
+            .key("k")
+            .payload(payload),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|(e, _)| anyhow!("produce: {e}"))?;
+    Ok(())
+}
+
+/// The head of a gateway configuration (TOML) on [`brokers`] with the schema registry at
+/// `registry_url` (retried every 200 ms at most) and a free port; the `[[topics]]` follow.
+pub fn registry_config_head(registry_url: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{}\"\nrequest_timeout_ms = 5000\n\n\
+         [schema_registry]\nurl = \"{registry_url}\"\nmax_backoff_ms = 200\n\n\
+         [websocket]\nlisten = \"127.0.0.1:0\"\n\n",
+        brokers()
+    )
+}
+
 /// A topic name no other test (or earlier run) uses.
 pub fn unique_topic(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

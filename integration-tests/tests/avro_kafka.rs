@@ -9,12 +9,14 @@ use std::time::Duration;
 use apache_avro::types::Value as AV;
 use lakewire::config::Config;
 use lakewire_integration_tests::registry::{Registry, TestRegistry};
-use lakewire_integration_tests::{WsClient, brokers, http_get, metric, unique_topic, wait_ready};
+use lakewire_integration_tests::{
+    WsClient, brokers, http_get, metric, registry_config_head, send_keyed, unique_topic, wait_ready,
+};
 use rdkafka::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::Headers as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::json;
 
@@ -53,16 +55,6 @@ fn confluent(id: u32, datum: &[u8]) -> Vec<u8> {
     v
 }
 
-async fn send(p: &FutureProducer, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
-    p.send(
-        FutureRecord::to(topic).key("k").payload(payload),
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avro_through_kafka_and_registry_skips_bad_records_and_waits_for_the_registry()
 -> anyhow::Result<()> {
@@ -77,15 +69,11 @@ async fn avro_through_kafka_and_registry_skips_bad_records_and_waits_for_the_reg
         .set("acks", "all")
         .create()?;
     // Creates the topic (auto-created on first produce) before the gateway starts.
-    send(&p, &topic, &fill(id, -1)?).await?;
+    send_keyed(&p, &topic, &fill(id, -1)?).await?;
 
     let text = format!(
-        "[kafka]\nbrokers = \"{}\"\nrequest_timeout_ms = 5000\n\n\
-         [schema_registry]\nurl = \"{}\"\nmax_backoff_ms = 200\n\n\
-         [websocket]\nlisten = \"127.0.0.1:0\"\n\n\
-         [[topics]]\nname = \"{topic}\"\nformat = \"confluent\"\ndead_letter_topic = \"{dlq}\"\n",
-        brokers(),
-        registry.url
+        "{}[[topics]]\nname = \"{topic}\"\nformat = \"confluent\"\ndead_letter_topic = \"{dlq}\"\n",
+        registry_config_head(&registry.url)
     );
     let gw = lakewire::app::start(Config::from_toml_and_env(&text, &[], "test")?).await?;
     wait_ready(gw.addr, T).await?;
@@ -95,7 +83,7 @@ async fn avro_through_kafka_and_registry_skips_bad_records_and_waits_for_the_reg
 
     // The registry is down: the first record waits instead of being skipped.
     registry.set_down(true);
-    send(&p, &topic, &fill(id, 0)?).await?;
+    send_keyed(&p, &topic, &fill(id, 0)?).await?;
     let early = ws.next_json(Duration::from_millis(1500)).await;
     assert!(
         early.is_err(),
@@ -103,12 +91,12 @@ async fn avro_through_kafka_and_registry_skips_bad_records_and_waits_for_the_reg
     );
     registry.set_down(false);
 
-    send(&p, &topic, &[0x07, 0, 0, 0, 7, 2]).await?; // wrong magic byte
-    send(&p, &topic, &fill(id, 1)?).await?;
+    send_keyed(&p, &topic, &[0x07, 0, 0, 0, 7, 2]).await?; // wrong magic byte
+    send_keyed(&p, &topic, &fill(id, 1)?).await?;
     let good = fill(id, 2)?;
-    send(&p, &topic, &good[..good.len() - 2]).await?; // truncated
-    send(&p, &topic, &confluent(424_242, &good[5..])).await?; // unknown schema id
-    send(&p, &topic, &good).await?;
+    send_keyed(&p, &topic, &good[..good.len() - 2]).await?; // truncated
+    send_keyed(&p, &topic, &confluent(424_242, &good[5..])).await?; // unknown schema id
+    send_keyed(&p, &topic, &good).await?;
 
     let (records, others) = ws.records("s", 3, T).await?;
     assert!(others.is_empty(), "{others:?}");

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use lakewire::config::Config;
 use lakewire_integration_tests::registry::Registry;
-use lakewire_integration_tests::{WsClient, brokers, http_get, metric, unique_topic, wait_ready};
+use lakewire_integration_tests::{
+    WsClient, brokers, http_get, metric, registry_config_head, send_keyed, unique_topic, wait_ready,
+};
 use prost_reflect::DynamicMessage;
 use prost_reflect::prost::Message as _;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
@@ -47,16 +49,6 @@ message Order {
 
 const PERSON: &str = r#"{"type":"object","properties":{"name":{"type":"string"},
   "age":{"type":"integer","minimum":0}},"required":["name","age"]}"#;
-
-async fn send(p: &FutureProducer, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
-    p.send(
-        FutureRecord::to(topic).key("k").payload(payload),
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
-    Ok(())
-}
 
 /// `0x00`, the id, then `rest`.
 fn framed(id: u32, rest: &[u8]) -> Vec<u8> {
@@ -109,17 +101,13 @@ async fn protobuf_and_json_schema_through_kafka_and_the_real_registry() -> anyho
         .set("acks", "all")
         .create()?;
     // Creates the topics (auto-created on first produce) before the gateway starts.
-    send(&p, &pb, &framed(pb_id, &[0])).await?;
-    send(&p, &js, &framed(js_id, br#"{"name":"warm-up","age":0}"#)).await?;
+    send_keyed(&p, &pb, &framed(pb_id, &[0])).await?;
+    send_keyed(&p, &js, &framed(js_id, br#"{"name":"warm-up","age":0}"#)).await?;
 
     let text = format!(
-        "[kafka]\nbrokers = \"{}\"\nrequest_timeout_ms = 5000\n\n\
-         [schema_registry]\nurl = \"{}\"\nmax_backoff_ms = 200\n\n\
-         [websocket]\nlisten = \"127.0.0.1:0\"\n\n\
-         [[topics]]\nname = \"{pb}\"\nformat = \"confluent\"\n\n\
+        "{}[[topics]]\nname = \"{pb}\"\nformat = \"confluent\"\n\n\
          [[topics]]\nname = \"{js}\"\nformat = \"confluent\"\nvalidate_json_schema = true\n",
-        brokers(),
-        registry.url
+        registry_config_head(&registry.url)
     );
     let gw = lakewire::app::start(Config::from_toml_and_env(&text, &[], "test")?).await?;
     wait_ready(gw.addr, T).await?;
@@ -142,14 +130,14 @@ async fn protobuf_and_json_schema_through_kafka_and_the_real_registry() -> anyho
     pa.extend(order(a)?);
     let mut pbytes = vec![0];
     pbytes.extend(order(b)?);
-    send(&p, &pb, &framed(pb_id, &pa)).await?;
-    send(&p, &pb, &framed(pb_id, &[0, 0xff])).await?; // bad Protobuf bytes
-    send(&p, &pb, &framed(pb_id, &[2, 8])).await?; // message index 4: out of range
-    send(&p, &pb, &framed(pb_id, &pbytes)).await?;
+    send_keyed(&p, &pb, &framed(pb_id, &pa)).await?;
+    send_keyed(&p, &pb, &framed(pb_id, &[0, 0xff])).await?; // bad Protobuf bytes
+    send_keyed(&p, &pb, &framed(pb_id, &[2, 8])).await?; // message index 4: out of range
+    send_keyed(&p, &pb, &framed(pb_id, &pbytes)).await?;
 
-    send(&p, &js, &framed(js_id, br#"{"name":"ann","age":31}"#)).await?;
-    send(&p, &js, &framed(js_id, br#"{"name":"bob","age":-4}"#)).await?; // invalid
-    send(&p, &js, &framed(js_id, br#"{"name":"cy","age":7}"#)).await?;
+    send_keyed(&p, &js, &framed(js_id, br#"{"name":"ann","age":31}"#)).await?;
+    send_keyed(&p, &js, &framed(js_id, br#"{"name":"bob","age":-4}"#)).await?; // invalid
+    send_keyed(&p, &js, &framed(js_id, br#"{"name":"cy","age":7}"#)).await?;
 
     // Proto3 JSON: field names as in the .proto, int64 as strings, enums by name, fields without
     // presence written with their default, the oneof member set and no other.
