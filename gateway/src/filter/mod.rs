@@ -84,6 +84,8 @@ pub struct Filter {
     compiled: Option<compiled::Compiled>,
     /// Without `compiled`: the conjuncts that place the filter in the index.
     guard: Option<compiled::Compiled>,
+    /// See [`Filter::steps`]; worked out once, at compile time.
+    steps: u64,
 }
 
 impl Filter {
@@ -150,10 +152,15 @@ impl Filter {
             Some(_) => None,
             None => compiled::Compiled::guard(program.expression()),
         };
+        let steps = match &compiled {
+            Some(c) => c.steps().div_ceil(COMPILED_STEPS_PER_STEP),
+            None => cost.steps,
+        };
         let filter = Self {
             program,
             compiled,
             guard,
+            steps,
         };
         // A trial run on an empty record finds what only evaluation can: unknown functions and
         // a result that is not a boolean. Errors that depend on the data (a missing field) are
@@ -186,10 +193,7 @@ impl Filter {
     /// weighed as [`COMPILED_STEPS_PER_STEP`] to one, any other the interpreter's estimate of
     /// its syntax tree. The hub budgets rendering with it.
     pub fn steps(&self) -> u64 {
-        match &self.compiled {
-            Some(c) => c.steps().div_ceil(COMPILED_STEPS_PER_STEP),
-            None => cost(&self.program.expression().expr).steps,
-        }
+        self.steps
     }
 
     /// The native predicate, when the filter compiled to one.

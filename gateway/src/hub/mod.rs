@@ -37,8 +37,6 @@ use self::render::{Plan, Rendered};
 struct Group {
     shape: Arc<Shape>,
     subs: Vec<Arc<Subscription>>,
-    /// The most evaluation steps its filter takes per record (see [`crate::filter`]).
-    steps: u64,
 }
 
 /// How many times a hand-over that finds shapes subscribed since its batch was planned renders
@@ -232,7 +230,7 @@ impl TopicHub {
                 let late = st
                     .groups
                     .range(covers_below..)
-                    .map(|(id, g)| (*id, g.shape.clone(), g.steps))
+                    .map(|(id, g)| (*id, g.shape.clone()))
                     .collect();
                 return Some(Plan::all(late, records.len(), st.next_id));
             }
@@ -320,7 +318,6 @@ impl TopicHub {
                 st.groups.insert(
                     id,
                     Group {
-                        steps: sub.shape.steps(),
                         shape: sub.shape.clone(),
                         subs: Vec::new(),
                     },

@@ -39,21 +39,14 @@ pub(super) struct Plan {
 impl Plan {
     /// Every group of `groups` for every one of `records` records (groups subscribed after a
     /// plan was made: their filters decide alone).
-    pub(super) fn all(
-        groups: Vec<(u64, Arc<Shape>, u64)>,
-        records: usize,
-        covers_below: u64,
-    ) -> Self {
+    pub(super) fn all(groups: Vec<(u64, Arc<Shape>)>, records: usize, covers_below: u64) -> Self {
         let steps = groups
             .iter()
-            .fold(0u64, |acc, g| acc.saturating_add(g.2))
+            .fold(0u64, |acc, (_, shape)| acc.saturating_add(shape.steps()))
             .saturating_mul(records as u64);
         let every: Vec<u32> = (0..groups.len() as u32).collect();
         Plan {
-            groups: groups
-                .into_iter()
-                .map(|(id, shape, _)| (id, shape))
-                .collect(),
+            groups,
             per_record: vec![every; records],
             steps,
             covers_below,
@@ -140,7 +133,7 @@ impl TopicHub {
                 let Some(group) = st.groups.get(id) else {
                     continue;
                 };
-                plan.steps = plan.steps.saturating_add(group.steps);
+                plan.steps = plan.steps.saturating_add(group.shape.steps());
                 let slot = *slots.entry(*id).or_insert_with(|| {
                     plan.groups.push((*id, group.shape.clone()));
                     (plan.groups.len() - 1) as u32
