@@ -158,14 +158,18 @@ pub fn routes(
     // upgrade itself is done here, on hyper's `OnUpgrade` (taken before `warp::ws()` removes
     // it), so that the WebSocket gets our `WebSocketConfig`: warp cannot set the read buffer,
     // and tungstenite's default keeps 128 KiB per connection resident.
+    let max_frame = services.config.websocket.max_frame_bytes;
+    let deflate_on = services.config.websocket.permessage_deflate;
     let ws = warp::path!("ws")
         .and(warp::ext::optional::<OnUpgrade>())
         .and(warp::header::optional::<String>("sec-websocket-key"))
+        .and(warp::header::headers_cloned())
         .and(warp::ws())
         .and(caller())
         .then(
             move |on_upgrade: Option<OnUpgrade>,
                   key: Option<String>,
+                  headers: warp::http::HeaderMap,
                   _checked: warp::ws::Ws,
                   caller: Caller| {
                 let services = services.clone();
@@ -183,21 +187,40 @@ pub fn routes(
                             StatusCode::BAD_REQUEST,
                         )) as Box<dyn Reply>;
                     };
+                    // RFC 7692: the first offer the gateway can honour exactly, if any.
+                    let deflate = if deflate_on {
+                        crate::deflate::negotiate(
+                            headers
+                                .get_all("sec-websocket-extensions")
+                                .iter()
+                                .filter_map(|v| v.to_str().ok()),
+                        )
+                    } else {
+                        None
+                    };
                     let tracker = services.sessions.clone();
                     tokio::spawn(tracker.track_future(async move {
                         match on_upgrade.await {
                             Ok(upgraded) => {
                                 let written = session::Written::default();
                                 let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                                    session::CountWrites::new(
-                                        hyper_util::rt::TokioIo::new(upgraded),
-                                        written.clone(),
+                                    crate::deflate::Inflating::new(
+                                        session::CountWrites::new(
+                                            hyper_util::rt::TokioIo::new(upgraded),
+                                            written.clone(),
+                                        ),
+                                        deflate.is_some(),
+                                        max_frame,
                                     ),
                                     tungstenite::protocol::Role::Server,
                                     Some(config),
                                 )
                                 .await;
-                                session::run(socket, written, services, cancel, access).await;
+                                let wire = session::Wire {
+                                    written,
+                                    deflate: deflate.is_some(),
+                                };
+                                session::run(socket, wire, services, cancel, access).await;
                             }
                             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
                         }
@@ -215,6 +238,9 @@ pub fn routes(
                     // back.
                     if let Some(p) = chosen_subprotocol(caller.subprotocols.as_deref()) {
                         reply = reply.header("sec-websocket-protocol", p);
+                    }
+                    if let Some(agreed) = deflate {
+                        reply = reply.header("sec-websocket-extensions", agreed);
                     }
                     match reply.body("") {
                         Ok(r) => Box::new(r) as Box<dyn Reply>,

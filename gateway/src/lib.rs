@@ -32,6 +32,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod decode;
+pub mod deflate;
 pub mod demo;
 pub mod filter;
 pub mod http;

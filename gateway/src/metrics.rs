@@ -57,6 +57,10 @@ pub struct Metrics {
     pub ws_records_sent: Counter,
     /// `records` frames written to clients.
     pub ws_frames_sent: Counter,
+    /// `records` frames written compressed (permessage-deflate), of `ws_frames_sent`.
+    pub ws_frames_compressed: Counter,
+    /// WebSocket connections that agreed permessage-deflate.
+    pub ws_deflate_connections: Counter,
     /// Records not delivered to a client, per reason.
     pub ws_dropped_records: Family<DropLabels, Counter>,
     /// Client requests refused with an error frame, per error code.
@@ -151,6 +155,8 @@ impl Default for Metrics {
             ws_queued_records: Gauge::default(),
             ws_records_sent: Counter::default(),
             ws_frames_sent: Counter::default(),
+            ws_frames_compressed: Counter::default(),
+            ws_deflate_connections: Counter::default(),
             ws_dropped_records: Family::default(),
             ws_request_errors: Family::default(),
             ws_closed: Family::default(),
@@ -286,6 +292,16 @@ impl Metrics {
             "ws_frames_sent",
             "records frames written to WebSocket clients",
             self.ws_frames_sent.clone(),
+        );
+        r.register(
+            "ws_frames_compressed",
+            "records frames written compressed (permessage-deflate)",
+            self.ws_frames_compressed.clone(),
+        );
+        r.register(
+            "ws_deflate_connections",
+            "WebSocket connections that agreed permessage-deflate",
+            self.ws_deflate_connections.clone(),
         );
         r.register(
             "ws_dropped_records",

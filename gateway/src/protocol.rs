@@ -241,11 +241,8 @@ impl ProtocolError {
 /// [`write_record`]) that all belong to the subscription `id`.
 pub fn records_frame(id: &str, records: &[&[u8]]) -> String {
     let body: usize = records.iter().map(|r| r.len() + 1).sum();
-    let mut out = Vec::with_capacity(48 + id.len() + body);
-    out.extend_from_slice(br#"{"type":"records","id":"#);
-    // Writing JSON into a Vec cannot fail; the results are ignored for that reason.
-    let _ = serde_json::to_writer(&mut out, id);
-    out.extend_from_slice(br#","records":["#);
+    let mut out = records_prefix(id);
+    out.reserve(body + 2);
     for (i, r) in records.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -255,6 +252,16 @@ pub fn records_frame(id: &str, records: &[&[u8]]) -> String {
     let _ = out.write_all(b"]}");
     // serde_json writes UTF-8 only.
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// The start of every `records` frame of subscription `id`, up to its first record.
+pub fn records_prefix(id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + id.len());
+    out.extend_from_slice(br#"{"type":"records","id":"#);
+    // Writing JSON into a Vec cannot fail; the result is ignored for that reason.
+    let _ = serde_json::to_writer(&mut out, id);
+    out.extend_from_slice(br#","records":["#);
+    out
 }
 
 /// Appends the whole record envelope

@@ -349,7 +349,8 @@ async fn connection(
     printer: &mut Printer,
     backoff: &mut Duration,
 ) -> Result<Ended, TailError> {
-    let (mut ws, _) = match tokio_tungstenite::connect_async(request).await {
+    // Offers permessage-deflate: the gateway's `records` frames shrink several times.
+    let (mut ws, _) = match crate::deflate::client::connect(request, None, true).await {
         Ok(c) => c,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let status = resp.status();

@@ -124,6 +124,11 @@ pub struct WebSocketConfig {
     /// address: set it to `max_http_connections` there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_http_connections_per_ip: Option<usize>,
+    /// Agree to WebSocket per-message compression (RFC 7692 `permessage-deflate`) when a client
+    /// offers it: `records` frames then go compressed, each shape's records compressed once for
+    /// all its clients.
+    #[serde(default = "default_permessage_deflate")]
+    pub permessage_deflate: bool,
     /// A second, plain-HTTP listener serving only `/metrics`, `/readyz` and `/healthz` (for
     /// Prometheus and probes on an internal address). Absent: none.
     #[serde(default)]
@@ -204,6 +209,9 @@ const fn default_max_frame_bytes() -> usize {
 const fn default_max_records_per_frame() -> usize {
     256
 }
+const fn default_permessage_deflate() -> bool {
+    true
+}
 const fn default_shutdown_grace_ms() -> u64 {
     5_000
 }
@@ -238,6 +246,7 @@ impl Default for WebSocketConfig {
             http_idle_timeout_ms: default_http_idle_timeout_ms(),
             max_http_connections: default_max_http_connections(),
             max_http_connections_per_ip: None,
+            permessage_deflate: default_permessage_deflate(),
             admin_listen: None,
             public_metrics: default_public_metrics(),
         }

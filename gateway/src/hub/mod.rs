@@ -22,14 +22,19 @@ use std::sync::{Arc, RwLock};
 use cel::Env;
 use tokio::sync::watch;
 
+use crate::deflate::Chunk;
 use crate::filter::{FilterIndex, Shape};
 use crate::metrics::Metrics;
 use crate::record::Record;
 
-pub use self::queue::{ClientQueue, Delivery, Next, Subscription};
+pub use self::queue::{ChunkAt, ClientQueue, Delivery, Next, Subscription};
 #[cfg(test)]
 use self::render::INLINE_STEPS;
 pub use self::render::Renderer;
+
+/// Records of a group per shared [`Chunk`] at most: a `records` frame of
+/// `websocket.max_records_per_frame` (256 by default) is a few whole chunks.
+const CHUNK_RECORDS: usize = 64;
 use self::render::{Plan, Rendered};
 
 /// The subscriptions of one shape.
@@ -252,16 +257,34 @@ impl TopicHub {
             if for_group.is_empty() {
                 continue;
             }
+            // Compressing connections share each run of the group's records, compressed once.
+            let chunks: Vec<Arc<Chunk>> = if group.subs.iter().any(|s| s.queue.compresses()) {
+                for_group
+                    .chunks(CHUNK_RECORDS)
+                    .map(|run| Chunk::new(run.iter().map(|(b, _, _)| b.clone()).collect()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             for sub in &group.subs {
+                let compresses = sub.queue.compresses();
                 sub.queue.push_many(
                     for_group
                         .iter()
-                        .filter(|(_, p, o)| sub.takes_live(*p, *o))
-                        .map(|(bytes, partition, offset)| Delivery {
+                        .enumerate()
+                        .filter(|(_, (_, p, o))| sub.takes_live(*p, *o))
+                        .map(|(i, (bytes, partition, offset))| Delivery {
                             sub: sub.clone(),
                             bytes: bytes.clone(),
                             partition: *partition,
                             offset: *offset,
+                            chunk: chunks
+                                .get(i / CHUNK_RECORDS)
+                                .filter(|_| compresses)
+                                .map(|c| ChunkAt {
+                                    chunk: c.clone(),
+                                    index: (i % CHUNK_RECORDS) as u32,
+                                }),
                         }),
                 );
             }

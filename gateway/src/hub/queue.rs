@@ -13,6 +13,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::config::SlowClientPolicy;
+use crate::deflate::Chunk;
 use crate::filter::Shape;
 use crate::metrics::{DropReason, Metrics};
 
@@ -88,6 +89,17 @@ pub struct Delivery {
     pub bytes: Bytes,
     pub partition: i32,
     pub offset: i64,
+    /// The hub batch's records of this shape it is one of, when a subscription of the shape is
+    /// on a connection that compresses ([`ClientQueue::compress`]): their compressed form is
+    /// made once for all such subscriptions.
+    pub chunk: Option<ChunkAt>,
+}
+
+/// Where a delivery is in its [`Chunk`].
+#[derive(Debug, Clone)]
+pub struct ChunkAt {
+    pub chunk: Arc<Chunk>,
+    pub index: u32,
 }
 
 /// What a session takes from its queue.
@@ -116,6 +128,8 @@ pub struct ClientQueue {
     max_bytes: usize,
     policy: SlowClientPolicy,
     metrics: Metrics,
+    /// Its connection agreed permessage-deflate: deliveries come with their chunk.
+    compress: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -149,7 +163,19 @@ impl ClientQueue {
             max_bytes: max_bytes.max(1),
             policy,
             metrics,
+            compress: AtomicBool::new(false),
         })
+    }
+
+    /// Marks the queue's connection as compressing (permessage-deflate agreed): the hub then
+    /// shares each batch's records per shape as a [`Chunk`], compressed once.
+    pub fn compress(&self) {
+        self.compress.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether its connection compresses.
+    pub fn compresses(&self) -> bool {
+        self.compress.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {

@@ -212,6 +212,7 @@ impl TopicHub {
                         bytes,
                         partition: record.partition,
                         offset: record.offset,
+                        chunk: None,
                     })
                     .await
             }

@@ -44,6 +44,7 @@ fn delivery(s: &Arc<Subscription>, offset: i64) -> Delivery {
         bytes: Bytes::from(format!("{{\"o\":{offset}}}")),
         partition: 0,
         offset,
+        chunk: None,
     }
 }
 
@@ -160,6 +161,7 @@ async fn byte_bound_applies_before_the_record_bound() {
             bytes: Bytes::from(vec![b' '; 500]),
             partition: 0,
             offset: o,
+            chunk: None,
         });
         assert!(q.bytes() <= 2048, "{} bytes queued", q.bytes());
     }

@@ -13,12 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 
 use crate::auth::Access;
+use crate::deflate::Segment;
 use crate::hub::{ClientQueue, Delivery, Next, Subscription};
 use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError, ServerMessage};
 use crate::services::Services;
 use crate::subscribe::{self, ActiveSub, sleep_until};
 
 pub mod close;
+mod compressed;
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +41,8 @@ pub enum Ended {
     ProtocolError,
     /// A text message or close reason was not UTF-8 (1007).
     InvalidData,
+    /// A compressed message did not inflate (RFC 7692 §6.2; 1007).
+    BadDeflate,
     /// A write did not complete within `websocket.write_timeout_ms` (the client stopped reading
     /// at the TCP level): no close frame can reach it.
     WriteTimeout,
@@ -54,6 +58,7 @@ impl Ended {
             Ended::FrameTooBig => Some((close::TOO_BIG, "frame too large")),
             Ended::ProtocolError => Some((close::PROTOCOL_ERROR, "protocol error")),
             Ended::InvalidData => Some((close::INVALID_DATA, "invalid UTF-8")),
+            Ended::BadDeflate => Some((close::INVALID_DATA, "invalid compressed data")),
             Ended::RateLimited => Some((close::POLICY, "too many messages")),
             Ended::SlowConsumer => Some((close::SLOW_CONSUMER, "slow consumer")),
             Ended::ClientClosed | Ended::SocketError | Ended::WriteTimeout => None,
@@ -74,6 +79,7 @@ impl Ended {
             Ended::WriteTimeout => "write_timeout",
             Ended::ProtocolError => "protocol_error",
             Ended::InvalidData => "invalid_data",
+            Ended::BadDeflate => "bad_deflate",
         }
     }
 }
@@ -87,6 +93,27 @@ struct Session<'a> {
     access: Access,
     /// When the token runs out (the connection is closed with 4001 then).
     expires: Option<tokio::time::Instant>,
+    /// permessage-deflate was agreed: `records` frames go compressed.
+    deflate: bool,
+    /// Per subscription id, the compressed start of its `records` frames.
+    prefixes: HashMap<Arc<str>, Segment>,
+}
+
+/// What the session knows of its socket: the bytes the socket under the WebSocket took
+/// ([`CountWrites`]), and whether the handshake agreed permessage-deflate.
+#[derive(Debug, Clone, Default)]
+pub struct Wire {
+    pub written: Written,
+    pub deflate: bool,
+}
+
+impl From<Written> for Wire {
+    fn from(written: Written) -> Self {
+        Wire {
+            written,
+            deflate: false,
+        }
+    }
 }
 
 /// A token bucket: `rate` messages per second, bursts of as many.
@@ -126,10 +153,10 @@ fn deadline(access: &Access) -> Option<tokio::time::Instant> {
 
 /// Serves one connection until the client leaves, the queue overflows under the `disconnect`
 /// policy, its token expires, or `cancel` fires (then the client gets close code 1001).
-/// `written` counts the bytes the socket under `socket` takes ([`CountWrites`]).
+/// `wire` says what the socket under `socket` took and agreed.
 pub async fn run<S, E>(
     socket: S,
-    written: Written,
+    wire: impl Into<Wire>,
     services: Arc<Services>,
     cancel: CancellationToken,
     access: Access,
@@ -138,6 +165,7 @@ where
     S: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
+    let Wire { written, deflate } = wire.into();
     let (mut socket, reader) = socket.split();
     let mut reader = FrameReader::spawn(reader);
     let ws = &services.config.websocket;
@@ -156,7 +184,13 @@ where
         cancel: cancel.child_token(),
         expires: deadline(&access),
         access,
+        deflate,
+        prefixes: HashMap::new(),
     };
+    if deflate {
+        session.queue.compress();
+        metrics.ws_deflate_connections.inc();
+    }
     let mut rate = RateLimit::new(ws.max_messages_per_second);
     let max_records = ws.max_records_per_frame;
     let idle_timeout = Duration::from_millis(ws.idle_timeout_ms);
@@ -210,7 +244,7 @@ where
                 }
                 Next::Batch { lagged, deliveries } => {
                     let frames = session.frames(lagged, &deliveries);
-                    if let Err(ended) = write(&mut socket, texts(frames), &session, &cancel, write_timeout).await {
+                    if let Err(ended) = write(&mut socket, frames, &session, &cancel, write_timeout).await {
                         break ended;
                     }
                 }
@@ -343,6 +377,14 @@ where
 fn read_error(e: &(dyn std::error::Error + 'static)) -> Ended {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
+        // An I/O error's own source is what it wraps, not itself: look inside.
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<crate::deflate::BadDeflate>())
+        {
+            return Ended::BadDeflate;
+        }
         match err.downcast_ref::<tungstenite::Error>() {
             Some(tungstenite::Error::Capacity(_)) => return Ended::FrameTooBig,
             Some(tungstenite::Error::Utf8(_)) => return Ended::InvalidData,
@@ -470,12 +512,13 @@ impl Session<'_> {
     }
 
     /// Turns a batch into frames: `lagged` first, then one `records` frame per subscription (in
-    /// order of first appearance), skipping subscriptions that ended meanwhile.
-    fn frames(&self, lagged: Vec<(Arc<str>, u64)>, deliveries: &[Delivery]) -> Vec<String> {
-        let mut frames: Vec<String> = lagged
+    /// order of first appearance), skipping subscriptions that ended meanwhile; compressed when
+    /// the connection agreed to it.
+    fn frames(&mut self, lagged: Vec<(Arc<str>, u64)>, deliveries: &[Delivery]) -> Vec<Message> {
+        let mut frames: Vec<Message> = lagged
             .iter()
             .filter(|(id, _)| self.subs.contains_key(&**id))
-            .map(|(id, n)| ServerMessage::Lagged { id, dropped: *n }.to_json())
+            .map(|(id, n)| Message::text(ServerMessage::Lagged { id, dropped: *n }.to_json()))
             .collect();
         let mut groups: Vec<(&Arc<Subscription>, Vec<&Delivery>)> = Vec::new();
         for d in deliveries.iter().filter(|d| d.sub.is_active()) {
@@ -484,12 +527,25 @@ impl Session<'_> {
                 None => groups.push((&d.sub, vec![d])),
             }
         }
+        if self.deflate && self.prefixes.len() > self.subs.len() * 2 {
+            let subs = &self.subs;
+            self.prefixes.retain(|id, _| subs.contains_key(&**id));
+        }
         let metrics = &self.services.metrics;
         for (sub, ds) in groups {
             metrics.ws_records_sent.inc_by(ds.len() as u64);
             metrics.ws_frames_sent.inc();
-            let records: Vec<&[u8]> = ds.iter().map(|d| &d.bytes[..]).collect();
-            let frame = protocol::records_frame(&sub.id, &records);
+            let frame = if self.deflate {
+                let prefix = self
+                    .prefixes
+                    .entry(sub.id.clone())
+                    .or_insert_with(|| Segment::of(&[&protocol::records_prefix(&sub.id)]));
+                metrics.ws_frames_compressed.inc();
+                compressed::records(prefix, &ds)
+            } else {
+                let records: Vec<&[u8]> = ds.iter().map(|d| &d.bytes[..]).collect();
+                Message::text(protocol::records_frame(&sub.id, &records))
+            };
             metrics.ws_bytes_sent.inc_by(frame.len() as u64);
             frames.push(frame);
         }
