@@ -54,6 +54,57 @@ test('the page loads with no console errors, lists the topic and streams it', as
   });
 });
 
+test('the dashboard agrees permessage-deflate and shows records that came compressed', async () => {
+  const topic = uniqueTopic('dash-deflate');
+  await withGateway(topic, 1, '', async (gw) => {
+    const context = await chrome.browser.newContext({ viewport: { width: 1280, height: 900 } });
+    try {
+      const page = await context.newPage();
+      const problems = [];
+      page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+      page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
+      // What Chromium offered and what the gateway answered, from the browser's own network log.
+      const cdp = await context.newCDPSession(page);
+      await cdp.send('Network.enable');
+      const handshakes = [];
+      cdp.on('Network.webSocketHandshakeResponseReceived', (e) => handshakes.push(e.response));
+      await page.goto(`${gw.base}/?topic=${topic}&from=latest`);
+      await page.waitForSelector('.sub .sub-stats:has-text("1 partitions")');
+      const value = (i) => ({ n: i, user: `user-${i % 5}`, page: '/products/widgets', kind: 'page_view' });
+      await produce(topic, 1, Array.from({ length: 200 }, (_, i) => ({ partition: 0, key: `k${i}`, value: value(i) })));
+      await eventually('200 rows', async () => (await rows(page)).length === 200);
+      const offsets = (await rows(page)).map(([, o]) => o);
+      assert.deepEqual(offsets, Array.from({ length: 200 }, (_, i) => 199 - i));
+      await page.click('.sub tr.rec >> nth=0');
+      assert.deepEqual(JSON.parse(await page.textContent('.sub tr.detail pre')).value, value(199));
+
+      assert.ok(handshakes.length >= 1, 'no WebSocket handshake seen');
+      const header = (h, name) => Object.entries(h ?? {}).find(([k]) => k.toLowerCase() === name)?.[1];
+      assert.match(header(handshakes[0].requestHeaders, 'sec-websocket-extensions') ?? '', /permessage-deflate/);
+      assert.equal(
+        header(handshakes[0].headers, 'sec-websocket-extensions'),
+        'permessage-deflate; server_no_context_takeover; client_no_context_takeover',
+      );
+      // The page's own view of a socket to the same endpoint.
+      const extensions = await page.evaluate((url) => new Promise((ok, fail) => {
+        const ws = new WebSocket(url);
+        ws.onopen = () => { ok(ws.extensions); ws.close(); };
+        ws.onerror = () => fail(new Error('WebSocket failed'));
+      }), gw.base.replace(/^http/, 'ws') + '/ws');
+      assert.match(extensions, /^permessage-deflate/);
+      // The gateway sent the records compressed, on connections that agreed to it.
+      const metrics = await (await fetch(`${gw.base}/metrics`)).text();
+      const counter = (name) => Number(metrics.match(new RegExp(`^${name} (\\d+)`, 'm'))?.[1] ?? 0);
+      assert.ok(counter('lakewire_ws_deflate_connections_total') >= 1, metrics);
+      assert.ok(counter('lakewire_ws_frames_compressed_total') >= 1, metrics);
+      assert.equal(counter('lakewire_ws_frames_compressed_total'), counter('lakewire_ws_frames_sent_total'));
+      assert.deepEqual(problems, []);
+    } finally {
+      await context.close();
+    }
+  });
+});
+
 test('a subscription with a filter and fields shows exactly the matching records', async () => {
   const topic = uniqueTopic('dash-filter');
   await withGateway(topic, 2, '', async (gw) => {
