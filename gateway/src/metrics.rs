@@ -87,6 +87,16 @@ pub struct Metrics {
     pub sink_file_bytes: Histogram,
     /// Sink: seconds from reading a file's first record to the file being in place (readable).
     pub sink_visibility_seconds: Histogram,
+    /// Latency by stage, live path: seconds from a record's Kafka timestamp to the live
+    /// consumer receiving it (the first record of each batch).
+    pub live_receive_delay_seconds: Histogram,
+    /// Seconds the hub took to render a live batch and hand it to every queue.
+    pub live_publish_seconds: Histogram,
+    /// Seconds from the Kafka timestamp of the oldest record of a session's batch to the
+    /// session starting to write it (receive, publish and the queue's wake-up).
+    pub ws_send_delay_seconds: Histogram,
+    /// Seconds one session write (a batch of frames, to the socket) took.
+    pub ws_write_seconds: Histogram,
     /// Sink: Hive partitions with files that are not yet registered in the metastore.
     pub sink_pending_partitions: Gauge,
     /// Sink: failed metastore calls (they are retried).
@@ -122,9 +132,23 @@ pub struct Metrics {
     pub sink_waiting_partitions: Gauge,
 }
 
+/// Seconds from `timestamp_ms` (a Kafka timestamp, ms since the epoch) to now; 0 for a
+/// timestamp in the future (another host's clock).
+pub fn since_timestamp(timestamp_ms: i64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    (now - timestamp_ms as f64 / 1000.0).max(0.0)
+}
+
 /// Buckets of `lakewire_sink_file_bytes`: 64 KiB to 1 GiB.
 fn file_size_buckets() -> Histogram {
     Histogram::new((0..9).map(|i| 65_536.0 * 4f64.powi(i)))
+}
+
+/// Buckets of the latency stages: 0.25 ms to about 4 s.
+fn stage_buckets() -> Histogram {
+    Histogram::new((0..15).map(|i| 0.000_25 * 2f64.powi(i)))
 }
 
 /// Buckets of `lakewire_sink_visibility_seconds`: 50 ms to about 14 min.
@@ -170,6 +194,10 @@ impl Default for Metrics {
             sink_files: Family::default(),
             sink_file_bytes: file_size_buckets(),
             sink_visibility_seconds: visibility_buckets(),
+            live_receive_delay_seconds: stage_buckets(),
+            live_publish_seconds: stage_buckets(),
+            ws_send_delay_seconds: stage_buckets(),
+            ws_write_seconds: stage_buckets(),
             sink_pending_partitions: Gauge::default(),
             sink_metastore_errors: Counter::default(),
             sink_metastore_refused: Counter::default(),
@@ -368,6 +396,30 @@ impl Metrics {
             "Seconds from reading a file's first record to the file being readable",
             self.sink_visibility_seconds.clone(),
         );
+        for (name, help, h) in [
+            (
+                "live_receive_delay_seconds",
+                "Seconds from a record's Kafka timestamp to the live consumer receiving it",
+                &self.live_receive_delay_seconds,
+            ),
+            (
+                "live_publish_seconds",
+                "Seconds the hub took to render a live batch and queue it for every client",
+                &self.live_publish_seconds,
+            ),
+            (
+                "ws_send_delay_seconds",
+                "Seconds from the Kafka timestamp of a session batch's oldest record to its write",
+                &self.ws_send_delay_seconds,
+            ),
+            (
+                "ws_write_seconds",
+                "Seconds one session write of a batch of frames took",
+                &self.ws_write_seconds,
+            ),
+        ] {
+            r.register(name, help, h.clone());
+        }
         r.register(
             "sink_pending_partitions",
             "Hive partitions with files not yet registered in the metastore",

@@ -461,11 +461,20 @@ pub async fn run_live(
             batch.extend(reader.take(m).await);
         }
         if !batch.is_empty() {
+            if let Some(t) = batch[0].timestamp {
+                metrics
+                    .live_receive_delay_seconds
+                    .observe(crate::metrics::since_timestamp(t));
+            }
+            let started = std::time::Instant::now();
             hub.deliver_live(std::mem::replace(
                 &mut batch,
                 Vec::with_capacity(LIVE_BATCH),
             ))
             .await;
+            metrics
+                .live_publish_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
     }
     lookups.abort();

@@ -249,6 +249,20 @@ async fn records_go_compressed_and_inflate_to_what_a_plain_client_gets() -> anyh
     let m = &gw.services.metrics;
     assert_eq!(m.ws_deflate_connections.get(), 2);
     assert!(m.ws_frames_compressed.get() >= 2);
+    // The latency stages saw the batches (produced with CreateTime timestamps).
+    let text = lakewire::metrics::render(&gw.services.prometheus);
+    for stage in [
+        "live_receive_delay_seconds",
+        "live_publish_seconds",
+        "ws_send_delay_seconds",
+        "ws_write_seconds",
+    ] {
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("lakewire_{stage}_count ")))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        assert!(count.is_some_and(|c| c > 0), "{stage}: {count:?}");
+    }
     gw.stop().await;
     Ok(())
 }

@@ -250,6 +250,7 @@ impl TopicHub {
         }
         // In subscription order, as the groups are.
         rendered.sort_by_key(|(id, _)| *id);
+        let timestamp = records.first().and_then(|r| r.timestamp);
         for (id, for_group) in rendered.iter() {
             let Some(group) = st.groups.get(id) else {
                 continue;
@@ -285,6 +286,7 @@ impl TopicHub {
                                     chunk: c.clone(),
                                     index: (i % CHUNK_RECORDS) as u32,
                                 }),
+                            timestamp,
                         }),
                 );
             }

@@ -93,6 +93,9 @@ pub struct Delivery {
     /// on a connection that compresses ([`ClientQueue::compress`]): their compressed form is
     /// made once for all such subscriptions.
     pub chunk: Option<ChunkAt>,
+    /// The Kafka timestamp (ms) of the first record of the live batch it came in (for
+    /// `lakewire_ws_send_delay_seconds`); `None` for replayed records.
+    pub timestamp: Option<i64>,
 }
 
 /// Where a delivery is in its [`Chunk`].

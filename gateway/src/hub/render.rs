@@ -213,6 +213,7 @@ impl TopicHub {
                         partition: record.partition,
                         offset: record.offset,
                         chunk: None,
+                        timestamp: None,
                     })
                     .await
             }

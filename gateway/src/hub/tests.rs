@@ -45,6 +45,7 @@ fn delivery(s: &Arc<Subscription>, offset: i64) -> Delivery {
         partition: 0,
         offset,
         chunk: None,
+        timestamp: None,
     }
 }
 
@@ -162,6 +163,7 @@ async fn byte_bound_applies_before_the_record_bound() {
             partition: 0,
             offset: o,
             chunk: None,
+            timestamp: None,
         });
         assert!(q.bytes() <= 2048, "{} bytes queued", q.bytes());
     }

@@ -243,10 +243,15 @@ where
                     break Ended::SlowConsumer;
                 }
                 Next::Batch { lagged, deliveries } => {
+                    if let Some(t) = deliveries.first().and_then(|d| d.timestamp) {
+                        metrics.ws_send_delay_seconds.observe(crate::metrics::since_timestamp(t));
+                    }
                     let frames = session.frames(lagged, &deliveries);
+                    let started = std::time::Instant::now();
                     if let Err(ended) = write(&mut socket, frames, &session, &cancel, write_timeout).await {
                         break ended;
                     }
+                    metrics.ws_write_seconds.observe(started.elapsed().as_secs_f64());
                 }
             },
         }
