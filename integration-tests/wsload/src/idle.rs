@@ -11,6 +11,7 @@ use anyhow::bail;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::inflate::Scratch;
 use crate::load::{FilterMode, Protocol, Shared, Stats, client, subscribe_request};
 use crate::procstat::{self};
 use crate::produce::Control;
@@ -81,6 +82,7 @@ pub async fn idle(
     n: usize,
     server_pid: u32,
     settle: Duration,
+    deflate: bool,
 ) -> anyhow::Result<IdleOutcome> {
     if let Some(limit) = procstat::open_files_limit()
         && (limit as usize) < n + 64
@@ -95,6 +97,8 @@ pub async fn idle(
         control: Arc::new(Control::default()),
         scanner: Scanner::default(),
         connecting: Semaphore::new(64),
+        deflate,
+        scratch: RefCell::new(Scratch::default()),
     });
     let (_, rss_before_kib) = procstat::rss_kib(server_pid)?;
     let t0 = Instant::now();
