@@ -249,6 +249,8 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
             banner(&common, common.stalled);
             let mut outs = Vec::new();
             let mut r = Ok(());
+            // A server whose point fails (e.g. it refused --deflate) does not keep the next
+            // one from being measured; the first failure is the command's.
             for t in &setup.targets {
                 match setup
                     .run("run", t, &setup.point(&common, t, rate, common.stalled))
@@ -256,8 +258,10 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
                 {
                     Ok(o) => outs.push(o),
                     Err(e) => {
-                        r = Err(e);
-                        break;
+                        eprintln!("wsload: {} point failed: {e:#}", t.protocol.name());
+                        if r.is_ok() {
+                            r = Err(e);
+                        }
                     }
                 }
             }
