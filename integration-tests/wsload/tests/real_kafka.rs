@@ -92,6 +92,7 @@ fn a_small_run_counts_every_delivery_and_survives_stalled_clients() -> anyhow::R
             300,
             std::process::id(),
             Duration::from_millis(100),
+            false,
         ),
     );
     gw_rt.block_on(running.stop());
