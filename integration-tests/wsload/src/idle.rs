@@ -29,6 +29,9 @@ pub struct IdleOutcome {
     /// The server's resident memory before the connections and with them open, KiB.
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
+    /// The server's permessage-deflate answer when `--deflate` offered it (every connection
+    /// had it accepted, else the scenario failed).
+    pub deflate_params: Option<String>,
 }
 
 impl IdleOutcome {
@@ -47,13 +50,20 @@ impl IdleOutcome {
             "rss_before_mib": (self.rss_before_kib as f64 / 102.4).round() / 10.0,
             "rss_after_mib": (self.rss_after_kib as f64 / 102.4).round() / 10.0,
             "rss_per_connection_kib": (self.per_connection_kib() * 10.0).round() / 10.0,
+            "deflate": self.deflate_params.is_some(),
+            "deflate_params": self.deflate_params,
         })
     }
 
     pub fn table_row(&self) -> String {
+        let server = if self.deflate_params.is_some() {
+            format!("{}+z", self.protocol.name())
+        } else {
+            self.protocol.name().to_string()
+        };
         format!(
-            "{:>10} {:>11} {:>8.1} {:>12.1} {:>12.1} {:>14.1}",
-            self.protocol.name(),
+            "{:>12} {:>11} {:>8.1} {:>12.1} {:>12.1} {:>14.1}",
+            server,
             self.connections,
             self.open_secs,
             self.rss_before_kib as f64 / 1024.0,
@@ -64,7 +74,7 @@ impl IdleOutcome {
 
     pub fn table_header() -> String {
         format!(
-            "{:>10} {:>11} {:>8} {:>12} {:>12} {:>14}",
+            "{:>12} {:>11} {:>8} {:>12} {:>12} {:>14}",
             "server", "connections", "open s", "RSS0 MiB", "RSS MiB", "KiB/connection"
         )
     }
@@ -154,6 +164,7 @@ pub async fn idle(
                     open_secs,
                     rss_before_kib,
                     rss_after_kib,
+                    deflate_params: st.deflate_params.clone(),
                 })
             }
         }
