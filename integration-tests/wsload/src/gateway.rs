@@ -88,8 +88,16 @@ pub const CENTRIFUGO_CHANNEL: &str = "wsload";
 /// insecure client connections (no JWT: the load measures delivery, not auth), the same
 /// per-connection queue bound as the gateway's default (`queue_max_size` 1 MiB is also
 /// Centrifugo's default), pings every hour so that stalled clients stay connected for the run.
-pub fn centrifugo_config(brokers: &str, topic: &str, port: u16) -> serde_json::Value {
-    serde_json::json!({
+///
+/// With `deflate`, its WebSocket transport negotiates permessage-deflate and compresses every
+/// message (see [`centrifugo_compression`]).
+pub fn centrifugo_config(
+    brokers: &str,
+    topic: &str,
+    port: u16,
+    deflate: bool,
+) -> serde_json::Value {
+    let mut c = serde_json::json!({
         "log": {"level": "warn"},
         "http_server": {"address": "127.0.0.1", "port": port},
         "health": {"enabled": true},
@@ -113,7 +121,29 @@ pub fn centrifugo_config(brokers: &str, topic: &str, port: u16) -> serde_json::V
                 "publication_data_mode": {"enabled": true}
             }
         }]
-    })
+    });
+    if deflate {
+        c["websocket"] = centrifugo_compression();
+    }
+    c
+}
+
+/// Centrifugo v6's `websocket` section with per-message compression on. The keys, from
+/// centrifugo v6.9.1 `internal/configtypes/types.go` (`type WebSocket struct`, tags and docs
+/// shortened):
+///
+/// ```go
+/// Compression        bool `mapstructure:"compression" ... doc:"Enables permessage-deflate WebSocket compression. Adds CPU overhead."`
+/// CompressionMinSize int  `mapstructure:"compression_min_size" ... doc:"Minimum message size in bytes before compression is applied. Zero compresses all messages when compression is enabled."`
+/// CompressionLevel   int  `mapstructure:"compression_level" ... default:"1" ... doc:"Compression level for permessage-deflate (1=fastest, 9=best compression). Default <<1>>."`
+/// ```
+///
+/// `compression_min_size` 0 compresses every message; level 1 is its default. Its upgrader
+/// (centrifuge `internal/websocket/server.go`, a gorilla/websocket fork) supports only "no
+/// context takeover" and answers the offer with
+/// `permessage-deflate; server_no_context_takeover; client_no_context_takeover`.
+pub fn centrifugo_compression() -> serde_json::Value {
+    serde_json::json!({"compression": true, "compression_min_size": 0, "compression_level": 1})
 }
 
 /// A gateway process this tool started; stopped (SIGTERM, then SIGKILL) when dropped.
@@ -165,13 +195,18 @@ impl Spawned {
     /// channels named by its `centrifugo-channels` header), client connections without auth
     /// (`client.insecure`), tags filters allowed; waits until `/health` answers 200 and the
     /// consumer has had time to join its group.
-    pub async fn start_centrifugo(bin: &Path, brokers: &str, topic: &str) -> anyhow::Result<Self> {
+    pub async fn start_centrifugo(
+        bin: &Path,
+        brokers: &str,
+        topic: &str,
+        deflate: bool,
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let dir = Self::make_dir(port)?;
         let config = dir.join("centrifugo.json");
         std::fs::write(
             &config,
-            serde_json::to_vec_pretty(&centrifugo_config(brokers, topic, port))?,
+            serde_json::to_vec_pretty(&centrifugo_config(brokers, topic, port, deflate))?,
         )?;
         let mut cmd = Command::new(bin);
         cmd.arg("--config").arg(&config);
@@ -334,7 +369,7 @@ mod tests {
 
     #[test]
     fn centrifugo_reads_the_topic_in_publication_data_mode() {
-        let c = centrifugo_config("127.0.0.1:1,127.0.0.1:2", "t", 9000);
+        let c = centrifugo_config("127.0.0.1:1,127.0.0.1:2", "t", 9000, false);
         let k = &c["consumers"][0]["kafka"];
         assert_eq!(k["topics"], serde_json::json!(["t"]));
         assert_eq!(
@@ -344,5 +379,9 @@ mod tests {
         assert_eq!(k["publication_data_mode"]["enabled"], true);
         assert_eq!(c["http_server"]["port"], 9000);
         assert_eq!(c["client"]["insecure"], true);
+        assert!(c.get("websocket").is_none());
+        let c = centrifugo_config("127.0.0.1:1", "t", 9000, true);
+        assert_eq!(c["websocket"]["compression"], true);
+        assert_eq!(c["websocket"]["compression_min_size"], 0);
     }
 }

@@ -11,6 +11,7 @@ use anyhow::bail;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::inflate::Scratch;
 use crate::load::{FilterMode, Protocol, Shared, Stats, client, subscribe_request};
 use crate::procstat::{self};
 use crate::produce::Control;
@@ -28,6 +29,9 @@ pub struct IdleOutcome {
     /// The server's resident memory before the connections and with them open, KiB.
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
+    /// The server's permessage-deflate answer when `--deflate` offered it (every connection
+    /// had it accepted, else the scenario failed).
+    pub deflate_params: Option<String>,
 }
 
 impl IdleOutcome {
@@ -46,13 +50,20 @@ impl IdleOutcome {
             "rss_before_mib": (self.rss_before_kib as f64 / 102.4).round() / 10.0,
             "rss_after_mib": (self.rss_after_kib as f64 / 102.4).round() / 10.0,
             "rss_per_connection_kib": (self.per_connection_kib() * 10.0).round() / 10.0,
+            "deflate": self.deflate_params.is_some(),
+            "deflate_params": self.deflate_params,
         })
     }
 
     pub fn table_row(&self) -> String {
+        let server = if self.deflate_params.is_some() {
+            format!("{}+z", self.protocol.name())
+        } else {
+            self.protocol.name().to_string()
+        };
         format!(
-            "{:>10} {:>11} {:>8.1} {:>12.1} {:>12.1} {:>14.1}",
-            self.protocol.name(),
+            "{:>12} {:>11} {:>8.1} {:>12.1} {:>12.1} {:>14.1}",
+            server,
             self.connections,
             self.open_secs,
             self.rss_before_kib as f64 / 1024.0,
@@ -63,7 +74,7 @@ impl IdleOutcome {
 
     pub fn table_header() -> String {
         format!(
-            "{:>10} {:>11} {:>8} {:>12} {:>12} {:>14}",
+            "{:>12} {:>11} {:>8} {:>12} {:>12} {:>14}",
             "server", "connections", "open s", "RSS0 MiB", "RSS MiB", "KiB/connection"
         )
     }
@@ -81,6 +92,7 @@ pub async fn idle(
     n: usize,
     server_pid: u32,
     settle: Duration,
+    deflate: bool,
 ) -> anyhow::Result<IdleOutcome> {
     if let Some(limit) = procstat::open_files_limit()
         && (limit as usize) < n + 64
@@ -95,6 +107,8 @@ pub async fn idle(
         control: Arc::new(Control::default()),
         scanner: Scanner::default(),
         connecting: Semaphore::new(64),
+        deflate,
+        scratch: RefCell::new(Scratch::default()),
     });
     let (_, rss_before_kib) = procstat::rss_kib(server_pid)?;
     let t0 = Instant::now();
@@ -150,6 +164,7 @@ pub async fn idle(
                     open_secs,
                     rss_before_kib,
                     rss_after_kib,
+                    deflate_params: st.deflate_params.clone(),
                 })
             }
         }

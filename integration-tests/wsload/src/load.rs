@@ -6,6 +6,13 @@
 //! counters and one latency histogram without locks: the tool takes at most one core for its
 //! clients (plus the producer thread and librdkafka's), leaving the rest to the gateway and the
 //! broker that share the machine.
+//!
+//! With `deflate` every client offers permessage-deflate (RFC 7692, [`ws::DEFLATE_OFFER`]) and
+//! a client whose server does not accept it fails (the point fails with it: uncompressed
+//! figures are never reported as compressed); compressed messages are inflated
+//! ([`crate::inflate`]) and the stamps scanned in the inflated bytes. Either way the bytes read
+//! from the sockets (`wire_bytes`) and the payload bytes of the text messages, inflated
+//! (`payload_bytes`), are counted while the measurement window is open.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -21,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::inflate::{self, Data, Scratch};
 use crate::procstat::{self, CpuWindow};
 use crate::produce::Control;
 use crate::scan::{Kind, Scanner};
@@ -70,6 +78,8 @@ pub struct Point {
     pub duration: Duration,
     /// A point is sustainable only with p99 at most this.
     pub max_p99: Duration,
+    /// Offer permessage-deflate, and require it.
+    pub deflate: bool,
 }
 
 /// Processes whose CPU is reported.
@@ -88,6 +98,11 @@ pub struct Outcome {
     pub fast: usize,
     pub stalled: usize,
     pub filter: FilterMode,
+    /// permessage-deflate was offered and accepted by every client (else the point failed).
+    pub deflate: bool,
+    /// What the server answered to the offer (the first client's), e.g.
+    /// `permessage-deflate; server_no_context_takeover; client_no_context_takeover`.
+    pub deflate_params: Option<String>,
     pub secs: f64,
     /// Records produced (stamped) inside the window.
     pub produced: u64,
@@ -101,6 +116,12 @@ pub struct Outcome {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Bytes read from the sockets of all clients (frames: headers and payloads as sent,
+    /// compressed or not; no TCP/IP headers) while the window was open.
+    pub wire_bytes: u64,
+    /// Payload bytes of the text messages the clients received (inflated) while the window
+    /// was open.
+    pub payload_bytes: u64,
     pub lagged_frames: u64,
     pub dropped: u64,
     /// Frames of other kinds (errors) and connections the server closed.
@@ -132,6 +153,17 @@ impl Outcome {
         self.deliveries_per_s() / self.fast.max(1) as f64
     }
 
+    /// Bytes on the wire per delivered record (`wire_bytes / deliveries`, the two counted over
+    /// the same window: bytes read while it was open, records stamped inside it).
+    pub fn wire_bytes_per_delivery(&self) -> Option<f64> {
+        (self.deliveries > 0).then(|| self.wire_bytes as f64 / self.deliveries as f64)
+    }
+
+    /// Inflated payload bytes per delivered record.
+    pub fn payload_bytes_per_delivery(&self) -> Option<f64> {
+        (self.deliveries > 0).then(|| self.payload_bytes as f64 / self.deliveries as f64)
+    }
+
     /// The JSON line.
     pub fn json(&self, scenario: &str) -> serde_json::Value {
         serde_json::json!({
@@ -143,6 +175,8 @@ impl Outcome {
             "fast_clients": self.fast,
             "stalled_clients": self.stalled,
             "filter": format!("{:?}", self.filter).to_lowercase(),
+            "deflate": self.deflate,
+            "deflate_params": self.deflate_params,
             "window_s": self.secs,
             "produced": self.produced,
             "deliveries": self.deliveries,
@@ -151,6 +185,11 @@ impl Outcome {
             "deliveries_per_s": self.deliveries_per_s().round(),
             "per_fast_client_per_s": (self.per_fast_client() * 10.0).round() / 10.0,
             "latency_ms": {"p50": self.p50_ms, "p90": self.p90_ms, "p99": self.p99_ms, "max": self.max_ms},
+            "wire_bytes": self.wire_bytes,
+            "payload_bytes": self.payload_bytes,
+            "wire_bytes_per_delivery": self.wire_bytes_per_delivery().map(|b| (b * 10.0).round() / 10.0),
+            "payload_bytes_per_delivery": self.payload_bytes_per_delivery().map(|b| (b * 10.0).round() / 10.0),
+            "wire_to_payload": (self.payload_bytes > 0).then(|| (self.wire_bytes as f64 / self.payload_bytes as f64 * 1000.0).round() / 1000.0),
             "lagged_frames": self.lagged_frames,
             "dropped": self.dropped,
             "errors": self.errors,
@@ -183,6 +222,12 @@ pub(crate) struct Stats {
     pub(crate) closed: u64,
     pub(crate) subscribed: usize,
     pub(crate) first_error: Option<String>,
+    /// Bytes read from the sockets, and payload bytes of text messages (inflated), since the
+    /// start.
+    pub(crate) wire_bytes: u64,
+    pub(crate) payload_bytes: u64,
+    /// The first accepted permessage-deflate, as the server wrote it.
+    pub(crate) deflate_params: Option<String>,
 }
 
 impl Stats {
@@ -198,6 +243,9 @@ impl Stats {
             closed: 0,
             subscribed: 0,
             first_error: None,
+            wire_bytes: 0,
+            payload_bytes: 0,
+            deflate_params: None,
         })
     }
 }
@@ -211,6 +259,11 @@ pub(crate) struct Shared {
     pub(crate) scanner: Scanner,
     /// Bounds how many clients connect at once.
     pub(crate) connecting: Semaphore,
+    /// Offer permessage-deflate, and fail a client whose server does not accept it.
+    pub(crate) deflate: bool,
+    /// The inflater and output buffer all connections of the thread share (messages of a
+    /// server without context takeover).
+    pub(crate) scratch: RefCell<Scratch>,
 }
 
 /// Drives one connection until it closes or the task is aborted.
@@ -222,8 +275,25 @@ pub(crate) async fn client(
     shared: Rc<Shared>,
 ) -> anyhow::Result<()> {
     let mut permit = Some(shared.connecting.acquire().await?);
-    let (mut sock, mut buf): (TcpStream, Vec<u8>) =
-        ws::connect(addr, shared.protocol.path(), local).await?;
+    let conn = ws::connect(addr, shared.protocol.path(), local, shared.deflate).await?;
+    let (mut sock, mut buf): (TcpStream, Vec<u8>) = (conn.stream, conn.rest);
+    let mut inflating = match (shared.deflate, conn.deflate) {
+        (false, _) => None,
+        (true, None) => bail!(
+            "the server did not accept permessage-deflate (offered {:?}): refusing to measure \
+             uncompressed traffic as compressed",
+            ws::DEFLATE_OFFER
+        ),
+        (true, Some(d)) => {
+            shared
+                .stats
+                .borrow_mut()
+                .deflate_params
+                .get_or_insert_with(|| d.describe());
+            Some(inflate::Message::new(&d))
+        }
+    };
+    shared.stats.borrow_mut().wire_bytes += buf.len() as u64;
     let mut out = Vec::with_capacity(256);
     ws::write_frame(&mut out, opcode::TEXT, request.as_bytes());
     sock.write_all(&out).await?;
@@ -241,7 +311,19 @@ pub(crate) async fn client(
             let payload = &buf[p0..p1];
             match h.opcode {
                 opcode::TEXT | opcode::CONTINUATION => {
-                    let (sub, ping) = on_text(&shared, payload);
+                    let (sub, ping) = match &mut inflating {
+                        None if h.rsv1 => {
+                            bail!("a frame with RSV1 set, but no permessage-deflate was agreed")
+                        }
+                        None => on_text(&shared, payload),
+                        Some(m) => {
+                            let mut scratch = shared.scratch.borrow_mut();
+                            match m.frame(&h, payload, &mut scratch)? {
+                                Data::Plain(p) | Data::Inflated(p) => on_text(&shared, p),
+                                Data::Partial => (false, false),
+                            }
+                        }
+                    };
                     subscribed |= sub;
                     if ping {
                         out.clear();
@@ -271,15 +353,19 @@ pub(crate) async fn client(
             }
         }
         buf.reserve(shared.read_chunk);
-        if sock.read_buf(&mut buf).await? == 0 {
+        let n = sock.read_buf(&mut buf).await?;
+        if n == 0 {
             shared.stats.borrow_mut().closed += 1;
             return Ok(());
         }
+        shared.stats.borrow_mut().wire_bytes += n as u64;
     }
 }
 
-/// Accounts for one text frame; (it was the `subscribed` reply, it was a ping to answer).
+/// Accounts for one text frame (or whole inflated message); (it was the `subscribed` reply, it
+/// was a ping to answer).
 fn on_text(shared: &Shared, payload: &[u8]) -> (bool, bool) {
+    shared.stats.borrow_mut().payload_bytes += payload.len() as u64;
     match shared.protocol {
         Protocol::Lakewire => (
             on_reply(shared, payload, shared.scanner.kind(payload)),
@@ -357,6 +443,8 @@ pub async fn run(
         control: control.clone(),
         scanner: Scanner::default(),
         connecting: Semaphore::new(64),
+        deflate: point.deflate,
+        scratch: RefCell::new(Scratch::default()),
     });
     // Nothing stamped yet counts.
     control.window_start.store(u64::MAX, Ordering::SeqCst);
@@ -427,9 +515,17 @@ async fn measure(
     let tool_cpu = CpuWindow::start(std::process::id())?;
     let (busy0, total0) = procstat::machine_ticks()?;
     let t0 = Instant::now();
+    let bytes0 = {
+        let st = shared.stats.borrow();
+        (st.wire_bytes, st.payload_bytes)
+    };
     let w0 = control.open_window();
     tokio::time::sleep(point.duration).await;
     let w1 = control.close_window();
+    let bytes1 = {
+        let st = shared.stats.borrow();
+        (st.wire_bytes, st.payload_bytes)
+    };
     let secs = (w1 - w0) as f64 / 1e6;
     let wall = t0.elapsed().as_secs_f64();
     let gateway_cpu_pct = gw_cpu.map(|c| c.percent(wall)).transpose()?;
@@ -509,6 +605,8 @@ async fn measure(
         fast,
         stalled: n_stalled,
         filter: point.filter,
+        deflate: point.deflate,
+        deflate_params: st.deflate_params.clone(),
         secs,
         produced,
         deliveries: st.deliveries,
@@ -518,6 +616,8 @@ async fn measure(
         p90_ms: q(0.90),
         p99_ms,
         max_ms: st.hist.max() as f64 / 1000.0,
+        wire_bytes: bytes1.0 - bytes0.0,
+        payload_bytes: bytes1.1 - bytes0.1,
         lagged_frames: st.lagged_frames,
         dropped: st.dropped,
         errors: st.errors,

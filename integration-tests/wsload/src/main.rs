@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use lakewire_wsload::load::FilterMode;
 
@@ -93,6 +94,26 @@ enum Command {
         /// Records to produce.
         #[arg(long, default_value_t = 300_000)]
         records: u64,
+    },
+    /// Bytes on the wire per record on a running gateway (e.g. `lakewire demo`, whose dashboard
+    /// and `/ws` are on 127.0.0.1:8080): one client per topic (--topic, repeatable; without it
+    /// every topic of `GET /api/topics`, all at once) subscribes from `latest` and reads for
+    /// --seconds; prints records, WebSocket frame bytes after the `subscribed` reply, payload
+    /// bytes (inflated) and both per record. Run once with --deflate and once without to
+    /// compare.
+    Wire {
+        /// The gateway's WebSocket URL.
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        /// A topic to subscribe to (repeatable); default: every topic the gateway lists.
+        #[arg(long)]
+        topic: Vec<String>,
+        /// Seconds to read, per topic (the topics are read at the same time).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Offer permessage-deflate (as browsers do) and require it.
+        #[arg(long)]
+        deflate: bool,
     },
     /// The sink scenario (issue 6): --records realistic Avro records (schemas/order.avsc,
     /// single-object) produced to a fresh topic first, then `lakewire run --role sink` (a
@@ -194,6 +215,12 @@ struct Common {
     /// A point is sustainable only if its p99 is at most this many milliseconds.
     #[arg(long, default_value_t = 250)]
     max_p99_ms: u64,
+    /// permessage-deflate (RFC 7692): every client offers it as browsers do
+    /// (`permessage-deflate; client_max_window_bits`) and inflates what arrives compressed; a
+    /// client whose server does not accept it fails the point. A spawned Centrifugo gets its
+    /// compression enabled. Without it nothing is offered.
+    #[arg(long)]
+    deflate: bool,
 }
 
 #[derive(Args, Clone)]
@@ -222,6 +249,8 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
             banner(&common, common.stalled);
             let mut outs = Vec::new();
             let mut r = Ok(());
+            // A server whose point fails (e.g. it refused --deflate) does not keep the next
+            // one from being measured; the first failure is the command's.
             for t in &setup.targets {
                 match setup
                     .run("run", t, &setup.point(&common, t, rate, common.stalled))
@@ -229,8 +258,10 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
                 {
                     Ok(o) => outs.push(o),
                     Err(e) => {
-                        r = Err(e);
-                        break;
+                        eprintln!("wsload: {} point failed: {e:#}", t.protocol.name());
+                        if r.is_ok() {
+                            r = Err(e);
+                        }
                     }
                 }
             }
@@ -313,6 +344,12 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Wire {
+            url,
+            topic,
+            seconds,
+            deflate,
+        } => wire(&url, topic, seconds, deflate).await,
         Command::Decode { common, records } => {
             let setup = Setup::new(&common).await?;
             let r = decode(&setup, &common, records).await;
@@ -320,6 +357,54 @@ async fn main_local(cli: Cli) -> anyhow::Result<()> {
             r
         }
     }
+}
+
+async fn wire(url: &str, topics: Vec<String>, secs: f64, deflate: bool) -> anyhow::Result<()> {
+    use lakewire_wsload::wire::{self, WireOutcome};
+    let u = wire::parse_url(url)?;
+    let addr = tokio::net::lookup_host(&u.authority)
+        .await
+        .with_context(|| format!("resolving {}", u.authority))?
+        .next()
+        .with_context(|| format!("{} resolves to no address", u.authority))?;
+    let topics = if topics.is_empty() {
+        wire::topics(addr).await?
+    } else {
+        topics
+    };
+    println!(
+        "== wire: {url}, {secs} s, topics {}, permessage-deflate {}",
+        topics.join(", "),
+        if deflate {
+            "offered (required)"
+        } else {
+            "not offered"
+        }
+    );
+    let tasks: Vec<_> = topics
+        .iter()
+        .map(|t| {
+            let (path, t) = (u.path.clone(), t.clone());
+            tokio::task::spawn_local(
+                async move { wire::measure(addr, &path, &t, secs, deflate).await },
+            )
+        })
+        .collect();
+    let mut outs = Vec::new();
+    for t in tasks {
+        outs.push(t.await??);
+    }
+    if let Some(d) = outs.iter().find_map(|o| o.deflate.as_ref()) {
+        println!("accepted: {d}");
+    }
+    println!("{}", WireOutcome::table_header());
+    for o in &outs {
+        println!("{}", o.table_row());
+    }
+    for o in &outs {
+        println!("{}", o.json());
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {

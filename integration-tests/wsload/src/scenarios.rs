@@ -91,7 +91,16 @@ pub(crate) async fn connections(setup: &Setup, c: &Common, settle: Duration) -> 
         let pid = t
             .pid
             .context("the server's pid is unknown (--gateway-pid)")?;
-        let o = load::idle(t.protocol, t.addr, &t.subscribe_to, c.clients, pid, settle).await?;
+        let o = load::idle(
+            t.protocol,
+            t.addr,
+            &t.subscribe_to,
+            c.clients,
+            pid,
+            settle,
+            c.deflate,
+        )
+        .await?;
         println!("{}", o.table_row());
         println!("{}", o.json());
         outs.push(o);

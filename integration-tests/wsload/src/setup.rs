@@ -77,7 +77,8 @@ impl Setup {
                 if let Some(cbin) = &c.centrifugo {
                     let ctopic = format!("{topic}-centrifugo");
                     gateway::create_topic(&c.brokers, &ctopic, c.partitions).await?;
-                    let cf = Spawned::start_centrifugo(cbin, &c.brokers, &ctopic).await?;
+                    let cf =
+                        Spawned::start_centrifugo(cbin, &c.brokers, &ctopic, c.deflate).await?;
                     eprintln!(
                         "wsload: started {} (pid {}) on {}, topic {ctopic}; log {}",
                         cbin.display(),
@@ -150,6 +151,7 @@ impl Setup {
             warmup: Duration::from_secs_f64(c.warmup),
             duration: Duration::from_secs_f64(c.duration),
             max_p99: Duration::from_millis(c.max_p99_ms),
+            deflate: c.deflate,
         }
     }
 

@@ -51,6 +51,7 @@ fn a_small_run_counts_every_delivery_and_survives_stalled_clients() -> anyhow::R
         warmup: Duration::from_millis(500),
         duration: Duration::from_secs(1),
         max_p99: Duration::from_secs(5),
+        deflate: false,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -91,6 +92,7 @@ fn a_small_run_counts_every_delivery_and_survives_stalled_clients() -> anyhow::R
             300,
             std::process::id(),
             Duration::from_millis(100),
+            false,
         ),
     );
     gw_rt.block_on(running.stop());
